@@ -1,0 +1,55 @@
+# The two commands a newcomer needs (see README):
+#   make demo   set everything up, then run the main job
+#   make test   set everything up, then run the test suite
+# Both are idempotent: set-up steps are skipped when their inputs have not changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.13.0; on these machines pip finds the CPU build locally. Elsewhere, to
+# avoid the multi-GB CUDA packages, e.g.:
+#   make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" setup
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench-gas compile clean
+
+setup: $(VENV)/.stamp-deps node_modules/.stamp-npm
+
+$(VENV)/.stamp-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "discofl-p2p needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.stamp-torch: $(VENV)/.stamp-python
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.stamp-deps: $(VENV)/.stamp-torch pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.stamp-npm: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/discofl-p2p demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench-gas: setup
+	$(BIN)/discofl-p2p bench gas
+
+# Rewrites discofl_p2p/chain/artifacts/DiscoFLTask.json from contracts/DiscoFLTask.sol.
+compile: node_modules/.stamp-npm
+	node contracts/compile.cjs
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis

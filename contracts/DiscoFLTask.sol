@@ -1,0 +1,465 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+/// @title One DiscoFL task: rounds, anonymous model commitments, scores, Top-K rewards.
+/// @notice Model identifiers are the 32-byte sha2-256 digests of the model blobs
+///         (the multihash digest of a CIDv1 with the raw codec); see docs/contract.md.
+/// @dev Anonymity scheme (commit, shuffle, reveal):
+///      1. a worker commits c = keccak256(abi.encode(this, round, worker, digest, salt));
+///         the contract folds (worker, c) into the round's accumulator
+///         acc = keccak256(abi.encode(acc, worker, c)); the (digest, salt) pair goes to
+///         the requester off-chain;
+///      2. the requester publishes the round's digests in a shuffled order
+///         (openEvaluation); evaluators score by position in that list;
+///      3. at settlement the requester opens every commitment, in submission order
+///         (submitter, position in the list, salt), and the contract recomputes the
+///         accumulator before it credits anything. A submitter whose opening the
+///         requester does not have is passed with its raw commitment and position
+///         NOT_OPENED: it stays out of the list and earns nothing, and cannot block the
+///         round. Verifying against one accumulator instead of W storage slots keeps
+///         settlement cheap for many workers.
+///      During evaluation the chain holds only hiding commitments and a shuffled list,
+///      so nobody but the requester can tell from the chain who submitted which model.
+contract DiscoFLTask {
+    // ------------------------------------------------------------------ types
+
+    enum Phase {
+        Registration,
+        Submission,
+        Evaluation,
+        Finished,
+        Closed
+    }
+
+    enum RewardRule {
+        TopK, // the paper's Top-K schedule, computed here
+        Explicit // the requester posts per-rank amounts (sum <= pot); e.g. proportional
+    }
+
+    /// @dev Packed into one storage slot so that every per-worker check and credit of a
+    ///      round touches a single slot.
+    struct Worker {
+        bool registered;
+        uint16 index; // registration order, 0-based
+        uint32 submittedRound;
+        uint32 scoredRound;
+        uint96 credit; // withdrawable wei
+    }
+
+    // ------------------------------------------------------------------ errors
+
+    error InvalidRounds();
+    error InvalidTopK();
+    error InvalidMaxWorkers();
+    error InvalidPeriod();
+    error ZeroDeposit();
+    error DepositTooLarge();
+    error NotRequester();
+    error WrongPhase(Phase expected, Phase actual);
+    error WrongRound(uint32 expected, uint32 given);
+    error NotRegistered();
+    error AlreadyRegistered();
+    error RegistrationFull();
+    error RequesterCannotRegister();
+    error NoWorkers();
+    error AlreadySubmitted();
+    error AlreadyScored();
+    error DeadlinePassed(uint64 deadline);
+    error DeadlineNotReached(uint64 deadline);
+    error ModelCountMismatch(uint256 expected, uint256 given);
+    error BadScoresLength(uint256 expected, uint256 given);
+    error ModelListMismatch();
+    error BadReveal(uint256 position);
+    error BadRanking(uint256 position);
+    error RankingTooLong(uint256 maxLength, uint256 given);
+    error AmountsMismatch();
+    error AmountsExceedPot(uint256 pot, uint256 total);
+    error NothingToWithdraw();
+    error TransferFailed();
+
+    // ------------------------------------------------------------------ events
+
+    event TaskCreated(
+        address indexed requester,
+        uint32 rounds,
+        uint32 topK,
+        uint32 maxWorkers,
+        uint256 deposit,
+        bytes32 initialModel,
+        RewardRule rule
+    );
+    event WorkerRegistered(address indexed worker, uint16 index);
+    event TrainingStarted(uint32 workers);
+    event RoundStarted(uint32 indexed round, uint64 deadline);
+    event ModelCommitted(uint32 indexed round, address indexed worker, bytes32 commitment);
+    event EvaluationOpened(uint32 indexed round, bytes32[] models, uint64 deadline);
+    event ScoresSubmitted(uint32 indexed round, address indexed evaluator, bytes scores);
+    /// @dev rankedOwners[i] owns the model at position ranking[i] and earned rewards[i].
+    ///      The full mapping (every submitter's position, NOT_OPENED = excluded) is in
+    ///      the settleRound calldata, which anyone can read back and re-verify.
+    event RoundSettled(
+        uint32 indexed round,
+        address[] rankedOwners,
+        uint16[] ranking,
+        uint256[] rewards
+    );
+    event TrainingFinished(uint32 rounds);
+    event Withdrawn(address indexed worker, uint256 amount);
+    event TaskClosed(uint256 refund);
+
+    // ------------------------------------------------------------------ state
+
+    uint256 public constant SCORE_SCALE = 10000; // scores are basis points; 0xFFFF = abstain
+    uint256 public constant MAX_TOP_K = 64;
+    uint256 public constant MAX_WORKERS = 4096;
+    uint16 public constant NOT_OPENED = 0xFFFF;
+
+    address public immutable requester;
+    uint32 public immutable rounds;
+    uint32 public immutable topK;
+    uint32 public immutable maxWorkers;
+    uint64 public immutable submissionPeriod;
+    uint64 public immutable evaluationPeriod;
+    uint256 public immutable deposit;
+    bytes32 public immutable initialModel;
+    RewardRule public immutable rule;
+
+    Phase public phase;
+    uint32 public currentRound;
+    uint64 public deadline;
+    uint32 public workerCount;
+    uint32 public submittedCount;
+    uint32 public scoredCount;
+    uint32 public modelCount;
+    bytes32 public modelListHash;
+    bytes32 public commitmentAccumulator;
+
+    uint256 public totalCredited;
+    uint256 public totalWithdrawn;
+    uint256 public refunded;
+
+    mapping(address => Worker) public workers;
+    address[] public workerList;
+
+    // ------------------------------------------------------------------ setup
+
+    constructor(
+        uint32 rounds_,
+        uint32 topK_,
+        uint32 maxWorkers_,
+        uint64 submissionPeriod_,
+        uint64 evaluationPeriod_,
+        bytes32 initialModel_,
+        RewardRule rule_
+    ) payable {
+        if (rounds_ == 0) revert InvalidRounds();
+        if (maxWorkers_ == 0 || maxWorkers_ > MAX_WORKERS) revert InvalidMaxWorkers();
+        if (topK_ == 0 || topK_ > MAX_TOP_K || topK_ > maxWorkers_) revert InvalidTopK();
+        if (submissionPeriod_ == 0 || evaluationPeriod_ == 0) revert InvalidPeriod();
+        if (msg.value == 0) revert ZeroDeposit();
+        if (msg.value > type(uint96).max) revert DepositTooLarge();
+        requester = msg.sender;
+        rounds = rounds_;
+        topK = topK_;
+        maxWorkers = maxWorkers_;
+        submissionPeriod = submissionPeriod_;
+        evaluationPeriod = evaluationPeriod_;
+        deposit = msg.value;
+        initialModel = initialModel_;
+        rule = rule_;
+        emit TaskCreated(msg.sender, rounds_, topK_, maxWorkers_, msg.value, initialModel_, rule_);
+    }
+
+    modifier onlyRequester() {
+        if (msg.sender != requester) revert NotRequester();
+        _;
+    }
+
+    function _inPhase(Phase expected) private view {
+        if (phase != expected) revert WrongPhase(expected, phase);
+    }
+
+    function _atRound(uint32 round) private view {
+        if (round != currentRound) revert WrongRound(currentRound, round);
+    }
+
+    function register() external {
+        _inPhase(Phase.Registration);
+        if (msg.sender == requester) revert RequesterCannotRegister();
+        Worker storage w = workers[msg.sender];
+        if (w.registered) revert AlreadyRegistered();
+        uint32 n = workerCount;
+        if (n >= maxWorkers) revert RegistrationFull();
+        w.registered = true;
+        w.index = uint16(n);
+        workerCount = n + 1;
+        workerList.push(msg.sender);
+        emit WorkerRegistered(msg.sender, uint16(n));
+    }
+
+    function startTraining() external onlyRequester {
+        _inPhase(Phase.Registration);
+        if (workerCount == 0) revert NoWorkers();
+        emit TrainingStarted(workerCount);
+        _startRound(1);
+    }
+
+    // ------------------------------------------------------------------ rounds
+
+    function submitModel(uint32 round, bytes32 commitment) external {
+        _inPhase(Phase.Submission);
+        _atRound(round);
+        if (block.timestamp > deadline) revert DeadlinePassed(deadline);
+        Worker storage w = workers[msg.sender];
+        if (!w.registered) revert NotRegistered();
+        if (w.submittedRound == round) revert AlreadySubmitted();
+        w.submittedRound = round;
+        commitmentAccumulator = _fold(commitmentAccumulator, msg.sender, commitment);
+        submittedCount += 1;
+        emit ModelCommitted(round, msg.sender, commitment);
+    }
+
+    /// @notice Publishes the round's model digests, shuffled, and opens evaluation.
+    ///         Allowed once every worker submitted, or once the submission deadline passed.
+    function openEvaluation(uint32 round, bytes32[] calldata models) external onlyRequester {
+        _inPhase(Phase.Submission);
+        _atRound(round);
+        if (submittedCount < workerCount && block.timestamp <= deadline) {
+            revert DeadlineNotReached(deadline);
+        }
+        // Fewer models than submissions: the requester lacks some openings (those
+        // submitters are passed as NOT_OPENED at settlement).
+        if (models.length > submittedCount) revert ModelCountMismatch(submittedCount, models.length);
+        modelCount = uint32(models.length);
+        modelListHash = keccak256(abi.encodePacked(models));
+        phase = Phase.Evaluation;
+        uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
+        deadline = evalDeadline;
+        emit EvaluationOpened(round, models, evalDeadline);
+    }
+
+    /// @param scores one big-endian uint16 per published model, in published order:
+    ///        basis points in [0, 10000], or 0xFFFF to abstain (e.g. one's own model).
+    ///        Kept in calldata and the event only: about 16 gas per score.
+    function submitScores(uint32 round, bytes calldata scores) external {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        if (block.timestamp > deadline) revert DeadlinePassed(deadline);
+        Worker storage w = workers[msg.sender];
+        if (!w.registered) revert NotRegistered();
+        if (w.scoredRound == round) revert AlreadyScored();
+        if (scores.length != 2 * uint256(modelCount)) {
+            revert BadScoresLength(2 * uint256(modelCount), scores.length);
+        }
+        w.scoredRound = round;
+        scoredCount += 1;
+        emit ScoresSubmitted(round, msg.sender, scores);
+    }
+
+    /// @notice Reveals who submitted which model, verifies every commitment, and credits
+    ///         the round's rewards. Allowed once every worker scored, or once the
+    ///         evaluation deadline passed.
+    /// @param models     the list published by openEvaluation, in the same order
+    /// @param submitters every submitter of the round, in submission (event) order
+    /// @param positions  positions[i]: where submitters[i]'s model stands in `models`,
+    ///                   or NOT_OPENED
+    /// @param openings   openings[i]: the salt of submitters[i]'s commitment, or for
+    ///                   NOT_OPENED the raw commitment itself
+    /// @param ranking    positions into `models`, best first; at most topK of them
+    /// @param amounts    empty under TopK; under Explicit, the wei for each ranked position
+    function settleRound(
+        uint32 round,
+        bytes32[] calldata models,
+        address[] calldata submitters,
+        uint16[] calldata positions,
+        bytes32[] calldata openings,
+        uint16[] calldata ranking,
+        uint256[] calldata amounts
+    ) external onlyRequester {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        if (scoredCount < workerCount && block.timestamp <= deadline) {
+            revert DeadlineNotReached(deadline);
+        }
+        uint256 n = models.length;
+        uint256 m = submitters.length;
+        if (n != modelCount) revert ModelCountMismatch(modelCount, n);
+        if (m != submittedCount || positions.length != m || openings.length != m) {
+            revert ModelCountMismatch(submittedCount, m);
+        }
+        if (keccak256(abi.encodePacked(models)) != modelListHash) revert ModelListMismatch();
+        if (ranking.length > topK) revert RankingTooLong(topK, ranking.length);
+
+        address[] memory owners = new address[](n);
+        bytes32 acc = bytes32(uint256(round));
+        uint256 opened = 0;
+        for (uint256 i = 0; i < m; i++) {
+            address who = submitters[i];
+            uint256 p = positions[i];
+            bytes32 c;
+            if (p == NOT_OPENED) {
+                c = openings[i];
+            } else {
+                if (p >= n || owners[p] != address(0)) revert BadReveal(i);
+                owners[p] = who;
+                opened++;
+                c = _commitment(round, who, models[p], openings[i]);
+            }
+            acc = _fold(acc, who, c);
+        }
+        if (opened != n || acc != commitmentAccumulator) revert BadReveal(m);
+
+        uint256[] memory rewards = _rankRewards(roundPot(round), ranking.length, amounts);
+        uint256 credited = 0;
+        address[] memory rankedOwners = new address[](ranking.length);
+        for (uint256 i = 0; i < ranking.length; i++) {
+            uint256 p = ranking[i];
+            if (p >= n) revert BadRanking(i);
+            address who = owners[p];
+            if (who == address(0)) revert BadRanking(i); // already ranked
+            owners[p] = address(0);
+            uint256 r = rewards[i];
+            if (r != 0) {
+                Worker storage w = workers[who];
+                w.credit += uint96(r);
+                credited += r;
+            }
+            rankedOwners[i] = who;
+        }
+        totalCredited += credited;
+        emit RoundSettled(round, rankedOwners, ranking, rewards);
+
+        if (round == rounds) {
+            phase = Phase.Finished;
+            emit TrainingFinished(rounds);
+        } else {
+            _startRound(round + 1);
+        }
+    }
+
+    // ------------------------------------------------------------------ money
+
+    function withdraw() external {
+        Worker storage w = workers[msg.sender];
+        uint256 amount = w.credit;
+        if (amount == 0) revert NothingToWithdraw();
+        w.credit = 0;
+        totalWithdrawn += amount;
+        emit Withdrawn(msg.sender, amount);
+        (bool ok, ) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed();
+    }
+
+    /// @notice Ends the task: before training starts (a cancellation) or after the last
+    ///         round. Everything not credited to a worker goes back to the requester.
+    function closeTask() external onlyRequester {
+        if (phase != Phase.Registration && phase != Phase.Finished) {
+            revert WrongPhase(Phase.Finished, phase);
+        }
+        phase = Phase.Closed;
+        uint256 refund = deposit - totalCredited;
+        refunded = refund;
+        emit TaskClosed(refund);
+        if (refund != 0) {
+            (bool ok, ) = requester.call{value: refund}("");
+            if (!ok) revert TransferFailed();
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice The pot of a round: deposit / rounds; the last round also takes the
+    ///         remainder, so that fully settled rounds pay out the whole deposit.
+    function roundPot(uint32 round) public view returns (uint256) {
+        uint256 base = deposit / rounds;
+        return round == rounds ? deposit - base * (rounds - 1) : base;
+    }
+
+    /// @notice Shares of the paper's Top-K schedule for k ranked workers, wei-exact:
+    ///         floor(pot * num_i / den), the rounding remainder to rank 1.
+    ///         k = 1 and k = 2 pay everything to rank 1.
+    function topKRewards(uint256 pot, uint256 k) public pure returns (uint256[] memory out) {
+        out = new uint256[](k);
+        if (k == 0) return out;
+        if (k <= 2) {
+            out[0] = pot;
+            return out;
+        }
+        uint256 den = k << (k - 2);
+        uint256 paid = 0;
+        for (uint256 i = 1; i <= k; i++) {
+            uint256 num;
+            if (i + 3 <= k) num = k << (k - 2 - i);
+            else if (i == k - 2) num = k + 1;
+            else if (i == k - 1) num = k - 1;
+            else num = 0;
+            uint256 a = (pot * num) / den;
+            out[i - 1] = a;
+            paid += a;
+        }
+        out[0] += pot - paid;
+    }
+
+    function _rankRewards(
+        uint256 pot,
+        uint256 k,
+        uint256[] calldata amounts
+    ) private view returns (uint256[] memory) {
+        if (rule == RewardRule.TopK) {
+            if (amounts.length != 0) revert AmountsMismatch();
+            return topKRewards(pot, k);
+        }
+        if (amounts.length != k) revert AmountsMismatch();
+        uint256 total = 0;
+        for (uint256 i = 0; i < k; i++) total += amounts[i];
+        if (total > pot) revert AmountsExceedPot(pot, total);
+        return amounts;
+    }
+
+    /// @dev keccak256(abi.encode(this, round, who, digest, salt)), hashed in scratch
+    ///      memory: settlement runs it once per submitter, so no allocation per call.
+    function _commitment(uint32 round, address who, bytes32 digest, bytes32 salt)
+        private view returns (bytes32 c)
+    {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, address())
+            mstore(add(ptr, 0x20), round)
+            mstore(add(ptr, 0x40), who)
+            mstore(add(ptr, 0x60), digest)
+            mstore(add(ptr, 0x80), salt)
+            c := keccak256(ptr, 0xa0)
+        }
+    }
+
+    /// @dev keccak256(abi.encode(acc, who, c)), likewise without allocation.
+    function _fold(bytes32 acc, address who, bytes32 c) private pure returns (bytes32 out) {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, acc)
+            mstore(add(ptr, 0x20), who)
+            mstore(add(ptr, 0x40), c)
+            out := keccak256(ptr, 0x60)
+        }
+    }
+
+    function _startRound(uint32 round) private {
+        currentRound = round;
+        phase = Phase.Submission;
+        submittedCount = 0;
+        scoredCount = 0;
+        modelCount = 0;
+        commitmentAccumulator = bytes32(uint256(round)); // nonzero: no 20k first write
+        uint64 d = uint64(block.timestamp) + submissionPeriod;
+        deadline = d;
+        emit RoundStarted(round, d);
+    }
+
+    function getWorkers() external view returns (address[] memory) {
+        return workerList;
+    }
+
+    function heldBalance() external view returns (uint256) {
+        return address(this).balance;
+    }
+}

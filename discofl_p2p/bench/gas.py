@@ -1,0 +1,72 @@
+"""`discofl-p2p bench gas`: gas of every contract call for W = 6 and W = 50 workers.
+
+Plays several rounds with top-6 and prints one table; per-round figures show that a
+worker's gas does not grow with the round number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from rich.console import Console
+from rich.table import Table
+
+from discofl_p2p.chain.anvil import Anvil
+from discofl_p2p.chain.client import TaskParams, connect
+from discofl_p2p.chain.scripted import deploy_and_register, play_round
+
+ETH = 10**18
+PAPER_PER_AGENT_ROUND = 477_050  # BlockFlow: 31,913N + 542,045R + 477,050NR
+
+
+async def measure(ws_url: str, workers: int, rounds: int, top_k: int = 6) -> dict[str, list[int]]:
+    rng = random.Random(workers)
+    params = TaskParams(rounds=rounds, top_k=top_k, max_workers=workers, deposit_wei=10 * ETH)
+    w3 = await connect(ws_url)
+    try:
+        task = await deploy_and_register(w3, ws_url, params, workers, seed=workers)
+        for r in range(1, rounds + 1):
+            await play_round(task, r, rng, lambda n: rng.sample(range(n), min(top_k, n)))
+        task.record("closeTask", (await task.requester.close_task()).gas_used)
+        task.record("withdraw", (await task.workers[0].withdraw()).gas_used)
+        return task.gas
+    finally:
+        await w3.provider.disconnect()
+
+
+def render(results: dict[int, dict[str, list[int]]], rounds: int) -> Table:
+    ws = sorted(results)
+    t = Table(title=f"Gas per call (top-6; max over workers; {rounds} rounds)")
+    t.add_column("call")
+    for w in ws:
+        t.add_column(f"W = {w}", justify="right")
+    t.add_column("per round, W = 50", justify="left")
+    calls = ["deploy", "register", "startTraining", "submitModel", "openEvaluation",
+             "submitScores", "settleRound", "closeTask", "withdraw"]
+    for c in calls:
+        row = [c] + [f"{max(results[w][c]):,}" for w in ws]
+        per_round = results[ws[-1]][c]
+        row.append(" ".join(f"{g:,}" for g in per_round) if len(per_round) == rounds else "")
+        t.add_row(*row)
+    for w in ws:
+        g = results[w]
+        per_agent = max(g["submitModel"]) + max(g["submitScores"]) + max(g["settleRound"]) / w + max(g["openEvaluation"]) / w
+        t.add_row(f"per worker per round, W = {w}", *[""] * (ws.index(w)), f"{per_agent:,.0f}",
+                  *[""] * (len(ws) - ws.index(w) - 1),
+                  f"paper: {PAPER_PER_AGENT_ROUND:,} ({PAPER_PER_AGENT_ROUND / per_agent:.1f}x ours)")
+    return t
+
+
+def gas_main(rpc_url: str | None = None, rounds: int = 3) -> int:
+    async def run(ws_url: str) -> dict[int, dict[str, list[int]]]:
+        return {w: await measure(ws_url, w, rounds) for w in (6, 50)}
+
+    if rpc_url:
+        from discofl_p2p.demo import _to_ws
+        results = asyncio.run(run(_to_ws(rpc_url)))
+    else:
+        with Anvil() as anvil:
+            results = asyncio.run(run(anvil.ws_url))
+    Console(width=160).print(render(results, rounds))
+    return 0

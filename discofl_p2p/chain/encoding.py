@@ -1,0 +1,92 @@
+"""The contract's wire formats, as pure functions: commitments and packed scores.
+
+Scores travel as one big-endian uint16 per published model: basis points in
+[0, 10000], or ABSTAIN (0xFFFF) for a model the evaluator did not score (its own,
+or one it could not fetch). Values above 10000 other than ABSTAIN are invalid; the
+contract does not spend gas checking them, so readers treat them as abstentions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eth_abi import encode
+from eth_utils import keccak, to_canonical_address
+
+SCORE_SCALE = 10_000
+ABSTAIN = 0xFFFF
+NOT_OPENED = 0xFFFF
+
+
+def commitment(contract: str, round_: int, worker: str, model_digest: bytes, salt: bytes) -> bytes:
+    """keccak256(abi.encode(contract, round, worker, digest, salt)), as the contract checks it."""
+    if len(model_digest) != 32 or len(salt) != 32:
+        raise ValueError("model digest and salt must be 32 bytes each")
+    return keccak(
+        encode(
+            ["address", "uint32", "address", "bytes32", "bytes32"],
+            [to_canonical_address(contract), round_, to_canonical_address(worker), model_digest, salt],
+        )
+    )
+
+
+def encode_scores(scores: Sequence[float | None]) -> bytes:
+    """Packs scores in [0, 1] (None = abstain) into the calldata format."""
+    out = bytearray()
+    for i, s in enumerate(scores):
+        if s is None:
+            out += ABSTAIN.to_bytes(2, "big")
+            continue
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and 0.0 <= s <= 1.0):
+            raise ValueError(f"score {i} is {s!r}; scores must be finite numbers in [0, 1] or None")
+        out += round(s * SCORE_SCALE).to_bytes(2, "big")
+    return bytes(out)
+
+
+def decode_scores(data: bytes) -> list[float | None]:
+    """Unpacks calldata scores; abstentions and out-of-range values become None."""
+    if len(data) % 2:
+        raise ValueError(f"packed scores have odd length {len(data)}")
+    out: list[float | None] = []
+    for i in range(0, len(data), 2):
+        v = int.from_bytes(data[i : i + 2], "big")
+        out.append(v / SCORE_SCALE if v <= SCORE_SCALE else None)
+    return out
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One ModelCommitted event, with the opening the worker sent the requester (if any)."""
+
+    worker: str
+    commitment: bytes
+    digest: bytes | None = None
+    salt: bytes | None = None
+
+
+def reveal(
+    contract: str, round_: int, submissions: Sequence[Submission], models: Sequence[bytes]
+) -> tuple[list[str], list[int], list[bytes]]:
+    """The (submitters, positions, openings) arguments of settleRound.
+
+    `submissions` in event order; `models` as published. A submission whose opening
+    is missing or does not match its commitment is passed as NOT_OPENED with its raw
+    commitment: it stays out of the list and earns nothing.
+    """
+    where = {d: i for i, d in enumerate(models)}
+    if len(where) != len(models):
+        raise ValueError("the published model list has duplicates")
+    submitters, positions, openings = [], [], []
+    for s in submissions:
+        submitters.append(s.worker)
+        ok = (
+            s.digest is not None
+            and s.salt is not None
+            and s.digest in where
+            and commitment(contract, round_, s.worker, s.digest, s.salt) == s.commitment
+        )
+        positions.append(where[s.digest] if ok else NOT_OPENED)  # type: ignore[index]
+        openings.append(s.salt if ok else s.commitment)  # type: ignore[arg-type]
+    return submitters, positions, openings

@@ -1,0 +1,96 @@
+"""A scripted task on the contract, without agents: deploy, register, rounds, close.
+
+The demo, the gas benchmark and the chain tests share it. Models here are random
+32-byte digests; the agents (scenario runner) put real model CIDs in their place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+
+from discofl_p2p.chain.devchain import derive_account, fund
+from discofl_p2p.chain.client import TaskClient, TaskParams
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+
+FUNDING_WEI = 10**21  # 1000 ETH per simulated account
+
+
+@dataclass
+class ScriptedTask:
+    requester: TaskClient
+    workers: list[TaskClient]
+    gas: dict[str, list[int]] = field(default_factory=dict)
+
+    def record(self, call: str, gas: int) -> None:
+        self.gas.setdefault(call, []).append(gas)
+
+
+async def deploy_and_register(
+    w3: AsyncWeb3, ws_url: str, params: TaskParams, n_workers: int, *, seed: int = 0,
+    register: bool = True, start: bool = True,
+) -> ScriptedTask:
+    """Funds `n_workers` fresh accounts and deploys; then registers them unless
+    `register` is false, and starts training unless `start` is false."""
+    req_acct = derive_account(seed, "requester")
+    accts: list[LocalAccount] = [derive_account(seed, f"w{i + 1}") for i in range(n_workers)]
+    await fund(w3, req_acct.address, params.deposit_wei + FUNDING_WEI)
+    await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts))
+    requester, res = await TaskClient.deploy(w3, req_acct, params, ws_url=ws_url)
+    task = ScriptedTask(requester, [requester.as_account(a) for a in accts])
+    task.record("deploy", res.gas_used)
+    for w in task.workers if register else []:
+        task.record("register", (await w.register()).gas_used)
+    if start:
+        task.record("startTraining", (await requester.start_training()).gas_used)
+    return task
+
+
+RankingFn = Callable[[int], Sequence[int]]
+"""Given the number of published models, the ranking as positions, best first."""
+
+
+async def play_round(
+    task: ScriptedTask,
+    round_: int,
+    rng: random.Random,
+    ranking: RankingFn,
+    *,
+    amounts: Callable[[int], Sequence[int]] | None = None,
+) -> dict[str, int]:
+    """One full round: every worker commits, the requester shuffles and opens
+    evaluation, every worker scores, the requester reveals and settles.
+    Returns the gas of each kind of call in this round (max over workers)."""
+    digests = {w.account.address: hashlib.sha256(rng.randbytes(64)).digest() for w in task.workers}
+    salts = {w.account.address: rng.randbytes(32) for w in task.workers}
+    gas: dict[str, int] = {}
+    submissions = []
+    for w in task.workers:
+        a = w.account.address
+        c = commitment(task.requester.address, round_, a, digests[a], salts[a])
+        g = (await w.submit_model(round_, c)).gas_used
+        gas["submitModel"] = max(gas.get("submitModel", 0), g)
+        submissions.append(Submission(a, c, digests[a], salts[a]))
+    owners = [w.account.address for w in task.workers]
+    rng.shuffle(owners)
+    models = [digests[o] for o in owners]
+    gas["openEvaluation"] = (await task.requester.open_evaluation(round_, models)).gas_used
+    for w in task.workers:
+        scores = [None if o == w.account.address else rng.random() for o in owners]
+        g = (await w.submit_scores(round_, encode_scores(scores))).gas_used
+        gas["submitScores"] = max(gas.get("submitScores", 0), g)
+    rank = list(ranking(len(models)))
+    res = await task.requester.settle_round(
+        round_, models, *reveal(task.requester.address, round_, submissions, models), rank,
+        list(amounts(len(rank))) if amounts else [],
+    )
+    gas["settleRound"] = res.gas_used
+    for k, v in gas.items():
+        task.record(k, v)
+    return gas

@@ -1,0 +1,43 @@
+"""The `discofl-p2p` command line. Configuration is parsed here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from discofl_p2p import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="discofl-p2p",
+        description="Decentralised federated learning with a blockchain incentive layer.",
+    )
+    p.add_argument("--version", action="version", version=f"discofl-p2p {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="a whole task lifecycle on a fresh anvil, with balances")
+    demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    gas = bench_sub.add_parser("gas", help="gas of every contract call for W = 6 and W = 50")
+    gas.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
+    gas.add_argument("--rounds", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from discofl_p2p.demo import demo_main
+        return demo_main(args.rpc_url)
+    if args.command == "bench" and args.bench == "gas":
+        from discofl_p2p.bench.gas import gas_main
+        return gas_main(args.rpc_url, args.rounds)
+    build_parser().print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

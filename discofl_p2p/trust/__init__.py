@@ -1,0 +1,1 @@
+"""Trust logic as pure functions: contribution scoring and reward policies. No I/O."""

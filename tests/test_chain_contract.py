@@ -1,0 +1,474 @@
+"""The DiscoFLTask contract on a real anvil: lifecycle, access rules, anonymity, deadlines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from discofl_p2p.chain.artifact import load_artifact
+from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, connect
+from discofl_p2p.chain.devchain import advance_time, derive_account, fund
+from discofl_p2p.chain.encoding import (
+    NOT_OPENED,
+    Submission,
+    commitment,
+    decode_scores,
+    encode_scores,
+    reveal,
+)
+from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.chain.scripted import deploy_and_register, play_round
+from discofl_p2p.trust.rewards import round_pot, top_k_rewards
+from tests.conftest import run
+
+ROOT = Path(__file__).resolve().parents[1]
+ETH = 10**18
+
+
+def _params(**kw):  # noqa: ANN003, ANN202
+    base = dict(rounds=2, top_k=3, max_workers=4, deposit_wei=10 * ETH)
+    base.update(kw)
+    return TaskParams(**base)
+
+
+def _reverts(name: str):  # noqa: ANN202
+    return pytest.raises(ContractRevert, match=rf"\b{name}\(")
+
+
+# ---------------------------------------------------------------- artifact
+
+
+def test_artifact_matches_source_hash():
+    source = (ROOT / "contracts" / "DiscoFLTask.sol").read_bytes()
+    assert load_artifact()["sourceSha256"] == hashlib.sha256(source).hexdigest(), (
+        "discofl_p2p/chain/artifacts/DiscoFLTask.json is stale: run `make compile`"
+    )
+
+
+@pytest.mark.skipif(not (ROOT / "node_modules" / "solc").is_dir() or not shutil.which("node"),
+                    reason="needs `npm ci` (solc-js)")
+def test_artifact_bytecode_matches_a_fresh_compile():
+    out = subprocess.run(["node", str(ROOT / "contracts" / "compile.cjs"), "--stdout"],
+                         check=True, capture_output=True, text=True).stdout
+    fresh = json.loads(out)
+    committed = load_artifact()
+    assert fresh["bytecode"] == committed["bytecode"], "stale artifact: run `make compile`"
+    assert fresh["abi"] == committed["abi"]
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_whole_lifecycle_pays_exactly_the_deposit(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(rounds=2, top_k=3, max_workers=4, deposit_wei=10 * ETH + 1)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=11)
+            req = task.requester
+            rng = random.Random(1)
+            st = await req.state()
+            assert (st.phase, st.round, st.worker_count) == (Phase.SUBMISSION, 1, 4)
+            await play_round(task, 1, rng, lambda n: [2, 0, 1])
+            assert (await req.state()).round == 2
+            await play_round(task, 2, rng, lambda n: [1, 3])
+            st = await req.state()
+            assert st.phase == Phase.FINISHED
+            assert st.total_credited == p.deposit_wei  # two full rounds: the pot is spent
+            credits = [await req.credit_of(w.account.address) for w in task.workers]
+            assert sum(credits) == p.deposit_wei
+            close = await req.close_task()
+            assert close.events[0].name == "TaskClosed" and close.events[0].args["refund"] == 0
+            for w, c in zip(task.workers, credits):
+                if c:
+                    before = await w3.eth.get_balance(w.account.address)
+                    res = await w.withdraw()
+                    after = await w3.eth.get_balance(w.account.address)
+                    assert res.events[0].args["amount"] == c
+                    assert after - before == c - res.gas_used * (await w3.eth.get_transaction(res.tx_hash))["gasPrice"]
+                    assert await req.credit_of(w.account.address) == 0
+            st = await req.state()
+            assert st.held == 0 and st.total_withdrawn == p.deposit_wei
+            names = [e.name for e in await req.past_events()]
+            assert names[:6] == ["TaskCreated", "WorkerRegistered", "WorkerRegistered",
+                                 "WorkerRegistered", "WorkerRegistered", "TrainingStarted"]
+            assert names.count("RoundSettled") == 2 and names[-1] == "Withdrawn"
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_event_stream_delivers_every_event_in_order(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(rounds=1), 3, seed=12)
+            seen = []
+            stream = task.requester.events()
+            # Events from before the stream started are replayed, then live ones follow.
+            async for ev in stream:
+                seen.append(ev.name)
+                if ev.name == "RoundStarted":
+                    break
+            await play_round(task, 1, random.Random(2), lambda n: [0])
+            async for ev in stream:
+                seen.append(ev.name)
+                if ev.name == "TrainingFinished":
+                    break
+            await stream.aclose()
+            assert seen == (["TaskCreated"] + ["WorkerRegistered"] * 3 + ["TrainingStarted", "RoundStarted"]
+                            + ["ModelCommitted"] * 3 + ["EvaluationOpened"] + ["ScoresSubmitted"] * 3
+                            + ["RoundSettled", "TrainingFinished"])
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+# ---------------------------------------------------------------- deployment
+
+
+@pytest.mark.parametrize(
+    "kw, error",
+    [
+        (dict(rounds=0), "InvalidRounds"),
+        (dict(top_k=0), "InvalidTopK"),
+        (dict(top_k=5, max_workers=4), "InvalidTopK"),
+        (dict(max_workers=0), "InvalidMaxWorkers"),
+        (dict(deposit_wei=0), "ZeroDeposit"),
+        (dict(submission_period_s=0), "InvalidPeriod"),
+    ],
+)
+def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            acct = derive_account(13, "requester")
+            await fund(w3, acct.address, 100 * ETH)
+            with _reverts(error):
+                await TaskClient.deploy(w3, acct, _params(**kw), ws_url=anvil.ws_url)
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+# ---------------------------------------------------------------- access rules
+
+
+def test_access_rules(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(rounds=1, top_k=2, max_workers=3)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=14, start=False)
+            req, (w1, w2, w3_) = task.requester, task.workers
+            outsider = req.as_account(derive_account(14, "outsider"))
+            await fund(w3, outsider.account.address, 10 * ETH)
+
+            with _reverts("RegistrationFull"):
+                await outsider.register()
+            with _reverts("AlreadyRegistered"):
+                await w1.register()
+            with _reverts("RequesterCannotRegister"):
+                await req.register()
+            with _reverts("NotRequester"):
+                await w1.start_training()
+            with _reverts("WrongPhase"):
+                await w1.submit_model(1, bytes(32))  # before training starts
+            await req.start_training()
+            with _reverts("WrongPhase"):
+                await w1.register()  # registration is over
+            with _reverts("WrongPhase"):
+                await req.start_training()
+
+            digest, salt = b"\x01" * 32, b"\x02" * 32
+            c1 = commitment(req.address, 1, w1.account.address, digest, salt)
+            with _reverts("NotRegistered"):
+                await outsider.submit_model(1, c1)
+            with _reverts("WrongRound"):
+                await w1.submit_model(2, c1)
+            await w1.submit_model(1, c1)
+            with _reverts("AlreadySubmitted"):
+                await w1.submit_model(1, c1)
+            with _reverts("NotRequester"):
+                await w1.open_evaluation(1, [digest])
+            with _reverts("DeadlineNotReached"):
+                await req.open_evaluation(1, [digest])  # w2, w3 have not submitted yet
+            with _reverts("WrongPhase"):
+                await w1.submit_scores(1, encode_scores([None]))
+            with _reverts("WrongPhase"):
+                await req.close_task()  # training is running
+
+            await advance_time(w3, p.submission_period_s + 1)
+            with _reverts("DeadlinePassed"):
+                await w2.submit_model(1, c1)  # late
+            with _reverts("ModelCountMismatch"):
+                await req.open_evaluation(1, [digest, digest])
+            await req.open_evaluation(1, [digest])
+            with _reverts("BadScoresLength"):
+                await w2.submit_scores(1, encode_scores([0.5, 0.5]))
+            with _reverts("NotRegistered"):
+                await outsider.submit_scores(1, encode_scores([0.5]))
+            await w2.submit_scores(1, encode_scores([0.5]))
+            with _reverts("AlreadyScored"):
+                await w2.submit_scores(1, encode_scores([0.5]))
+            sub = [Submission(w1.account.address, c1, digest, salt)]
+            args = reveal(req.address, 1, sub, [digest])
+            with _reverts("NotRequester"):
+                await w1.settle_round(1, [digest], *args, [0])
+            with _reverts("DeadlineNotReached"):
+                await req.settle_round(1, [digest], *args, [0])  # w1, w3 have not scored
+            await advance_time(w3, p.evaluation_period_s + 1)
+            with _reverts("DeadlinePassed"):
+                await w3_.submit_scores(1, encode_scores([0.5]))
+            with _reverts("RankingTooLong"):
+                await req.settle_round(1, [digest], *args, [0, 0, 0])
+            with _reverts("BadRanking"):
+                await req.settle_round(1, [digest], *args, [1])
+            with _reverts("AmountsMismatch"):
+                await req.settle_round(1, [digest], *args, [0], [1])
+            await req.settle_round(1, [digest], *args, [0])
+            with _reverts("WrongPhase"):
+                await req.settle_round(1, [digest], *args, [0])
+            with _reverts("NotRequester"):
+                await w1.close_task()
+            with _reverts("NothingToWithdraw"):
+                await w2.withdraw()
+            await req.close_task()
+            with _reverts("WrongPhase"):
+                await req.close_task()
+            st = await req.state()
+            assert st.phase == Phase.CLOSED
+            assert st.refunded == 0 and st.total_credited == p.deposit_wei  # w1 took the whole pot
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_cancel_before_training_refunds_everything(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(), 2, seed=15, start=False)
+            res = await task.requester.close_task()
+            assert res.events[0].args["refund"] == 10 * ETH
+            st = await task.requester.state()
+            assert st.held == 0 and st.refunded == 10 * ETH
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+# ---------------------------------------------------------------- anonymity
+
+
+async def _round_to_settlement(task, rng):  # noqa: ANN001, ANN202
+    req = task.requester
+    subs, models = [], []
+    for w in task.workers:
+        d, s = rng.randbytes(32), rng.randbytes(32)
+        c = commitment(req.address, 1, w.account.address, d, s)
+        await w.submit_model(1, c)
+        subs.append(Submission(w.account.address, c, d, s))
+        models.append(d)
+    rng.shuffle(models)
+    await req.open_evaluation(1, models)
+    for w in task.workers:
+        await w.submit_scores(1, encode_scores([0.9] * len(models)))
+    return subs, models
+
+
+def test_chain_holds_no_link_between_worker_and_model_during_evaluation(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=4), 4, seed=16)
+            subs, models = await _round_to_settlement(task, random.Random(3))
+            events = await task.requester.past_events()
+            committed = [e for e in events if e.name == "ModelCommitted"]
+            # Commitments are salted hashes: no digest appears next to any worker.
+            for e in committed:
+                assert e.args["commitment"] not in models
+            opened = next(e for e in events if e.name == "EvaluationOpened")
+            assert sorted(opened.args["models"]) == sorted(s.digest for s in subs)
+            # ...and without the salts, no commitment can be matched to a listed model.
+            for s in subs:
+                for m in models:
+                    assert commitment(task.requester.address, 1, s.worker, m, bytes(32)) != s.commitment
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_wrong_reveals_are_rejected(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=3), 3, seed=17)
+            req = task.requester
+            subs, models = await _round_to_settlement(task, random.Random(4))
+            submitters, positions, openings = reveal(req.address, 1, subs, models)
+            assert NOT_OPENED not in positions
+
+            bad_salt = list(openings)
+            bad_salt[0] = bytes(32)
+            swapped = list(positions)
+            swapped[0], swapped[1] = swapped[1], swapped[0]
+            duplicated = list(positions)
+            duplicated[1] = duplicated[0]
+            reordered = [submitters[1], submitters[0], submitters[2]]
+            for args in [
+                (submitters, positions, bad_salt),
+                (submitters, swapped, openings),
+                (submitters, duplicated, openings),
+                (reordered, positions, openings),
+            ]:
+                with _reverts("BadReveal"):
+                    await req.settle_round(1, models, *args, [0])
+            tampered = list(models)
+            tampered[0] = bytes(32)
+            with _reverts("ModelListMismatch"):
+                await req.settle_round(1, tampered, submitters, positions, openings, [0])
+            # Excluding a submission without removing its model from the list fails too.
+            excl = list(positions)
+            excl[0] = NOT_OPENED
+            with _reverts("BadReveal"):
+                await req.settle_round(1, models, submitters, excl,
+                                       [subs[0].commitment, *openings[1:]], [0])
+            res = await req.settle_round(1, models, submitters, positions, openings, [0, 1, 2])
+            ev = res.events[0]
+            owner_of = {models[p]: s for s, p in zip(submitters, positions)}
+            assert ev.args["rankedOwners"] == [owner_of[models[i]] for i in (0, 1, 2)]
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=2, rounds=1), 3,
+                                             seed=18)
+            req = task.requester
+            rng = random.Random(5)
+            subs = []
+            for w in task.workers:
+                d, s = rng.randbytes(32), rng.randbytes(32)
+                c = commitment(req.address, 1, w.account.address, d, s)
+                await w.submit_model(1, c)
+                subs.append(Submission(w.account.address, c, d, s))
+            subs[1] = Submission(subs[1].worker, subs[1].commitment)  # never sent its opening
+            models = [subs[2].digest, subs[0].digest]
+            await req.open_evaluation(1, models)
+            for w in task.workers:
+                await w.submit_scores(1, encode_scores([0.5, 0.5]))
+            submitters, positions, openings = reveal(req.address, 1, subs, models)
+            assert positions == [1, NOT_OPENED, 0]
+            with _reverts("BadRanking"):
+                await req.settle_round(1, models, submitters, positions, openings, [0, 0])
+            res = await req.settle_round(1, models, submitters, positions, openings, [1, 0])
+            assert res.events[0].args["rankedOwners"] == [subs[0].worker, subs[2].worker]
+            assert await req.credit_of(subs[1].worker) == 0
+            assert await req.credit_of(subs[0].worker) == 10 * ETH  # K=2: all to rank 1
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_round_settles_after_deadline_with_missing_workers(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(max_workers=3, top_k=3, rounds=2)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=19)
+            req, (w1, w2, _) = task.requester, task.workers
+            d, s = b"\x07" * 32, b"\x08" * 32
+            c = commitment(req.address, 1, w1.account.address, d, s)
+            await w1.submit_model(1, c)
+            await advance_time(w3, p.submission_period_s + 1)
+            await req.open_evaluation(1, [d])
+            await w2.submit_scores(1, encode_scores([0.8]))
+            await advance_time(w3, p.evaluation_period_s + 1)
+            args = reveal(req.address, 1, [Submission(w1.account.address, c, d, s)], [d])
+            await req.settle_round(1, [d], *args, [0])
+            st = await req.state()
+            assert (st.phase, st.round, st.submitted_count) == (Phase.SUBMISSION, 2, 0)
+            assert await req.credit_of(w1.account.address) == round_pot(p.deposit_wei, 2, 1)
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def test_on_chain_top_k_split_equals_python_reference_to_the_wei(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(), 1, seed=20, start=False)
+            rng = random.Random(6)
+            pots = [0, 1, 7, 10**18, 2**96 - 1] + [rng.randrange(1, 2**96) for _ in range(4)]
+            for k in range(1, 21):
+                for pot in pots:
+                    on_chain = await task.requester.view("topKRewards", pot, k)
+                    assert on_chain == top_k_rewards(pot, k), (k, pot)
+                    assert sum(on_chain) == pot
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+@pytest.mark.parametrize("workers, top_k", [(1, 1), (2, 2), (5, 5), (7, 6)])
+def test_settlement_credits_the_python_reference(anvil, workers, top_k):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            deposit = random.Random(workers).randrange(10**17, 10**20)
+            p = _params(rounds=3, top_k=top_k, max_workers=workers, deposit_wei=deposit)
+            task = await deploy_and_register(w3, anvil.ws_url, p, workers, seed=21 + workers)
+            rng = random.Random(7)
+            expected = {w.account.address: 0 for w in task.workers}
+            for r in (1, 2, 3):
+                ranking = rng.sample(range(workers), rng.randint(0, top_k))
+                res_gas = await play_round(task, r, rng, lambda n, ranking=ranking: ranking)
+                assert res_gas
+                ev = [e for e in await task.requester.past_events() if e.name == "RoundSettled"][-1]
+                want = top_k_rewards(round_pot(deposit, 3, r), len(ranking))
+                assert ev.args["rewards"] == want
+                for who, amount in zip(ev.args["rankedOwners"], want):
+                    expected[who] += amount
+            for w in task.workers:
+                assert await task.requester.credit_of(w.account.address) == expected[w.account.address]
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_explicit_amounts_rule_caps_at_the_pot(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(rounds=1, top_k=2, max_workers=2, rule=RewardRule.EXPLICIT, deposit_wei=1000)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 2, seed=30)
+            with _reverts("AmountsExceedPot"):
+                await play_round(task, 1, random.Random(8), lambda n: [0, 1], amounts=lambda k: [600, 401])
+        finally:
+            await w3.provider.disconnect()
+    run(go())
+
+
+def test_score_codec_round_trips_and_rejects_bad_scores():
+    packed = encode_scores([0.0, 1.0, None, 0.12346])
+    assert len(packed) == 8
+    assert decode_scores(packed) == [0.0, 1.0, None, 0.1235]
+    assert decode_scores(b"\x27\x11") == [None]  # 10001 is out of range: treated as abstain
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="score 0"):
+            encode_scores([bad])

@@ -1,0 +1,103 @@
+"""Property test (hypothesis): random sequences of valid and invalid calls by random
+actors never break conservation of funds, and nobody takes more than their credit."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from discofl_p2p.chain.client import TaskParams, connect
+from discofl_p2p.chain.devchain import advance_time
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.chain.scripted import deploy_and_register
+from tests.conftest import run
+
+ACTIONS = ["register", "start", "submit", "open", "scores", "settle", "withdraw", "close", "wait"]
+N_ACTORS = 4  # actor 0 is the requester, 1..3 may be workers
+
+
+async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: int, top_k: int) -> None:
+    w3 = await connect(ws_url)
+    try:
+        p = TaskParams(rounds=rounds, top_k=top_k, max_workers=3, deposit_wei=10**18 + seed,
+                       submission_period_s=100, evaluation_period_s=100)
+        task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed,
+                                         register=False, start=False)
+        req = task.requester
+        actors = [req, *task.workers]
+        rng = random.Random(seed)
+        subs: dict[int, list[Submission]] = {}
+        published: dict[int, list[bytes]] = {}
+        withdrawn: dict[str, int] = {}
+        credited_seen: dict[str, int] = {}
+
+        for action, who in steps:
+            me = actors[who]
+            st_ = await req.state()
+            r = st_.round
+            try:
+                if action == "register":
+                    await me.register()
+                elif action == "start":
+                    await me.start_training()
+                elif action == "submit":
+                    d, s = rng.randbytes(32), rng.randbytes(32)
+                    c = commitment(req.address, r, me.account.address, d, s)
+                    await me.submit_model(r, c)
+                    subs.setdefault(r, []).append(Submission(me.account.address, c, d, s))
+                elif action == "open":
+                    models = [s.digest for s in subs.get(r, [])]
+                    rng.shuffle(models)
+                    await me.open_evaluation(r, models)
+                    published[r] = models
+                elif action == "scores":
+                    await me.submit_scores(r, encode_scores([rng.random() for _ in published.get(r, [])]))
+                elif action == "settle":
+                    models = published.get(r, [])
+                    ranking = rng.sample(range(len(models)), min(len(models), top_k))
+                    await me.settle_round(r, models, *reveal(req.address, r, subs.get(r, []), models), ranking)
+                elif action == "withdraw":
+                    credit = await req.credit_of(me.account.address)
+                    res = await me.withdraw()
+                    assert res.events[0].args["amount"] == credit  # exactly the credit, no more
+                    withdrawn[me.account.address] = withdrawn.get(me.account.address, 0) + credit
+                elif action == "close":
+                    await me.close_task()
+                elif action == "wait":
+                    await advance_time(w3, 101)
+            except ContractRevert:
+                pass  # invalid calls must revert cleanly; the invariants below still hold
+
+            st_ = await req.state()
+            credits = [await req.credit_of(w.account.address) for w in task.workers]
+            # Conservation: every wei is held, withdrawn or refunded.
+            assert st_.held + st_.total_withdrawn + st_.refunded == p.deposit_wei
+            # What the contract holds covers every outstanding credit.
+            assert st_.held == sum(credits) + (p.deposit_wei - st_.total_credited - st_.refunded)
+            assert st_.total_credited == sum(credits) + st_.total_withdrawn
+            assert st_.total_credited + st_.refunded <= p.deposit_wei
+            for w, c in zip(task.workers, credits):
+                a = w.account.address
+                credited_seen[a] = max(credited_seen.get(a, 0), c + withdrawn.get(a, 0))
+                assert withdrawn.get(a, 0) <= credited_seen[a]
+    finally:
+        await w3.provider.disconnect()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(ACTIONS), st.integers(0, N_ACTORS - 1)), min_size=1, max_size=40
+    ),
+    seed=st.integers(0, 2**16),
+    rounds=st.integers(1, 3),
+    top_k=st.integers(1, 3),
+)
+def test_random_call_sequences_conserve_funds(anvil, steps, seed, rounds, top_k):
+    # Bias towards progress: most sequences also include a protocol-shaped prefix.
+    prefix = [("register", 1), ("register", 2), ("start", 0), ("submit", 1), ("submit", 2),
+              ("open", 0), ("scores", 1), ("scores", 2), ("settle", 0), ("withdraw", 1)]
+    run(_play(anvil.ws_url, (prefix if seed % 2 else []) + steps, seed, rounds, top_k))
