@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     gas = bench_sub.add_parser("gas", help="gas of every contract call for W = 6 and W = 50")
     gas.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
     gas.add_argument("--rounds", type=int, default=3)
+    bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
     return p
 
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "gas":
         from discofl_p2p.bench.gas import gas_main
         return gas_main(args.rpc_url, args.rounds)
+    if args.command == "bench" and args.bench == "ml":
+        from discofl_p2p.bench.ml import ml_main
+        return ml_main()
     build_parser().print_help()
     return 2
 

@@ -6,6 +6,7 @@ rounding remainders go to the first-ranked (or highest-scored) worker. Pure func
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from fractions import Fraction
 
 
@@ -46,3 +47,47 @@ def round_pot(deposit: int, rounds: int, round_: int) -> int:
     """The contract's roundPot: deposit // rounds, the last round also takes the remainder."""
     base = deposit // rounds
     return deposit - base * (rounds - 1) if round_ == rounds else base
+
+
+def _split_by_weights(pot: int, weights: Mapping[Hashable, float]) -> dict[Hashable, int]:
+    """Integer wei proportional to the weights; the remainder to the largest weight
+    (first in order on ties). Nobody with positive weight: nobody is paid."""
+    positive = {w: x for w, x in weights.items() if x > 0}
+    out = {w: 0 for w in weights}
+    if not positive or pot == 0:
+        return out
+    # Exact rational arithmetic: floats would lose wei on large pots.
+    fr = {w: Fraction(x) for w, x in positive.items()}
+    total = sum(fr.values())
+    for w, x in fr.items():
+        share = pot * x / total
+        out[w] = share.numerator // share.denominator
+    top = max(positive, key=lambda w: positive[w])
+    out[top] += pot - sum(out.values())
+    return out
+
+
+def proportional_rewards(pot: int, contributions: Mapping[Hashable, float], *, floor: float = 0.0) -> dict[Hashable, int]:
+    """Pot split in proportion to p_k among the workers with p_k >= floor; the others
+    get nothing. Unlike the Top-K schedule, a worker ranked last but above the floor
+    earns its share, and a garbage model below the floor earns zero."""
+    return _split_by_weights(pot, {w: (p if p >= floor else 0.0) for w, p in contributions.items()})
+
+
+def loyalty_rewards(
+    pot: int,
+    contributions: Mapping[Hashable, float],
+    streaks: Mapping[Hashable, int],
+    *,
+    floor: float = 0.0,
+    bonus: float = 0.1,
+    max_streak: int = 10,
+) -> dict[Hashable, int]:
+    """Proportional with a loyalty bonus (the paper's future work): a worker's weight
+    is p_k * (1 + bonus * (min(streak, max_streak) - 1)), where the streak counts the
+    consecutive rounds up to this one in which it submitted a model."""
+    weights = {}
+    for w, p in contributions.items():
+        s = max(1, min(int(streaks.get(w, 1)), max_streak))
+        weights[w] = p * (1 + bonus * (s - 1)) if p >= floor else 0.0
+    return _split_by_weights(pot, weights)

@@ -1,0 +1,64 @@
+"""`discofl-p2p bench ml`: training and evaluation throughput per registry model on
+CPU, and the time of each aggregation rule for W = 6 and W = 50 models of the
+PyTorch-examples CNN (about 1.2M parameters)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator
+from discofl_p2p.ml.datasets import load_embedded_mnist
+from discofl_p2p.ml.models import MODELS, build_model, parameter_count
+from discofl_p2p.ml.training import TrainConfig, predict, train
+
+
+def _best_of(fn, repeats: int = 3) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def throughput_table(n_train: int = 2048, n_eval: int = 4096) -> Table:
+    data = load_embedded_mnist()
+    idx = torch.arange(n_train)
+    t = Table(title=f"Throughput on CPU ({torch.get_num_threads()} threads; best of 3)")
+    for col in ("model", "parameters", "train samples/s", "eval samples/s"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for name in MODELS:
+        model = build_model(name)
+        cfg = TrainConfig(epochs=1, batch_size=64)
+        train_s = _best_of(lambda: train(model, data, idx, cfg))
+        eval_s = _best_of(lambda: predict(model, data.x[:n_eval]))
+        t.add_row(name, f"{parameter_count(model):,}", f"{n_train / train_s:,.0f}", f"{n_eval / eval_s:,.0f}")
+    return t
+
+
+def aggregation_table() -> Table:
+    base = build_model("mnist_cnn").state_dict()
+    t = Table(title="Aggregation time, PyTorch-examples CNN (best of 3; goal < 1 s at W = 50 but Krum)")
+    t.add_column("rule")
+    for w in (6, 50):
+        t.add_column(f"W = {w}", justify="right")
+    cands = {
+        w: [Candidate({k: v + 0.01 * i for k, v in base.items()}, score=0.5 + i / (2 * w), n_samples=100 + i)
+            for i in range(w)]
+        for w in (6, 50)
+    }
+    for name in AGGREGATORS:
+        rule = make_aggregator(name)
+        t.add_row(name, *[f"{_best_of(lambda w=w: rule(cands[w])) * 1000:,.0f} ms" for w in (6, 50)])
+    return t
+
+
+def ml_main() -> int:
+    console = Console(width=120)
+    console.print(throughput_table())
+    console.print(aggregation_table())
+    return 0

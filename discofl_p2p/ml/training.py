@@ -1,0 +1,89 @@
+"""Train and evaluate on whole tensors: batches are index slices, no per-sample pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from discofl_p2p.ml.datasets import Dataset
+
+METRICS = ("accuracy", "macro_f1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9)
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op thread count is process-wide; agents set it once at the edge."""
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+
+
+def train(
+    model: nn.Module, data: Dataset, idx: torch.Tensor, cfg: TrainConfig, *, seed: int = 0
+) -> float:
+    """Trains `model` in place on data[idx]; returns the mean loss of the last epoch."""
+    if len(idx) == 0:
+        return float("nan")
+    x, y = data.x[idx], data.y[idx]
+    g = torch.Generator().manual_seed(seed)
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    model.train()
+    last = float("nan")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # dropout masks
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(len(y), generator=g)
+            total, n = 0.0, 0
+            for start in range(0, len(y), cfg.batch_size):
+                b = perm[start : start + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x[b]), y[b])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                n += len(b)
+            last = total / n
+            sched.step()
+    return last
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def score(pred: torch.Tensor, y: torch.Tensor, metric: str = "accuracy", num_classes: int = 10) -> float:
+    """Accuracy or macro-F1 in [0, 1]."""
+    if len(y) == 0:
+        raise ValueError("cannot score on an empty set")
+    if metric == "accuracy":
+        return float((pred == y).float().mean())
+    if metric == "macro_f1":
+        cm = torch.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+        tp = cm.diag().float()
+        precision_den, recall_den = cm.sum(0).float(), cm.sum(1).float()
+        f1 = 2 * tp / (precision_den + recall_den).clamp(min=1)
+        present = (recall_den > 0) | (precision_den > 0)
+        return float(f1[present].mean()) if present.any() else 0.0
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def evaluate(model: nn.Module, data: Dataset, idx: torch.Tensor | None = None, metric: str = "accuracy") -> float:
+    x, y = (data.x, data.y) if idx is None else (data.x[idx], data.y[idx])
+    return score(predict(model, x), y, metric, data.num_classes)

@@ -1,0 +1,83 @@
+"""BlockFlow contribution scoring (Mugunthan et al. 2020), exactly as in DESIGN.md.
+
+    m_k  = lower median over evaluators a != k of s[a,k]
+    m'_k = m_k / max_j m_j                         (0 where the max is 0)
+    t    = |s[a,k] - m_k|,  t' = max(0, (0.5 - t) / (0.5 + t))
+    d_a  = min over the k that a scored of t'[a,k]  (a's worst evaluation)
+    d'_a = d_a / max_b d_b                          (0 where the max is 0)
+    p_k  = min(m'_k, d'_k)
+
+Missing data: only submitted scores count and self-scores are ignored. A worker whose
+model nobody scored (or who submitted no model) has m = 0; a worker that scored
+nobody has d = 0; either way p = 0. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+Worker = Hashable
+ScoreMatrix = Mapping[Worker, Mapping[Worker, float]]  # evaluator -> evaluated -> score
+
+
+@dataclass(frozen=True)
+class Contribution:
+    median: float  # m_k
+    quality: float  # m'_k
+    honesty_raw: float  # d_k
+    honesty: float  # d'_k
+    score: float  # p_k
+
+
+def lower_median(values: Sequence[float]) -> float:
+    """The lower of the two middle values (the middle one for an odd count)."""
+    if not values:
+        raise ValueError("median of nothing")
+    s = sorted(values)
+    return s[(len(s) - 1) // 2]
+
+
+def agreement(t: float) -> float:
+    """t' = max(0, (0.5 - t) / (0.5 + t)): 1 at t = 0, 0 once t >= 0.5."""
+    return max(0.0, (0.5 - t) / (0.5 + t))
+
+
+def contribution_scores(scores: ScoreMatrix, workers: Sequence[Worker]) -> dict[Worker, Contribution]:
+    """BlockFlow p_k for every worker in `workers` from the submitted score matrix."""
+    known = set(workers)
+    for a, row in scores.items():
+        if a not in known:
+            raise ValueError(f"evaluator {a!r} is not among the workers")
+        for k, v in row.items():
+            if k not in known:
+                raise ValueError(f"evaluator {a!r} scored unknown worker {k!r}")
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"score of {a!r} for {k!r} is {v}; scores must be in [0, 1]")
+    received: dict[Worker, list[float]] = {k: [] for k in workers}
+    for a, row in scores.items():
+        for k, v in row.items():
+            if k != a:
+                received[k].append(v)
+    m = {k: lower_median(v) if v else 0.0 for k, v in received.items()}
+    m_max = max(m.values(), default=0.0)
+    d: dict[Worker, float] = {}
+    for a in workers:
+        ts = [agreement(abs(v - m[k])) for k, v in scores.get(a, {}).items() if k != a and received[k]]
+        d[a] = min(ts) if ts else 0.0
+    d_max = max(d.values(), default=0.0)
+    out = {}
+    for k in workers:
+        q = m[k] / m_max if m_max > 0 else 0.0
+        h = d[k] / d_max if d_max > 0 else 0.0
+        out[k] = Contribution(median=m[k], quality=q, honesty_raw=d[k], honesty=h, score=min(q, h))
+    return out
+
+
+def ranking(contributions: Mapping[Worker, Contribution], k: int, *, min_score: float = 0.0) -> list[Worker]:
+    """The Top-k workers by p, best first; ties break by the workers' order as given.
+    Workers with p below `min_score` are not ranked (the paper ranks everyone: 0)."""
+    order = list(contributions)
+    eligible = [w for w in order if contributions[w].score >= min_score]
+    eligible.sort(key=lambda w: (-contributions[w].score, order.index(w)))
+    return eligible[:k]

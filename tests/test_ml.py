@@ -1,0 +1,198 @@
+"""Data, splits, models, peer-weight validation, aggregation rules and training."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+
+import pytest
+import torch
+
+from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator
+from discofl_p2p.ml.datasets import DatasetError, load_dataset, load_embedded_mnist, load_full_mnist, parse_idx
+from discofl_p2p.ml.models import MODELS, build_model, export_initial_model, load_initial_model, parameter_count
+from discofl_p2p.ml.splits import partition
+from discofl_p2p.ml.training import TrainConfig, evaluate, score, train
+from discofl_p2p.ml.weights import ModelRejected, decode_state, encode_state, spec_of
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_embedded_mnist()
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_embedded_mnist_is_the_real_test_split(mnist):
+    assert mnist.x.shape == (10_000, 1, 28, 28) and mnist.x.dtype == torch.float32
+    assert mnist.y.shape == (10_000,) and set(mnist.y.tolist()) == set(range(10))
+    assert mnist.y[:5].tolist() == [7, 2, 1, 0, 4]  # the first t10k labels
+    assert abs(float(mnist.x.mean())) < 0.1  # normalised
+
+
+def test_idx_parser_names_what_is_wrong():
+    with pytest.raises(DatasetError, match="not an unsigned-byte IDX"):
+        parse_idx(b"\x00\x00\x0d\x01", where="f.gz")
+    with pytest.raises(DatasetError, match="f.gz: header says 3 bytes"):
+        parse_idx(b"\x00\x00\x08\x01\x00\x00\x00\x03\x01", where="f.gz")
+    assert parse_idx(b"\x00\x00\x08\x02\x00\x00\x00\x01\x00\x00\x00\x02\x05\x06").tolist() == [[5, 6]]
+
+
+def test_full_mnist_from_a_directory_checks_files(tmp_path):
+    with pytest.raises(DatasetError, match="missing"):
+        load_full_mnist(tmp_path, download=False)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(gzip.compress(b"not mnist"))
+    with pytest.raises(DatasetError, match="md5 does not match"):
+        load_full_mnist(tmp_path, download=False)
+    with pytest.raises(DatasetError, match="unknown data set"):
+        load_dataset("cifar")
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "quantity"])
+def test_partitions_are_deterministic_disjoint_and_split_80_20(mnist, scheme):
+    p = partition(mnist.y, 6, scheme=scheme, alpha=0.5, seed=3)
+    q = partition(mnist.y, 6, scheme=scheme, alpha=0.5, seed=3)
+    allidx = [p.test] + [t for w in p.workers for t in (w.train, w.val)]
+    cat = torch.cat(allidx)
+    assert len(cat) == len(set(cat.tolist())) == len(mnist)  # disjoint, complete
+    assert len(p.test) == 2000
+    for a, b in zip(p.workers, q.workers):
+        assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    for w in p.workers:
+        n = len(w.train) + len(w.val)
+        assert len(w.val) >= 1 and abs(len(w.val) - 0.2 * n) <= 1
+    r = partition(mnist.y, 6, scheme=scheme, alpha=0.5, seed=4)
+    assert not torch.equal(r.workers[0].train, p.workers[0].train)
+
+
+def test_dirichlet_skews_labels_and_iid_does_not(mnist):
+    def top_label_share(p):  # noqa: ANN001, ANN202
+        shares = []
+        for w in p.workers:
+            counts = torch.bincount(mnist.y[torch.cat([w.train, w.val])], minlength=10)
+            shares.append(float(counts.max()) / float(counts.sum()))
+        return sum(shares) / len(shares)
+    assert top_label_share(partition(mnist.y, 6, scheme="iid", seed=1)) < 0.15
+    assert top_label_share(partition(mnist.y, 6, scheme="dirichlet", alpha=0.1, seed=1)) > 0.4
+
+
+def test_per_worker_cap(mnist):
+    p = partition(mnist.y, 4, per_worker=500, seed=0)
+    assert all(len(w.train) + len(w.val) == 500 for w in p.workers)
+
+
+# ---------------------------------------------------------------- models and weights
+
+
+def test_registry_models_run_and_have_the_stated_sizes():
+    sizes = {name: parameter_count(build_model(name)) for name in MODELS}
+    assert 10_000 <= sizes["compact_cnn"] < 100_000
+    assert 1_100_000 < sizes["mnist_cnn"] < 1_300_000
+    x = torch.zeros(2, 1, 28, 28)
+    for name in MODELS:
+        assert build_model(name)(x).shape == (2, 10)
+
+
+def test_initial_model_travels_as_torchscript_without_its_class():
+    m = build_model("compact_cnn", seed=5)
+    blob = export_initial_model(m)
+    loaded = load_initial_model(blob)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(loaded(x), m(x))
+    assert spec_of(loaded.state_dict()) == spec_of(m.state_dict())
+
+
+def test_safetensors_round_trip():
+    state = build_model("mlp").state_dict()
+    back = decode_state(encode_state(state), spec_of(state))
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+class _Boom:
+    def __reduce__(self):  # noqa: ANN204
+        return (print, ("pwned",))
+
+
+def test_peer_weights_are_validated():
+    state = build_model("logreg").state_dict()
+    spec = spec_of(state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with pytest.raises(ModelRejected, match="pickle"):
+        decode_state(buf.getvalue(), spec)
+    with pytest.raises(ModelRejected, match="pickle"):
+        decode_state(pickle.dumps(_Boom()), spec)
+    wrong_shape = dict(state, **{"fc.bias": torch.zeros(11)})
+    with pytest.raises(ModelRejected, match=r"'fc.bias' has shape \(11,\)"):
+        decode_state(encode_state(wrong_shape), spec)
+    wrong_dtype = dict(state, **{"fc.bias": torch.zeros(10, dtype=torch.float64)})
+    with pytest.raises(ModelRejected, match="dtype torch.float64"):
+        decode_state(encode_state(wrong_dtype), spec)
+    for bad in (float("nan"), float("inf")):
+        poisoned = dict(state, **{"fc.bias": torch.full((10,), bad)})
+        with pytest.raises(ModelRejected, match="NaN or infinite"):
+            decode_state(encode_state(poisoned), spec)
+    with pytest.raises(ModelRejected, match="unexpected"):
+        decode_state(encode_state(dict(state, extra=torch.zeros(1))), spec)
+    with pytest.raises(ModelRejected, match="header length"):
+        decode_state(b"\xff" * 8 + b"{}", spec)
+    with pytest.raises(ModelRejected, match="over the cap"):
+        decode_state(encode_state(state), spec, max_bytes=100)
+    with pytest.raises(ModelRejected, match="not a valid safetensors"):
+        decode_state(encode_state(state)[:-4], spec)
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _c(v, score=1.0, n=1):  # noqa: ANN001, ANN202
+    return Candidate({"w": torch.tensor([float(v), -float(v)]), "steps": torch.tensor(3)}, score, n)
+
+
+def test_aggregation_rules_on_known_values():
+    cs = [_c(1, 0.9, 10), _c(2, 0.8, 30), _c(3, 0.9, 60), _c(100, 0.1, 100)]
+    agg = {name: make_aggregator(name)(cs)["w"][0].item() for name in AGGREGATORS}
+    assert agg["score_weighted"] == pytest.approx((0.9 + 1.6 + 2.7 + 10) / 2.7)
+    assert agg["sharpened"] == pytest.approx((0.9 + 1.6 + 2.7) / 2.6)  # 0.1 < 0.9 * 0.9: dropped
+    assert agg["fedavg"] == pytest.approx((10 + 60 + 180 + 10000) / 200)
+    assert agg["median"] == pytest.approx(2.5)
+    assert make_aggregator("trimmed_mean", trim=0.25)(cs)["w"][0].item() == pytest.approx(2.5)
+    assert agg["krum"] in (1.0, 2.0, 3.0)  # never the outlier
+    assert make_aggregator("multi_krum", f=1, m=2)(cs)["w"][0].item() in (pytest.approx(1.5), pytest.approx(2.5))
+    out = make_aggregator("median")(cs)
+    assert out["steps"].item() == 3 and out["steps"].dtype == torch.int64  # non-float: from the first
+
+
+def test_aggregation_input_errors():
+    with pytest.raises(ValueError, match="no candidate"):
+        make_aggregator("median")([])
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        make_aggregator("mean-ish")
+    with pytest.raises(ValueError, match="W > f \\+ 2"):
+        make_aggregator("krum", f=1)([_c(1), _c(2)])
+    # all-zero scores fall back to the plain mean rather than dividing by zero
+    assert make_aggregator("score_weighted")([_c(1, 0), _c(3, 0)])["w"][0].item() == pytest.approx(2)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_macro_f1_on_a_known_confusion():
+    y = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 1, 1, 1])
+    # class 0: P=1, R=.5, F1=2/3; class 1: P=2/3, R=1, F1=.8
+    assert score(pred, y, "macro_f1", num_classes=2) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert score(pred, y, "accuracy") == 0.75
+
+
+def test_compact_cnn_reaches_97_percent_centrally(mnist):
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(mnist), generator=g)
+    model = build_model("compact_cnn", seed=0)
+    train(model, mnist, perm[:8000], TrainConfig(epochs=6, batch_size=32, lr=1.5e-3, lr_decay=0.7), seed=0)
+    assert evaluate(model, mnist, perm[8000:]) >= 0.97
