@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     gas.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
     gas.add_argument("--rounds", type=int, default=3)
     bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
+    bench_sub.add_parser("p2p", help="libp2p blob throughput vs a plain socket, all-to-all W = 20, memory")
     return p
 
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "ml":
         from discofl_p2p.bench.ml import ml_main
         return ml_main()
+    if args.command == "bench" and args.bench == "p2p":
+        from discofl_p2p.bench.p2p import p2p_main
+        return p2p_main()
     build_parser().print_help()
     return 2
 

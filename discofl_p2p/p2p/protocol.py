@@ -1,0 +1,80 @@
+"""Our blob request/response protocol, `/discofl/blob/1.0.0`, over one libp2p stream.
+
+    request:  u32 big-endian length, then that many bytes of JSON
+              {"op": "get", "cid": "..."}  or  {"op": "list", "task": "...", "round": r}
+    response: u8 status, u64 big-endian length, then that many bytes of payload
+              (the blob for "get"; a JSON list of CIDs for "list")
+
+Every length is checked against a cap before anything is read past it, so a frame that
+lies about its length is refused without buffering it. Functions here take a stream
+with libp2p's `read(n)` / `write(data)`; they never parse payload bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Protocol
+
+BLOB_PROTOCOL = "/discofl/blob/1.0.0"
+MAX_REQUEST = 4096
+
+OK, NOT_FOUND, BAD_REQUEST = 0, 1, 2
+STATUS_NAMES = {OK: "ok", NOT_FOUND: "not found", BAD_REQUEST: "bad request"}
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol; the message says how."""
+
+
+class Stream(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+
+
+async def read_exact(stream: Stream, n: int, *, what: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.read(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ProtocolError(f"{what}: stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def encode_request(req: dict[str, Any]) -> bytes:
+    body = json.dumps(req, separators=(",", ":")).encode()
+    if len(body) > MAX_REQUEST:
+        raise ValueError(f"request of {len(body)} bytes is over {MAX_REQUEST}")
+    return struct.pack(">I", len(body)) + body
+
+
+async def read_request(stream: Stream) -> dict[str, Any]:
+    (n,) = struct.unpack(">I", await read_exact(stream, 4, what="request length"))
+    if n > MAX_REQUEST:
+        raise ProtocolError(f"request frame claims {n} bytes, over the cap of {MAX_REQUEST}")
+    body = await read_exact(stream, n, what="request body")
+    try:
+        req = json.loads(body)
+    except ValueError as e:
+        raise ProtocolError(f"request is not JSON: {e}") from None
+    if not isinstance(req, dict) or req.get("op") not in ("get", "list"):
+        raise ProtocolError("request must be a JSON object with op 'get' or 'list'")
+    if req["op"] == "get" and not isinstance(req.get("cid"), str):
+        raise ProtocolError("get request needs a string 'cid'")
+    if req["op"] == "list" and not (isinstance(req.get("task"), str) and isinstance(req.get("round"), int)):
+        raise ProtocolError("list request needs a string 'task' and an integer 'round'")
+    return req
+
+
+def encode_response_header(status: int, length: int) -> bytes:
+    return struct.pack(">BQ", status, length)
+
+
+async def read_response(stream: Stream, max_bytes: int, *, what: str) -> bytes:
+    status, n = struct.unpack(">BQ", await read_exact(stream, 9, what=f"{what} header"))
+    if status != OK:
+        raise ProtocolError(f"{what}: peer answered {STATUS_NAMES.get(status, f'status {status}')}")
+    if n > max_bytes:
+        raise ProtocolError(f"{what}: peer announces {n} bytes, over the cap of {max_bytes}")
+    return await read_exact(stream, n, what=what)
