@@ -16,7 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"discofl-p2p {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="a whole task lifecycle on a fresh anvil, with balances")
+    scen = sub.add_parser("scenario", help="run a scenario file: chain, agents, adversaries, report")
+    scen.add_argument("file", help="a scenario TOML file, e.g. scenarios/collusion.toml")
+    scen.add_argument("--out", help="output directory (default: runs/NAME-seedN)")
+    scen.add_argument("--seed", type=int, help="override the scenario's task.seed")
+    scen.add_argument("--rpc-url", help="use this running anvil instead of starting one")
+
+    demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
@@ -31,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "scenario":
+        from discofl_p2p.scenario.command import scenario_main
+        return scenario_main(args.file, args.out, args.seed, args.rpc_url)
     if args.command == "demo":
         from discofl_p2p.demo import demo_main
         return demo_main(args.rpc_url)

@@ -231,3 +231,28 @@ def test_shutdown_with_a_transfer_in_flight_is_orderly():
         assert not net.thread.running
         assert not [e for e in logs if e.get("log_level") in ("error", "critical")]
     run(go())
+
+
+def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages_arrive():
+    async def go():
+        async with P2PNetwork() as net:
+            author = await net.add_node(key_from_seed(12, "author"))
+            requester = await net.add_node(key_from_seed(12, "requester"))
+            prober = await net.add_node(key_from_seed(12, "prober"))
+            await net.connect_all()
+            cid = await author.put(b"my model", task="T", round_=1, only_for=[requester.peer_id])
+            with pytest.raises(BlobUnavailable, match="not found"):
+                await prober.get(cid, [author.peer_id])
+            assert await requester.get(cid, [author.peer_id]) == b"my model"
+            await author.share(cid)
+            assert await prober.get(cid, [author.peer_id]) == b"my model"
+
+            inbox = await requester.serve_messages("/discofl/test-msg/1.0.0")
+            await author.send_message(requester.peer_id, "/discofl/test-msg/1.0.0", {"cid": cid})
+            sender, payload = await asyncio.wait_for(inbox.get(), 5)
+            assert sender == author.peer_id and payload == {"cid": cid}
+            with capture_logs() as logs:
+                await prober.send_raw(requester.peer_id, "/discofl/test-msg/1.0.0", struct.pack(">I", 2) + b"[]")
+            assert [e["event"] for e in logs] == ["message_rejected"]
+            assert inbox.empty()
+    run(go())

@@ -47,6 +47,7 @@ from discofl_p2p.p2p.protocol import (
     encode_request,
     encode_response_header,
     read_request,
+    read_request_json,
     read_response,
 )
 
@@ -128,6 +129,7 @@ class _TrioNode:
     def __init__(self, key: KeyPair, cfg: NodeConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.key, self.cfg, self.loop = key, cfg, loop
         self.blobs: dict[str, bytes] = {}
+        self.only_for: dict[str, frozenset[str]] = {}  # cid -> the peers it is served to
         self.index: dict[tuple[str, int], set[str]] = defaultdict(set)
         self.host: Any = None
         self.pubsub: GuardedPubsub | None = None
@@ -199,7 +201,8 @@ class _TrioNode:
                         return
                 if req["op"] == "get":
                     data = self.blobs.get(req["cid"])
-                    if data is None:
+                    allowed = self.only_for.get(req["cid"])
+                    if data is None or (allowed is not None and peer not in allowed):
                         await stream.write(encode_response_header(NOT_FOUND, 0))
                     else:
                         with bridge.fail_after(self.cfg.fetch_timeout_s):
@@ -285,6 +288,35 @@ class _TrioNode:
         await _reset(stream)
         return bytes(out)
 
+    # ---------------------------------------------------------------- direct messages
+
+    async def serve_messages(self, protocol: str, deliver: Callable[[str, dict[str, Any]], None]) -> None:
+        async def handler(stream: Any) -> None:
+            peer = str(stream.muxed_conn.peer_id)
+            try:
+                with bridge.fail_after(self.cfg.request_timeout_s):
+                    payload = await read_request_json(stream)
+                    await stream.write(encode_response_header(OK, 0))
+                    await stream.close()
+            except Exception as e:  # noqa: BLE001 - a peer must never crash the node
+                log.warning("message_rejected", peer=peer, protocol=protocol, reason=str(e) or repr(e))
+                await _reset(stream)
+                return
+            bridge.to_asyncio(self.loop, deliver, peer, payload)
+
+        self.host.set_stream_handler(TProtocol(protocol), handler)
+
+    async def send_message(self, peer: str, protocol: str, payload: dict[str, Any]) -> None:
+        with bridge.fail_after(self.cfg.request_timeout_s):
+            stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+            try:
+                await stream.write(encode_request(payload))
+                await read_response(stream, 0, what=f"message on {protocol}")
+            except BaseException:
+                await _reset(stream)
+                raise
+            await _close(stream)
+
     # ---------------------------------------------------------------- gossip
 
     async def subscribe(self, topic: str, deliver: Callable[[Announcement], None]) -> None:
@@ -363,16 +395,42 @@ class P2PNode:
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
         await self._thread.call(self._node.connect, peer_id, list(addrs))
 
-    async def put(self, data: bytes, *, task: str | None = None, round_: int | None = None) -> str:
-        """Stores and serves a blob; returns its CID. Tagged blobs answer `ask_held`."""
+    async def put(
+        self, data: bytes, *, task: str | None = None, round_: int | None = None,
+        only_for: Sequence[str] | None = None,
+    ) -> str:
+        """Stores and serves a blob; returns its CID. Tagged blobs answer `ask_held`.
+        `only_for` serves it to those peers only, until `share()` (anonymity: nobody
+        else can probe which peer holds a model)."""
         cid = cid_of(data)
-        self._thread.run_sync_soon(lambda: self._store(cid, data, task, round_))
+        self._thread.run_sync_soon(lambda: self._store(cid, data, task, round_, only_for))
         return cid
 
-    def _store(self, cid: str, data: bytes, task: str | None, round_: int | None) -> None:
+    def _store(self, cid: str, data: bytes, task: str | None, round_: int | None,
+               only_for: Sequence[str] | None) -> None:
         self._node.blobs[cid] = data
+        if only_for is not None:
+            self._node.only_for[cid] = frozenset(only_for)
         if task is not None and round_ is not None:
             self._node.index[(task, round_)].add(cid)
+
+    async def share(self, cid: str, task: str | None = None, round_: int | None = None) -> None:
+        """Lifts an `only_for` restriction (and optionally tags the blob)."""
+        def lift() -> None:
+            self._node.only_for.pop(cid, None)
+            if task is not None and round_ is not None:
+                self._node.index[(task, round_)].add(cid)
+        self._thread.run_sync_soon(lift)
+
+    async def serve_messages(self, protocol: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        """Direct messages on `protocol`: small JSON objects, acknowledged on receipt,
+        delivered here as (sender peer id, payload)."""
+        q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        await self._thread.call(self._node.serve_messages, protocol, lambda p, m: q.put_nowait((p, m)))
+        return q
+
+    async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
+        await self._thread.call(self._node.send_message, peer_id, protocol, payload)
 
     async def get(self, cid: str, providers: Sequence[str], *, keep: bool = False, max_bytes: int | None = None) -> bytes:
         """Fetches a blob from the first provider that delivers bytes matching `cid`;

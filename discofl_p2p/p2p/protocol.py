@@ -49,7 +49,8 @@ def encode_request(req: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-async def read_request(stream: Stream) -> dict[str, Any]:
+async def read_request_json(stream: Stream) -> dict[str, Any]:
+    """One u32-length-prefixed JSON object (requests and direct messages)."""
     (n,) = struct.unpack(">I", await read_exact(stream, 4, what="request length"))
     if n > MAX_REQUEST:
         raise ProtocolError(f"request frame claims {n} bytes, over the cap of {MAX_REQUEST}")
@@ -58,7 +59,14 @@ async def read_request(stream: Stream) -> dict[str, Any]:
         req = json.loads(body)
     except ValueError as e:
         raise ProtocolError(f"request is not JSON: {e}") from None
-    if not isinstance(req, dict) or req.get("op") not in ("get", "list"):
+    if not isinstance(req, dict):
+        raise ProtocolError("request must be a JSON object")
+    return req
+
+
+async def read_request(stream: Stream) -> dict[str, Any]:
+    req = await read_request_json(stream)
+    if req.get("op") not in ("get", "list"):
         raise ProtocolError("request must be a JSON object with op 'get' or 'list'")
     if req["op"] == "get" and not isinstance(req.get("cid"), str):
         raise ProtocolError("get request needs a string 'cid'")

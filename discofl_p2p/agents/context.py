@@ -1,0 +1,80 @@
+"""What the agents of one simulated task share: data, w0's spec, the CPU executor,
+the out-of-band channel of collusion rings, and the record they write into.
+
+CPU-bound torch work runs in a bounded thread pool sized to the cores (`cpu`), so the
+event loop keeps serving the chain and the network while models train; torch's own
+intra-op threads are set to 1 per job so that jobs do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from discofl_p2p.ml.aggregation import AggregationRule
+from discofl_p2p.ml.datasets import Dataset
+from discofl_p2p.ml.splits import Partition
+from discofl_p2p.ml.training import TrainConfig
+from discofl_p2p.ml.weights import Spec
+
+T = TypeVar("T")
+
+OPENING_PROTOCOL = "/discofl/opening/1.0.0"
+"""Direct message worker -> requester: the (CID, salt) that opens its commitment."""
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    models: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    contribution: dict[str, float] = field(default_factory=dict)
+    ranking: list[str] = field(default_factory=list)
+    rewards_wei: dict[str, int] = field(default_factory=dict)
+    test_accuracy: dict[str, float] = field(default_factory=dict)
+    gas: dict[str, int] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass
+class SimContext:
+    task_id: str
+    data: Dataset
+    partition: Partition
+    spec: Spec
+    w0: bytes
+    train_cfg: TrainConfig
+    metric: str
+    aggregate: AggregationRule
+    max_model_bytes: int
+    seed: int
+    announce_loss: float = 0.0
+    cpu: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    )
+    # ring name -> round -> CIDs its members told each other (the out-of-band channel)
+    ring_channel: dict[str, dict[int, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
+    rounds: dict[int, RoundRecord] = field(default_factory=dict)
+    on_phase: Callable[[int, str], None] = lambda r, phase: None
+
+    @property
+    def topic(self) -> str:
+        return f"discofl/{self.task_id}/announce"
+
+    def record(self, round_: int) -> RoundRecord:
+        if round_ not in self.rounds:
+            self.rounds[round_] = RoundRecord(round_)
+        return self.rounds[round_]
+
+    def add_gas(self, round_: int, worker: str, gas: int) -> None:
+        rec = self.record(round_)
+        rec.gas[worker] = rec.gas.get(worker, 0) + gas
+
+    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)

@@ -1,0 +1,356 @@
+"""The requester agent: deploys the task, publishes w0, admits workers, runs rounds,
+scores contributions off-chain, settles on-chain, builds the final model, closes.
+
+It is one state machine fed by one queue that merges four sources: contract events,
+openings that workers send it directly, results of its own blob checks, and deadline
+timers. Every task it starts belongs to its TaskGroup and ends with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
+from discofl_p2p.agents.jobs import evaluate_job
+from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskParams
+from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, reveal
+from discofl_p2p.ml.aggregation import Candidate
+from discofl_p2p.ml.weights import StateDict, decode_state
+from discofl_p2p.p2p.cid import CIDError, digest_of
+from discofl_p2p.p2p.node import P2PNode
+from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking
+from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, round_pot, top_k_rewards
+
+log = structlog.get_logger("discofl.requester")
+
+
+@dataclass(frozen=True)
+class RequesterConfig:
+    rounds: int
+    top_k: int
+    deposit_wei: int
+    reward_policy: str
+    quality_floor: float
+    loyalty_bonus: float
+    submission_timeout_s: int
+    evaluation_timeout_s: int
+    registration_timeout_s: float = 60.0
+    final_keep_ratio: float = 0.5  # the final model leaves out models with p < this x max p
+
+
+@dataclass
+class _Round:
+    number: int
+    deadline: int = 0
+    phase: str = "submission"
+    commitments: dict[str, bytes] = field(default_factory=dict)  # worker address -> commitment
+    order: list[str] = field(default_factory=list)  # submission (event) order
+    openings: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # address -> (cid, salt)
+    checked: dict[str, StateDict | None] = field(default_factory=dict)  # address -> valid state or None
+    published: list[bytes] = field(default_factory=list)
+    owner_at: list[str] = field(default_factory=list)
+    scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position
+    started: float = field(default_factory=time.monotonic)
+    accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
+
+
+class RequesterAgent:
+    def __init__(self, client: TaskClient, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,
+                 names: dict[str, str]) -> None:
+        self.client, self.node, self.ctx, self.cfg = client, node, ctx, cfg
+        self.names = names  # worker address -> worker name
+        self.registered: list[str] = []
+        self.rounds: dict[int, _Round] = {}
+        self.streaks: dict[str, int] = {}
+        self.final_accuracy: float | None = None
+        self.refund_wei: int = 0
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Openings can arrive before this agent has seen their RoundStarted event.
+        self._early: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        self._rng = random.Random(ctx.seed)
+        self._last_states: dict[str, StateDict] = {}
+        self._last_contrib: dict[str, Contribution] = {}
+
+    # ---------------------------------------------------------------- setup
+
+    @classmethod
+    async def deploy(cls, client_factory, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,  # noqa: ANN001
+                     names: dict[str, str]) -> "RequesterAgent":
+        """Publishes w0 on the network and deploys the task contract."""
+        w0_cid = await node.put(ctx.w0)
+        rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
+        params = TaskParams(
+            rounds=cfg.rounds,
+            top_k=cfg.top_k if rule == RewardRule.TOP_K else len(names),
+            max_workers=len(names),
+            deposit_wei=cfg.deposit_wei,
+            initial_model=digest_of(w0_cid),
+            submission_period_s=cfg.submission_timeout_s,
+            evaluation_period_s=cfg.evaluation_timeout_s,
+            rule=rule,
+        )
+        client, res = await client_factory(params)
+        log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
+        return cls(client, node, ctx, cfg, names)
+
+    # ---------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        inbox = await self.node.serve_messages(OPENING_PROTOCOL)
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            self._spawn(self._feed_events())
+            self._spawn(self._feed_inbox(inbox))
+            self._spawn(self._timer(("registration_timeout", 0), self.cfg.registration_timeout_s))
+            while True:
+                kind, item = await self._queue.get()
+                if not await self._handle(kind, item):
+                    break
+            # The task is closed: feeders, pending timers and checks end with it.
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def _feed_events(self) -> None:
+        events = self.client.events()
+        try:
+            async for ev in events:
+                await self._queue.put(("event", ev))
+        finally:
+            await events.aclose()
+
+    async def _feed_inbox(self, inbox: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        while True:
+            await self._queue.put(("opening", await inbox.get()))
+
+    async def _timer(self, item: tuple[str, int], delay: float) -> None:
+        await asyncio.sleep(max(0.0, delay))
+        await self._queue.put(("timer", item))
+
+    def _spawn(self, coro) -> asyncio.Task[Any]:  # noqa: ANN001
+        """Starts a task owned by this agent's TaskGroup (cancelled when the task closes)."""
+        assert self._tg is not None
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _handle(self, kind: str, item: Any) -> bool:
+        if kind == "event":
+            return await self._on_event(item)
+        if kind == "opening":
+            self._on_opening(*item)
+        elif kind == "checked":
+            r, worker, state = item
+            if r in self.rounds:
+                self.rounds[r].checked[worker] = state
+        elif kind == "timer":
+            await self._on_timer(*item)
+        if self.rounds:
+            await self._advance(self.rounds[max(self.rounds)])
+        return True
+
+    # ---------------------------------------------------------------- events
+
+    async def _on_event(self, ev: ChainEvent) -> bool:
+        a = ev.args
+        if ev.name == "WorkerRegistered":
+            self.registered.append(a["worker"])
+            if len(self.registered) == len(self.names):
+                await self.client.start_training()
+        elif ev.name == "RoundStarted":
+            r = _Round(a["round"], deadline=a["deadline"])
+            self.rounds[r.number] = r
+            self.ctx.on_phase(r.number, "submission")
+            self._spawn(self._timer(("submission_deadline", r.number), a["deadline"] - time.time() + 1.5))
+            for peer, msg in self._early.pop(r.number, []):
+                self._on_opening(peer, msg)
+        elif ev.name == "ModelCommitted":
+            r = self.rounds[a["round"]]
+            r.commitments[a["worker"]] = bytes(a["commitment"])
+            r.order.append(a["worker"])
+        elif ev.name == "EvaluationOpened":
+            r = self.rounds[a["round"]]
+            r.phase = "evaluation"
+            self.ctx.on_phase(r.number, "evaluation")
+            self._spawn(self._timer(("evaluation_deadline", r.number), a["deadline"] - time.time() + 1.5))
+            r.accuracy = self._spawn(self._test_accuracy(r))
+        elif ev.name == "ScoresSubmitted":
+            r = self.rounds[a["round"]]
+            r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
+        elif ev.name == "RoundSettled":
+            rec = self.ctx.record(a["round"])
+            rec.wall_s = time.monotonic() - self.rounds[a["round"]].started
+            self.ctx.on_phase(a["round"], "settled")
+        elif ev.name == "TrainingFinished":
+            await self._finish()
+        elif ev.name == "TaskClosed":
+            return False
+        if self.rounds:
+            await self._advance(self.rounds[max(self.rounds)])
+        return True
+
+    def _on_opening(self, peer: str, msg: dict[str, Any]) -> None:
+        try:
+            r, worker, cid, salt = msg["round"], msg["worker"], msg["cid"], bytes.fromhex(msg["salt"])
+            if msg.get("task") != self.ctx.task_id or worker not in self.names or len(salt) != 32:
+                raise ValueError("wrong task, unknown worker or bad salt")
+            digest_of(cid)
+        except (KeyError, TypeError, ValueError, CIDError) as e:
+            log.warning("opening_rejected", peer=peer, reason=str(e))
+            return
+        rnd = self.rounds.get(r)
+        if rnd is None and isinstance(r, int) and r > max(self.rounds, default=0) and r <= self.cfg.rounds:
+            self._early.setdefault(r, []).append((peer, msg))
+            return
+        if rnd is None or rnd.phase != "submission" or worker in rnd.openings:
+            log.warning("opening_rejected", peer=peer, round=r, reason="not accepting an opening for this round")
+            return
+        rnd.openings[worker] = (cid, salt)
+        self._spawn(self._check_blob(r, worker, cid, peer))
+
+    async def _check_blob(self, r: int, worker: str, cid: str, peer: str) -> None:
+        """Fetches the worker's model from it (keeping a copy to re-serve) and checks it
+        against w0. An unusable model is left out of the published list."""
+        try:
+            blob = await self.node.get(cid, [peer], keep=True, max_bytes=self.ctx.max_model_bytes)
+            state = await self.ctx.run_cpu(decode_state, blob, self.ctx.spec)
+            await self.node.tag(cid, self.ctx.task_id, r)
+        except Exception as e:  # noqa: BLE001 - a bad model excludes its author this round
+            log.warning("model_rejected", worker=self.names[worker], round=r, reason=str(e))
+            state = None
+        await self._queue.put(("checked", (r, worker, state)))
+
+    async def _on_timer(self, what: str, r: int) -> None:
+        if what == "registration_timeout":
+            if len(self.registered) < len(self.names) and not self.rounds:
+                if not self.registered:
+                    raise RuntimeError("no worker registered before the registration timeout")
+                log.warning("registration_incomplete", registered=len(self.registered), expected=len(self.names))
+                await self.client.start_training()
+        elif what == "submission_deadline" and r in self.rounds and self.rounds[r].phase == "submission":
+            await self._open(self.rounds[r], forced=True)
+        elif what == "evaluation_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            await self._settle(self.rounds[r], forced=True)
+
+    # ---------------------------------------------------------------- rounds
+
+    async def _advance(self, r: _Round) -> None:
+        everyone = set(self.registered)
+        if r.phase == "submission":
+            if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
+                await self._open(r, forced=False)
+        elif r.phase == "evaluation":
+            if set(r.scores) >= everyone:
+                await self._settle(r, forced=False)
+
+    def _valid_openings(self, r: _Round) -> dict[str, tuple[str, bytes]]:
+        ok = {}
+        for w, (cid, salt) in r.openings.items():
+            if w in r.commitments and r.checked.get(w) is not None:
+                if commitment(self.client.address, r.number, w, digest_of(cid), salt) == r.commitments[w]:
+                    ok[w] = (cid, salt)
+                else:
+                    log.warning("opening_mismatch", worker=self.names[w], round=r.number)
+        return ok
+
+    async def _open(self, r: _Round, *, forced: bool) -> None:
+        r.phase = "opening"
+        ok = self._valid_openings(r)
+        owners = list(ok)
+        self._rng.shuffle(owners)
+        r.owner_at = owners
+        r.published = [digest_of(ok[w][0]) for w in owners]
+        rec = self.ctx.record(r.number)
+        rec.models = {self.names[w]: ok[w][0] for w in owners}
+        rec.excluded = sorted(self.names[w] for w in r.commitments if w not in ok)
+        if forced:
+            log.info("submission_deadline_passed", round=r.number, published=len(owners),
+                     missing=sorted(self.names[w] for w in set(self.registered) - set(r.commitments)))
+        await self.client.open_evaluation(r.number, r.published)
+        r.phase = "evaluation"
+
+    async def _test_accuracy(self, r: _Round) -> None:
+        test = self.ctx.partition.test
+        x, y = self.ctx.data.x[test], self.ctx.data.y[test]
+        rec = self.ctx.record(r.number)
+        for w in r.owner_at:
+            state = r.checked[w]
+            if state is not None:
+                rec.test_accuracy[self.names[w]] = await self.ctx.run_cpu(evaluate_job, self.ctx.w0, state, x, y, "accuracy")
+
+    async def _settle(self, r: _Round, *, forced: bool) -> None:
+        r.phase = "settling"
+        self.ctx.on_phase(r.number, "settling")
+        if r.accuracy is not None:
+            await r.accuracy  # measured while workers evaluated; recorded with the round
+        name_at = [self.names[w] for w in r.owner_at]
+        matrix: dict[str, dict[str, float]] = {}
+        for evaluator, scores in r.scores.items():
+            if len(scores) != len(name_at):
+                continue
+            row = {name_at[i]: s for i, s in enumerate(scores) if s is not None and r.owner_at[i] != evaluator}
+            matrix[self.names[evaluator]] = row
+        everyone = [self.names[w] for w in self.registered]
+        contrib = contribution_scores(matrix, everyone)
+        published = set(name_at)
+        for n in everyone:
+            self.streaks[n] = self.streaks.get(n, 0) + 1 if n in published else 0
+        pot = round_pot(self.cfg.deposit_wei, self.cfg.rounds, r.number)
+        eligible = {n: c for n, c in contrib.items() if n in published}
+        if self.cfg.reward_policy == "top_k":
+            ranked = ranking(eligible, self.cfg.top_k)
+            amounts_by_rank = top_k_rewards(pot, len(ranked))
+            explicit: list[int] = []
+        else:
+            p = {n: c.score for n, c in eligible.items()}
+            if self.cfg.reward_policy == "proportional":
+                split = proportional_rewards(pot, p, floor=self.cfg.quality_floor)
+            else:
+                split = loyalty_rewards(pot, p, {n: self.streaks[n] for n in p},
+                                        floor=self.cfg.quality_floor, bonus=self.cfg.loyalty_bonus)
+            ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], name_at.index(n)))
+            amounts_by_rank = explicit = [split[n] for n in ranked]
+        positions = [name_at.index(n) for n in ranked]
+        opened = self._valid_openings(r)
+        submissions = [
+            Submission(w, r.commitments[w], digest_of(opened[w][0]), opened[w][1]) if w in opened
+            else Submission(w, r.commitments[w])
+            for w in r.order
+        ]
+        args = reveal(self.client.address, r.number, submissions, r.published)
+        await self.client.settle_round(r.number, r.published, *args, positions, explicit)
+        rec = self.ctx.record(r.number)
+        rec.scores = matrix
+        rec.contribution = {n: c.score for n, c in contrib.items()}
+        rec.ranking = ranked
+        rec.rewards_wei = {n: 0 for n in everyone} | dict(zip(ranked, amounts_by_rank))
+        self._last_states = {self.names[w]: r.checked[w] for w in r.owner_at if r.checked.get(w) is not None}
+        self._last_contrib = contrib
+        if forced:
+            log.info("evaluation_deadline_passed", round=r.number,
+                     missing=sorted(self.names[w] for w in set(self.registered) - set(r.scores)))
+
+    # ---------------------------------------------------------------- the end
+
+    async def _finish(self) -> None:
+        """The final model: the configured rule over the last round's models, weighted
+        by contribution, leaving out those below final_keep_ratio x the best p."""
+        best = max((c.score for c in self._last_contrib.values()), default=0.0)
+        cands = [Candidate(s, self._last_contrib[n].score) for n, s in self._last_states.items()
+                 if self._last_contrib[n].score >= self.cfg.final_keep_ratio * best]
+        if cands:
+            final = await self.ctx.run_cpu(self.ctx.aggregate, cands)
+            test = self.ctx.partition.test
+            self.final_accuracy = await self.ctx.run_cpu(
+                evaluate_job, self.ctx.w0, final, self.ctx.data.x[test], self.ctx.data.y[test], "accuracy")
+        res = await self.client.close_task()
+        self.refund_wei = res.events[0].args["refund"]
+        self.ctx.on_phase(self.cfg.rounds, "closed")

@@ -1,0 +1,202 @@
+"""The worker agent: reacts to contract events, never to a clock.
+
+RoundStarted(r)      aggregate the last round's models with its own scores, train,
+                     publish the blob (served to the requester only), hand the
+                     opening (CID, salt) to the requester, commit on-chain.
+EvaluationOpened(r)  fetch every published model (requester first, then peers that
+                     hold the round), verify it against w0, score it on the validation
+                     split, submit the scores; then serve the round's models itself.
+TrainingFinished     withdraw its credit.
+TaskClosed           stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from discofl_p2p.agents.behaviors import Behavior
+from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
+from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
+from discofl_p2p.chain.client import ChainEvent, TaskClient
+from discofl_p2p.chain.encoding import commitment, encode_scores
+from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.ml.aggregation import Candidate
+from discofl_p2p.ml.splits import WorkerSplit
+from discofl_p2p.ml.weights import StateDict, encode_state
+from discofl_p2p.p2p.cid import cid_from_digest, digest_of
+from discofl_p2p.p2p.node import Announcement, P2PNode
+
+log = structlog.get_logger("discofl.worker")
+
+
+@dataclass
+class WorkerAgent:
+    name: str
+    behavior: Behavior
+    client: TaskClient
+    node: P2PNode
+    ctx: SimContext
+    split: WorkerSplit
+    requester_peer: str
+    ring: str | None = None
+    withdrawn_wei: int = 0
+    _own: dict[int, tuple[str, StateDict]] = field(default_factory=dict)
+    _candidates: list[Candidate] = field(default_factory=list)
+    _seen: list[tuple[float, StateDict]] = field(default_factory=list)
+    _holders: dict[int, set[str]] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return self.client.account.address
+
+    def _seed(self, *parts: object) -> int:
+        text = "/".join(map(str, (self.ctx.seed, self.name, *parts)))
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+    async def run(self) -> None:
+        """Registers, then follows the task until it is closed (or the worker drops out)."""
+        announcements = await self.node.subscribe(self.ctx.topic)
+        events = self.client.events()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(self._listen(announcements))
+                await self._gas(0, self.client.register())
+                try:
+                    async for ev in events:
+                        if not await self._on_event(ev):
+                            break
+                finally:
+                    listener.cancel()
+        finally:
+            await events.aclose()
+
+    async def _listen(self, q: asyncio.Queue[Announcement]) -> None:
+        """Announcements are hints: who holds which round (extra providers)."""
+        while True:
+            ann = await q.get()
+            p = ann.payload
+            if p.get("kind") == "holding" and isinstance(p.get("round"), int):
+                self._holders.setdefault(p["round"], set()).add(ann.sender)
+
+    async def _on_event(self, ev: ChainEvent) -> bool:
+        a = ev.args
+        if ev.name == "RoundStarted":
+            r = a["round"]
+            if self.behavior.stopped(r):
+                log.info("worker_dropped_out", worker=self.name, round=r)
+                await self.node.close()  # offline: its earlier models live on as replicas
+                return False
+            await self._submit(r, a["deadline"])
+        elif ev.name == "EvaluationOpened":
+            if not self.behavior.stopped(a["round"]):
+                await self._evaluate(a["round"], list(a["models"]), a["deadline"])
+        elif ev.name == "TrainingFinished":
+            credit = await self.client.credit_of(self.address)
+            if credit:
+                res = await self.client.withdraw()
+                self.withdrawn_wei += res.events[0].args["amount"]
+        elif ev.name == "TaskClosed":
+            return False
+        return True
+
+    async def _gas(self, round_: int, call) -> object:  # noqa: ANN001
+        res = await call
+        if round_:
+            self.ctx.add_gas(round_, self.name, res.gas_used)
+        return res
+
+    async def _wait_past(self, deadline: int) -> None:
+        """A late worker (dropout, mode 'late') acts only once the deadline has passed."""
+        await asyncio.sleep(max(0.0, deadline - time.time()) + 1.5)
+
+    # ---------------------------------------------------------------- submission
+
+    async def _submit(self, r: int, deadline: int) -> None:
+        ctx = self.ctx
+        if r == 1 or not self._candidates:
+            base = await ctx.run_cpu(initial_state, ctx.w0)
+        else:
+            base = await ctx.run_cpu(ctx.aggregate, self._candidates)
+        trained = base
+        if self.behavior.trains():
+            x, y = ctx.data.x[self.split.train], ctx.data.y[self.split.train]
+            x, y = self.behavior.training_data(x, y, self._seed("data", r))
+            trained = await ctx.run_cpu(train_job, ctx.w0, base, x, y, ctx.train_cfg, self._seed("train", r))
+        state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r))
+        blob = encode_state(state)
+        cid = await self.node.put(blob, only_for=[self.requester_peer])
+        self._own[r] = (cid, state)
+        if self.ring and self.behavior.params.get("shares_cids"):
+            ctx.ring_channel[self.ring][r].add(cid)
+        salt = random.Random(self._seed("salt", r)).randbytes(32)
+        c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
+        if self.behavior.late(r):
+            await self._wait_past(deadline)
+        await self.node.send_message(
+            self.requester_peer, OPENING_PROTOCOL,
+            {"task": ctx.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()},
+        )
+        try:
+            await self._gas(r, self.client.submit_model(r, c))
+        except ContractRevert as e:
+            log.warning("submission_refused", worker=self.name, round=r, error=e.name)
+
+    # ---------------------------------------------------------------- evaluation
+
+    async def _evaluate(self, r: int, digests: list[bytes], deadline: int) -> None:
+        ctx = self.ctx
+        cids = [cid_from_digest(bytes(d)) for d in digests]
+        own_cid = self._own.get(r, (None, None))[0]
+        x, y = ctx.data.x[self.split.val], ctx.data.y[self.split.val]
+
+        async def judge(cid: str) -> tuple[StateDict, float] | None:
+            if cid == own_cid:
+                return None
+            try:
+                blob = await self.node.get(cid, self._providers(r), keep=True, max_bytes=ctx.max_model_bytes)
+                return await ctx.run_cpu(decode_and_evaluate, ctx.w0, blob, ctx.spec, ctx.max_model_bytes, x, y, ctx.metric)
+            except Exception as e:  # noqa: BLE001 - an unusable model is abstained on
+                log.warning("model_unusable", worker=self.name, round=r, cid=cid, reason=str(e))
+                return None
+
+        judged = await asyncio.gather(*(judge(c) for c in cids))
+        true_scores = [j[1] if j else None for j in judged]
+
+        # What it keeps for next round's aggregation: its own honest view.
+        self._candidates = [Candidate(j[0], j[1]) for j in judged if j]
+        self._seen = [(j[1], j[0]) for j in judged if j]
+        if own_cid is not None:
+            own_state = self._own[r][1]
+            own_score = await ctx.run_cpu(evaluate_job, ctx.w0, own_state, x, y, ctx.metric)
+            self._candidates.append(Candidate(own_state, own_score))
+            await self.node.share(own_cid)  # everyone holds every model now: no more secret
+        for c in cids:
+            if self.node.holds(c) or c == own_cid:
+                await self.node.tag(c, ctx.task_id, r)
+        if random.Random(self._seed("announce", r)).random() >= ctx.announce_loss:
+            await self.node.announce(ctx.topic, {"kind": "holding", "round": r})
+
+        ring_positions = None
+        if self.ring and self.behavior.params.get("shares_cids"):
+            known = ctx.ring_channel[self.ring][r]
+            ring_positions = {i for i, c in enumerate(cids) if c in known}
+        submitted = self.behavior.scores(true_scores, ring_positions, self._seed("scores", r))
+        if self.behavior.late(r):
+            await self._wait_past(deadline)
+        try:
+            await self._gas(r, self.client.submit_scores(r, encode_scores(submitted)))
+        except ContractRevert as e:
+            log.warning("scores_refused", worker=self.name, round=r, error=e.name)
+
+    def _providers(self, r: int) -> list[str]:
+        """The requester first (it re-serves every published model), then peers that
+        announced holding the round, in a random order."""
+        others = [p for p in self._holders.get(r, ()) if p != self.node.peer_id]
+        random.shuffle(others)
+        return [self.requester_peer, *others]

@@ -1,0 +1,135 @@
+"""`discofl-p2p scenario FILE`: the edge where a run is configured, shown and written.
+
+Exit codes: 0 the run finished and every expectation held; 1 an expectation failed;
+2 the scenario file is invalid (nothing was started); 3 the run itself failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError
+from discofl_p2p.demo import _to_ws
+from discofl_p2p.report.plots import plot_accuracy, plot_rewards
+from discofl_p2p.report.results import check_expectations, write_results
+from discofl_p2p.scenario.config import ScenarioError, load_scenario
+from discofl_p2p.scenario.runner import RunOutcome, run_scenario
+
+PHASES = ("submission", "evaluation", "settling", "settled")
+EXIT_OK, EXIT_EXPECTATION, EXIT_BAD_FILE, EXIT_RUN_FAILED = 0, 1, 2, 3
+
+
+def configure_logging(log_file: TextIO) -> None:
+    """Structured JSON lines into the run's log file; libp2p's own chatter off."""
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    logging.getLogger("web3").setLevel(logging.ERROR)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(file=log_file),
+        cache_logger_on_first_use=False,
+    )
+
+
+def scenario_main(file: str, out_dir: str | None, seed: int | None, rpc_url: str | None,
+                  console: Console | None = None) -> int:
+    console = console or Console(stderr=False)
+    try:
+        sc = load_scenario(file, seed=seed)
+    except ScenarioError as e:
+        Console(stderr=True).print(f"[bold red]invalid scenario[/]: {e}", highlight=False)
+        return EXIT_BAD_FILE
+    out = Path(out_dir or Path("runs") / f"{sc.task.name}-seed{sc.task.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.jsonl", "w") as log_file:
+        configure_logging(log_file)
+        try:
+            outcome = _run_with_progress(sc, rpc_url, console)
+        except (AnvilNotFound, AnvilStartError) as e:
+            Console(stderr=True).print(f"[bold red]cannot start the chain[/]: {e}")
+            return EXIT_RUN_FAILED
+        except Exception as e:  # noqa: BLE001 - report what failed, keep the log
+            errors = [repr(x) for x in _leaves(e)]
+            structlog.get_logger("discofl").error("run_failed", errors=errors)
+            Console(stderr=True).print(f"[bold red]the run failed[/]: {'; '.join(errors)} (log: {out / 'log.jsonl'})",
+                                       highlight=False)
+            return EXIT_RUN_FAILED
+    expectations = check_expectations(outcome)
+    results = write_results(outcome, expectations, out / "results.json")
+    plot_rewards(results, out / "rewards.png")
+    plot_accuracy(results, out / "accuracy.png")
+    console.print(summary_table(outcome, results))
+    for e in expectations:
+        mark = "[green]ok[/]" if e.ok else "[bold red]FAILED[/]"
+        console.print(f"expectation {e.name}: {_fmt(e.value)} (limit {_fmt(e.limit)}) {mark}")
+    console.print(f"results: {out / 'results.json'}, plots: {out / 'rewards.png'}, {out / 'accuracy.png'}, "
+                  f"log: {out / 'log.jsonl'}")
+    return EXIT_OK if all(e.ok for e in expectations) else EXIT_EXPECTATION
+
+
+def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:  # noqa: ANN001
+    progress = Progress(TextColumn("round {task.fields[round]}"), BarColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal)
+    bars: dict[int, int] = {}
+
+    def on_phase(r: int, phase: str) -> None:
+        if phase == "closed":
+            return
+        if r not in bars:
+            bars[r] = progress.add_task(phase, total=len(PHASES), round=f"{r}/{sc.task.rounds}")
+        progress.update(bars[r], description=phase, completed=PHASES.index(phase) + 1)
+        if not console.is_terminal:
+            console.print(f"round {r}/{sc.task.rounds}: {phase}")
+
+    with progress:
+        if rpc_url:
+            return asyncio.run(run_scenario(sc, _to_ws(rpc_url), on_phase=on_phase))
+        with Anvil() as anvil:
+            return asyncio.run(run_scenario(sc, anvil.ws_url, on_phase=on_phase))
+
+
+def summary_table(outcome: RunOutcome, results: dict) -> Table:  # noqa: ANN001
+    last = results["rounds"][-1] if results["rounds"] else {"test_accuracy": {}, "contribution": {}}
+    t = Table(title=f"{outcome.scenario.task.name}: final model test accuracy "
+                    f"{_fmt(outcome.final_accuracy)}, adversary reward share "
+                    f"{results['final']['adversary_reward_share']:.2%}, {outcome.wall_s:.1f} s")
+    for col in ("worker", "behaviour", "last test acc.", "last p_k", "reward (ETH)", "share"):
+        t.add_column(col, justify="left" if col in ("worker", "behaviour") else "right")
+    total = sum(outcome.rewards_wei.values()) or 1
+    for w in outcome.workers:
+        reward = outcome.rewards_wei[w.name]
+        t.add_row(w.name, w.behavior, _fmt(last["test_accuracy"].get(w.name)), _fmt(last["contribution"].get(w.name)),
+                  f"{reward / 1e18:.4f}", f"{reward / total:.1%}")
+    t.add_row("requester", "refund", "", "", f"{outcome.refunded_wei / 1e18:.4f}", "")
+    return t
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The individual errors inside (nested) exception groups from the TaskGroups."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(scenario_main(sys.argv[1], None, None, None))

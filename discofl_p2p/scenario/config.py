@@ -1,0 +1,354 @@
+"""Scenario files: TOML, validated strictly before anything starts.
+
+Every problem is a ScenarioError that names the file, the key (dotted path, with the
+index of a [[workers]] group) and the line. Unknown keys, wrong types and impossible
+values (top_k > workers, a collusion ring of one) are errors, not warnings.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from discofl_p2p.ml.aggregation import AGGREGATORS
+from discofl_p2p.ml.models import MODELS
+from discofl_p2p.ml.splits import SCHEMES
+from discofl_p2p.ml.training import METRICS
+
+
+class ScenarioError(ValueError):
+    """A scenario file is invalid: `file`, `key` and `line` say where."""
+
+    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
+        self.file, self.key, self.line, self.message = file, key, line, message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+REWARD_POLICIES = ("top_k", "proportional", "loyalty")
+BEHAVIORS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    # behaviour -> its parameters and their types
+    "honest": {},
+    "garbage": {},
+    "label_flip": {},
+    "model_poisoning": {"mode": str, "factor": (int, float), "std": (int, float)},
+    "free_rider": {"mode": str},
+    "biased_scorer": {"value": (int, float)},
+    "collusion": {"ring": str, "shares_cids": bool},
+    "lazy_evaluator": {"value": (int, float)},
+    "dropout": {"round": int, "mode": str},
+}
+POISON_MODES = ("sign_flip", "scale", "noise")
+FREE_RIDER_MODES = ("aggregate", "copy")
+DROPOUT_MODES = ("stop", "late")
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    name: str = "task"
+    rounds: int = 5
+    top_k: int = 6
+    deposit_eth: float = 10.0
+    reward_policy: str = "top_k"
+    quality_floor: float = 0.5
+    loyalty_bonus: float = 0.1
+    aggregation: str = "score_weighted"
+    aggregation_params: dict[str, float] = field(default_factory=dict)
+    submission_timeout_s: int = 120
+    evaluation_timeout_s: int = 120
+    metric: str = "accuracy"
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "mnist-embedded"
+    directory: str = ""
+    split: str = "iid"
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    samples_per_worker: int = 0  # 0: everything not held out, shared equally
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "compact_cnn"
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.0015
+    lr_decay: float = 1.0
+    optimizer: str = "adam"
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    name: str
+    count: int
+    behavior: str = "honest"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FaultsSection:
+    announce_loss: float = 0.0  # fraction of gossip announcements never sent
+
+
+@dataclass(frozen=True)
+class ExpectSection:
+    final_accuracy_min: float | None = None
+    adversary_reward_share_max: float | None = None
+    adversaries_below_honest: bool | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    task: TaskSection
+    data: DataSection
+    model: ModelSection
+    workers: list[WorkerGroup]
+    faults: FaultsSection
+    expect: ExpectSection
+    timeout_s: int = 900
+
+    @property
+    def n_workers(self) -> int:
+        return sum(g.count for g in self.workers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ScenarioError(str(p), "", None, f"cannot read: {e.strerror or e}") from None
+    return parse_scenario(text, str(p), seed=seed)
+
+
+def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = None) -> Scenario:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ScenarioError(file, "", int(m.group(1)) if m else None, f"not valid TOML: {e}") from None
+    v = _Validator(file, text)
+    v.keys(raw, "", {"task", "data", "model", "workers", "faults", "expect", "timeout_s"})
+    task = v.section(raw, "task", TaskSection)
+    if seed is not None:
+        task = TaskSection(**{**asdict(task), "seed": seed})
+    data = v.section(raw, "data", DataSection)
+    model = v.section(raw, "model", ModelSection)
+    faults = v.section(raw, "faults", FaultsSection)
+    expect = v.section(raw, "expect", ExpectSection)
+    timeout_s = v.typed(raw.get("timeout_s", 900), int, "timeout_s")
+    groups = v.workers(raw.get("workers"))
+    sc = Scenario(file, task, data, model, groups, faults, expect, timeout_s)
+    v.semantics(sc)
+    return sc
+
+
+class _Validator:
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+
+    def fail(self, key: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, key, self.line_of(key), message)
+
+    def line_of(self, key: str) -> int | None:
+        """The line that defines `key` (e.g. "task.top_k", "workers[1].params.ring"),
+        found by walking the table headers: tomllib keeps no positions."""
+        parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
+        if not parts:
+            return None
+        table, rest = parts[0], parts[1:]
+        index = int(rest.pop(0)[1:-1]) if rest and rest[0].startswith("[") else None
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        seen, start = -1, None
+        for i, line in enumerate(self.lines):
+            if header.match(line):
+                seen += 1
+                if index is None or seen == index:
+                    start = i
+                    break
+        if start is None:
+            top = re.compile(rf"^\s*{re.escape(table)}\s*=")
+            return next((i + 1 for i, l in enumerate(self.lines) if top.match(l)), None)
+        if not rest:
+            return start + 1
+        leaf = rest[-1]
+        pattern = re.compile(rf"(^|[\s{{,.]){re.escape(leaf)}\s*=")
+        sub = re.compile(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(rest[0])}\s*\]")
+        for i in range(start + 1, len(self.lines)):
+            line = self.lines[i]
+            if re.match(r"^\s*\[", line) and not sub.match(line):
+                break
+            if pattern.search(line.split("#", 1)[0]):
+                return i + 1
+        return start + 1
+
+    def keys(self, table: Any, where: str, allowed: set[str]) -> None:
+        if not isinstance(table, dict):
+            raise self.fail(where, f"must be a table, got {type(table).__name__}")
+        for k in table:
+            if k not in allowed:
+                key = f"{where}.{k}" if where else k
+                raise self.fail(key, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+    def typed(self, value: Any, typ: type | tuple[type, ...], key: str) -> Any:
+        types = typ if isinstance(typ, tuple) else (typ,)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            names = " or ".join("float" if t is float else t.__name__ for t in types)
+            raise self.fail(key, f"must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def section(self, raw: dict[str, Any], name: str, cls: type) -> Any:
+        table = raw.get(name, {})
+        fields = cls.__dataclass_fields__
+        self.keys(table, name, set(fields))
+        values = {}
+        for k, v in table.items():
+            f = fields[k]
+            typ = _field_type(f.type)
+            if typ is dict:
+                self.keys(v, f"{name}.{k}", set(v) if isinstance(v, dict) else set())
+                for kk, vv in v.items():
+                    self.typed(vv, (int, float), f"{name}.{k}.{kk}")
+                values[k] = dict(v)
+            else:
+                values[k] = self.typed(v, typ, f"{name}.{k}")
+                if typ == (int, float):
+                    values[k] = float(values[k])
+        return cls(**values)
+
+    def workers(self, groups: Any) -> list[WorkerGroup]:
+        if groups is None:
+            raise self.fail("workers", "missing: add at least one [[workers]] group")
+        if not isinstance(groups, list) or not groups:
+            raise self.fail("workers", "must be a non-empty array of [[workers]] tables")
+        out, names = [], set()
+        for i, g in enumerate(groups):
+            key = f"workers[{i}]"
+            self.keys(g, key, {"name", "count", "behavior", "params"})
+            behavior = self.typed(g.get("behavior", "honest"), str, f"{key}.behavior")
+            if behavior not in BEHAVIORS:
+                raise self.fail(f"{key}.behavior", f"unknown behaviour {behavior!r}; choose one of {', '.join(BEHAVIORS)}")
+            name = self.typed(g.get("name", behavior), str, f"{key}.name")
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+                raise self.fail(f"{key}.name", "must be 1-32 letters, digits, '-' or '_', starting with a letter")
+            if name in names:
+                raise self.fail(f"{key}.name", f"group name {name!r} is used twice")
+            names.add(name)
+            if "count" not in g:
+                raise self.fail(key, "missing key 'count'")
+            count = self.typed(g["count"], int, f"{key}.count")
+            if count < 1:
+                raise self.fail(f"{key}.count", f"must be >= 1, got {count}")
+            params = g.get("params", {})
+            self.keys(params, f"{key}.params", set(BEHAVIORS[behavior]))
+            for k, v in params.items():
+                self.typed(v, BEHAVIORS[behavior][k], f"{key}.params.{k}")
+            self.behavior_params(key, behavior, params)
+            out.append(WorkerGroup(name, count, behavior, dict(params)))
+        return out
+
+    def behavior_params(self, key: str, behavior: str, params: dict[str, Any]) -> None:
+        def choice(k: str, options: tuple[str, ...]) -> None:
+            if k in params and params[k] not in options:
+                raise self.fail(f"{key}.params.{k}", f"must be one of {', '.join(options)}, got {params[k]!r}")
+
+        choice("mode", {"model_poisoning": POISON_MODES, "free_rider": FREE_RIDER_MODES,
+                        "dropout": DROPOUT_MODES}.get(behavior, ()))
+        for k in ("value",):
+            if k in params and not 0 <= params[k] <= 1:
+                raise self.fail(f"{key}.params.{k}", f"a score must be in [0, 1], got {params[k]}")
+        if behavior == "dropout" and params.get("round", 1) < 1:
+            raise self.fail(f"{key}.params.round", "must be >= 1")
+        if behavior == "collusion" and "ring" not in params:
+            raise self.fail(f"{key}.params", "collusion needs params.ring (the ring's name)")
+
+    def semantics(self, sc: Scenario) -> None:
+        t, d, m, w = sc.task, sc.data, sc.model, sc.n_workers
+        checks = [
+            ("task.rounds", t.rounds >= 1, f"must be >= 1, got {t.rounds}"),
+            ("task.top_k", 1 <= t.top_k <= w, f"must be between 1 and the number of workers ({w}), got {t.top_k}"),
+            ("task.top_k", t.top_k <= 64, "at most 64 (the contract's MAX_TOP_K)"),
+            ("task.deposit_eth", t.deposit_eth > 0, f"must be > 0, got {t.deposit_eth}"),
+            ("task.reward_policy", t.reward_policy in REWARD_POLICIES, f"choose one of {', '.join(REWARD_POLICIES)}"),
+            ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
+            ("task.loyalty_bonus", t.loyalty_bonus >= 0, "must be >= 0"),
+            ("task.aggregation", t.aggregation in AGGREGATORS, f"choose one of {', '.join(AGGREGATORS)}"),
+            ("task.submission_timeout_s", t.submission_timeout_s >= 1, "must be >= 1"),
+            ("task.evaluation_timeout_s", t.evaluation_timeout_s >= 1, "must be >= 1"),
+            ("task.metric", t.metric in METRICS, f"choose one of {', '.join(METRICS)}"),
+            ("data.dataset", d.dataset in ("mnist-embedded", "mnist-full"), "choose mnist-embedded or mnist-full"),
+            ("data.split", d.split in SCHEMES, f"choose one of {', '.join(SCHEMES)}"),
+            ("data.alpha", d.alpha > 0, "must be > 0"),
+            ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),
+            ("data.samples_per_worker", d.samples_per_worker >= 0, "must be >= 0 (0: an equal share of all)"),
+            ("model.name", m.name in MODELS, f"choose one of {', '.join(MODELS)}"),
+            ("model.epochs", m.epochs >= 1, "must be >= 1"),
+            ("model.batch_size", m.batch_size >= 1, "must be >= 1"),
+            ("model.lr", m.lr > 0, "must be > 0"),
+            ("model.lr_decay", 0 < m.lr_decay <= 1, "must be in (0, 1]"),
+            ("model.optimizer", m.optimizer in ("adam", "sgd"), "choose adam or sgd"),
+            ("faults.announce_loss", 0 <= sc.faults.announce_loss <= 1, "must be in [0, 1]"),
+            ("timeout_s", sc.timeout_s >= 10, "must be >= 10"),
+        ]
+        for key, ok, msg in checks:
+            if not ok:
+                value = _get(sc, key)
+                raise self.fail(key, f"{msg} (got {value!r})" if "got" not in msg else msg)
+        if d.samples_per_worker:
+            need = d.samples_per_worker * w
+            if d.dataset == "mnist-embedded" and need > 10_000 * (1 - d.test_fraction):
+                raise self.fail("data.samples_per_worker",
+                                f"{w} workers x {d.samples_per_worker} exceeds the {int(10_000 * (1 - d.test_fraction))} "
+                                "digits the embedded data set leaves after the test split")
+        rings: dict[str, int] = {}
+        for g in sc.workers:
+            if g.behavior == "collusion":
+                rings[g.params["ring"]] = rings.get(g.params["ring"], 0) + g.count
+            if g.behavior == "dropout" and g.params.get("round", 1) > t.rounds:
+                i = sc.workers.index(g)
+                raise self.fail(f"workers[{i}].params.round", f"round {g.params['round']} is after the last round ({t.rounds})")
+        for ring, size in rings.items():
+            if size < 2:
+                i = next(i for i, g in enumerate(sc.workers) if g.params.get("ring") == ring)
+                raise self.fail(f"workers[{i}].params.ring", f"collusion ring {ring!r} has 1 member; a ring needs at least 2")
+        for k in ("final_accuracy_min", "adversary_reward_share_max"):
+            val = getattr(sc.expect, k)
+            if val is not None and not 0 <= val <= 1:
+                raise self.fail(f"expect.{k}", f"must be in [0, 1], got {val}")
+
+
+def _field_type(annotation: Any) -> Any:
+    text = str(annotation)
+    if text.startswith("dict"):
+        return dict
+    if "bool" in text:
+        return bool
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return (int, float)
+    return str
+
+
+def _get(sc: Scenario, key: str) -> Any:
+    obj: Any = sc
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,179 @@
+"""Runs one scenario: chain, network, agents, then the results.
+
+Lifetimes, outermost first: anvil (unless an RPC URL is given) > the p2p network >
+one TaskGroup that owns the requester and every worker, under the scenario's
+timeout. Leaving any of them shuts down what it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import torch
+
+from discofl_p2p.agents.behaviors import Behavior
+from discofl_p2p.agents.context import SimContext
+from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
+from discofl_p2p.agents.worker import WorkerAgent
+from discofl_p2p.chain.client import TaskClient, connect
+from discofl_p2p.chain.devchain import derive_account, fund
+from discofl_p2p.ml.aggregation import make_aggregator
+from discofl_p2p.ml.datasets import load_dataset
+from discofl_p2p.ml.models import build_model, export_initial_model
+from discofl_p2p.ml.splits import partition
+from discofl_p2p.ml.training import TrainConfig
+from discofl_p2p.ml.weights import encode_state, spec_of
+from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
+from discofl_p2p.scenario.config import Scenario
+
+log = structlog.get_logger("discofl.runner")
+ETH = 10**18
+FUNDING_WEI = 10**21
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    address: str
+    behavior: str
+    peer_id: str
+    group: str
+
+
+@dataclass
+class RunOutcome:
+    scenario: Scenario
+    contract: str
+    chain_id: int
+    deposit_wei: int
+    workers: list[WorkerInfo]
+    ctx: SimContext
+    final_accuracy: float | None
+    rewards_wei: dict[str, int]
+    refunded_wei: int
+    held_wei: int
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def adversaries(self) -> list[str]:
+        return [w.name for w in self.workers if w.behavior != "honest"]
+
+
+def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, behaviour, params) per worker, in group order: "honest-1", "garbage-2"..."""
+    out = []
+    for g in sc.workers:
+        for i in range(1, g.count + 1):
+            out.append((f"{g.name}-{i}", g.behavior, g.params))
+    return out
+
+
+def build_context(sc: Scenario) -> SimContext:
+    data = load_dataset(sc.data.dataset, sc.data.directory or None)
+    part = partition(
+        data.y, sc.n_workers, scheme=sc.data.split, alpha=sc.data.alpha, test_fraction=sc.data.test_fraction,
+        per_worker=sc.data.samples_per_worker or None, seed=sc.task.seed,
+    )
+    model = build_model(sc.model.name, seed=sc.task.seed)
+    state = model.state_dict()
+    return SimContext(
+        task_id=f"{sc.task.name}-{sc.task.seed}",
+        data=data,
+        partition=part,
+        spec=spec_of(state),
+        w0=export_initial_model(model),
+        train_cfg=TrainConfig(epochs=sc.model.epochs, batch_size=sc.model.batch_size, lr=sc.model.lr,
+                              lr_decay=sc.model.lr_decay, optimizer=sc.model.optimizer),
+        metric=sc.task.metric,
+        aggregate=make_aggregator(sc.task.aggregation, **sc.task.aggregation_params),
+        max_model_bytes=2 * len(encode_state(state)) + 4096,
+        seed=sc.task.seed,
+        announce_loss=sc.faults.announce_loss,
+    )
+
+
+async def run_scenario(
+    sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None
+) -> RunOutcome:
+    torch.set_num_threads(1)  # one thread per job; the pool runs as many jobs as cores
+    started = time.monotonic()
+    ctx = build_context(sc)
+    if on_phase:
+        ctx.on_phase = on_phase
+    roster = worker_names(sc)
+    ring_sizes: dict[str, int] = {}
+    for _, b, p in roster:
+        if b == "collusion":
+            ring_sizes[p["ring"]] = ring_sizes.get(p["ring"], 0) + 1
+    seed = sc.task.seed
+    deposit = int(round(sc.task.deposit_eth * ETH))
+
+    w3 = await connect(ws_url)
+    try:
+        chain_id = await w3.eth.chain_id
+        req_acct = derive_account(seed, f"{ctx.task_id}/requester")
+        accts = {name: derive_account(seed, f"{ctx.task_id}/{name}") for name, _, _ in roster}
+        await fund(w3, req_acct.address, deposit + FUNDING_WEI)
+        await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
+        names = {a.address: n for n, a in accts.items()}
+
+        async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
+            req_node = await net.add_node(key_from_seed(seed, f"{ctx.task_id}/requester"))
+            nodes = {n: await net.add_node(key_from_seed(seed, f"{ctx.task_id}/{n}")) for n, _, _ in roster}
+            await net.connect_all()
+            for topic_node in [req_node, *nodes.values()]:
+                await topic_node.subscribe(ctx.topic)
+
+            cfg = RequesterConfig(
+                rounds=sc.task.rounds, top_k=sc.task.top_k, deposit_wei=deposit,
+                reward_policy=sc.task.reward_policy, quality_floor=sc.task.quality_floor,
+                loyalty_bonus=sc.task.loyalty_bonus, submission_timeout_s=sc.task.submission_timeout_s,
+                evaluation_timeout_s=sc.task.evaluation_timeout_s,
+            )
+            requester = await RequesterAgent.deploy(
+                lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names
+            )
+            workers = []
+            for i, (name, behavior, params) in enumerate(roster):
+                p = dict(params)
+                if behavior == "collusion":
+                    p["_ring_size"] = ring_sizes[params["ring"]]
+                workers.append(WorkerAgent(
+                    name=name, behavior=Behavior(behavior, p), client=requester.client.as_account(accts[name]),
+                    node=nodes[name], ctx=ctx, split=ctx.partition.workers[i], requester_peer=req_node.peer_id,
+                    ring=params.get("ring") if behavior == "collusion" else None,
+                ))
+            async with asyncio.timeout(sc.timeout_s):
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(requester.run())
+                    for w in workers:
+                        tg.create_task(w.run())
+
+            rewards = await _rewards_from_chain(requester.client, names)
+            st = await requester.client.state()
+            infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
+            return RunOutcome(
+                scenario=sc, contract=requester.client.address, chain_id=chain_id, deposit_wei=deposit,
+                workers=infos, ctx=ctx, final_accuracy=requester.final_accuracy, rewards_wei=rewards,
+                refunded_wei=st.refunded, held_wei=st.held, wall_s=time.monotonic() - started,
+            )
+    finally:
+        await w3.provider.disconnect()
+        ctx.cpu.shutdown(wait=False, cancel_futures=True)
+
+
+async def _rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
+    """Each worker's total reward, read back from the chain: withdrawn + still credited."""
+    totals = {n: 0 for n in names.values()}
+    for ev in await client.past_events():
+        if ev.name == "Withdrawn":
+            totals[names[ev.args["worker"]]] += ev.args["amount"]
+    for address, n in names.items():
+        totals[n] += await client.credit_of(address)
+    return totals
