@@ -5,7 +5,7 @@ the parts its attack needs. Each part is a small pure function of its inputs.
 | behaviour        | trains on          | submits                      | scores                      | takes part     |
 | ---------------- | ------------------ | ---------------------------- | --------------------------- | -------------- |
 | honest           | its data           | its trained model            | its validation accuracy     | every round    |
-| garbage          | random images/labels (the paper's malicious user) | | |               |
+| garbage          | random images/labels, from w0 each round (the paper's malicious user) | | | |
 | label_flip       | its data, y -> 9-y |                              |                             |                |
 | model_poisoning  |                    | -w, factor*w, or noise       |                             |                |
 | free_rider       | nothing            | the aggregate, or a copy of the best model it saw |        |                |
@@ -45,6 +45,11 @@ class Behavior:
 
     def trains(self) -> bool:
         return self.name != "free_rider"
+
+    def starts_from_aggregate(self) -> bool:
+        """A garbage trainer (the paper's malicious user) never learns from the
+        federation: each round it trains w0 on random data."""
+        return self.name != "garbage"
 
     def training_data(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.name == "garbage":

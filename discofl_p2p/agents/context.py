@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -55,6 +56,9 @@ class SimContext:
     max_model_bytes: int
     seed: int
     announce_loss: float = 0.0
+    round_lr_decay: float = 1.0
+    submission_timeout_s: float = 120.0
+    evaluation_timeout_s: float = 120.0
     cpu: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
     )
@@ -66,6 +70,10 @@ class SimContext:
     @property
     def topic(self) -> str:
         return f"discofl/{self.task_id}/announce"
+
+    def train_cfg_for(self, round_: int) -> TrainConfig:
+        """Local training decays the learning rate across rounds as well as epochs."""
+        return dataclasses.replace(self.train_cfg, lr=self.train_cfg.lr * self.round_lr_decay ** (round_ - 1))
 
     def record(self, round_: int) -> RoundRecord:
         if round_ not in self.rounds:

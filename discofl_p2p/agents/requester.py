@@ -19,6 +19,7 @@ import structlog
 from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
 from discofl_p2p.agents.jobs import evaluate_job
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskParams
+from discofl_p2p.chain.devchain import ensure_time_past
 from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, reveal
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state
@@ -169,7 +170,8 @@ class RequesterAgent:
             r = _Round(a["round"], deadline=a["deadline"])
             self.rounds[r.number] = r
             self.ctx.on_phase(r.number, "submission")
-            self._spawn(self._timer(("submission_deadline", r.number), a["deadline"] - time.time() + 1.5))
+            # Patience in wall-clock seconds: anvil's clock runs ahead under load.
+            self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
             for peer, msg in self._early.pop(r.number, []):
                 self._on_opening(peer, msg)
         elif ev.name == "ModelCommitted":
@@ -180,7 +182,8 @@ class RequesterAgent:
             r = self.rounds[a["round"]]
             r.phase = "evaluation"
             self.ctx.on_phase(r.number, "evaluation")
-            self._spawn(self._timer(("evaluation_deadline", r.number), a["deadline"] - time.time() + 1.5))
+            r.deadline = a["deadline"]
+            self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
             r.accuracy = self._spawn(self._test_accuracy(r))
         elif ev.name == "ScoresSubmitted":
             r = self.rounds[a["round"]]
@@ -236,8 +239,10 @@ class RequesterAgent:
                 log.warning("registration_incomplete", registered=len(self.registered), expected=len(self.names))
                 await self.client.start_training()
         elif what == "submission_deadline" and r in self.rounds and self.rounds[r].phase == "submission":
+            await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             await self._open(self.rounds[r], forced=True)
         elif what == "evaluation_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             await self._settle(self.rounds[r], forced=True)
 
     # ---------------------------------------------------------------- rounds

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -92,10 +91,10 @@ class WorkerAgent:
                 log.info("worker_dropped_out", worker=self.name, round=r)
                 await self.node.close()  # offline: its earlier models live on as replicas
                 return False
-            await self._submit(r, a["deadline"])
+            await self._submit(r)
         elif ev.name == "EvaluationOpened":
             if not self.behavior.stopped(a["round"]):
-                await self._evaluate(a["round"], list(a["models"]), a["deadline"])
+                await self._evaluate(a["round"], list(a["models"]))
         elif ev.name == "TrainingFinished":
             credit = await self.client.credit_of(self.address)
             if credit:
@@ -111,15 +110,16 @@ class WorkerAgent:
             self.ctx.add_gas(round_, self.name, res.gas_used)
         return res
 
-    async def _wait_past(self, deadline: int) -> None:
-        """A late worker (dropout, mode 'late') acts only once the deadline has passed."""
-        await asyncio.sleep(max(0.0, deadline - time.time()) + 1.5)
+    async def _wait_past(self, timeout_s: float) -> None:
+        """A late worker (dropout, mode 'late') acts only after the requester's
+        patience (the scenario's timeout, wall clock) has run out."""
+        await asyncio.sleep(timeout_s + 3)
 
     # ---------------------------------------------------------------- submission
 
-    async def _submit(self, r: int, deadline: int) -> None:
+    async def _submit(self, r: int) -> None:
         ctx = self.ctx
-        if r == 1 or not self._candidates:
+        if r == 1 or not self._candidates or not self.behavior.starts_from_aggregate():
             base = await ctx.run_cpu(initial_state, ctx.w0)
         else:
             base = await ctx.run_cpu(ctx.aggregate, self._candidates)
@@ -127,7 +127,7 @@ class WorkerAgent:
         if self.behavior.trains():
             x, y = ctx.data.x[self.split.train], ctx.data.y[self.split.train]
             x, y = self.behavior.training_data(x, y, self._seed("data", r))
-            trained = await ctx.run_cpu(train_job, ctx.w0, base, x, y, ctx.train_cfg, self._seed("train", r))
+            trained = await ctx.run_cpu(train_job, ctx.w0, base, x, y, ctx.train_cfg_for(r), self._seed("train", r))
         state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r))
         blob = encode_state(state)
         cid = await self.node.put(blob, only_for=[self.requester_peer])
@@ -137,7 +137,7 @@ class WorkerAgent:
         salt = random.Random(self._seed("salt", r)).randbytes(32)
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
         if self.behavior.late(r):
-            await self._wait_past(deadline)
+            await self._wait_past(ctx.submission_timeout_s)
         await self.node.send_message(
             self.requester_peer, OPENING_PROTOCOL,
             {"task": ctx.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()},
@@ -149,7 +149,7 @@ class WorkerAgent:
 
     # ---------------------------------------------------------------- evaluation
 
-    async def _evaluate(self, r: int, digests: list[bytes], deadline: int) -> None:
+    async def _evaluate(self, r: int, digests: list[bytes]) -> None:
         ctx = self.ctx
         cids = [cid_from_digest(bytes(d)) for d in digests]
         own_cid = self._own.get(r, (None, None))[0]
@@ -188,7 +188,7 @@ class WorkerAgent:
             ring_positions = {i for i, c in enumerate(cids) if c in known}
         submitted = self.behavior.scores(true_scores, ring_positions, self._seed("scores", r))
         if self.behavior.late(r):
-            await self._wait_past(deadline)
+            await self._wait_past(ctx.evaluation_timeout_s)
         try:
             await self._gas(r, self.client.submit_scores(r, encode_scores(submitted)))
         except ContractRevert as e:

@@ -30,3 +30,22 @@ async def advance_time(w3: AsyncWeb3, seconds: int) -> None:
     """
     await w3.provider.make_request("evm_increaseTime", [seconds])
     await w3.provider.make_request("evm_mine", [])
+
+
+async def ensure_time_past(w3: AsyncWeb3, deadline: int) -> None:
+    """Makes sure the chain has a block later than `deadline` (a contract deadline).
+
+    Anvil mines one block per transaction with strictly increasing timestamps, so its
+    clock runs ahead of the wall clock under load, and it mines nothing while idle.
+    A simulation therefore waits its timeout in wall-clock seconds and then calls this.
+    On anvil it sets the next block's timestamp and mines; on another chain (which
+    mines on its own) the dev methods fail and time passes by itself.
+    """
+    latest = await w3.eth.get_block("latest")
+    if latest["timestamp"] > deadline:
+        return
+    try:
+        await w3.provider.make_request("evm_setNextBlockTimestamp", [deadline + 1])
+        await w3.provider.make_request("evm_mine", [])
+    except Exception:  # noqa: BLE001 - not a dev chain
+        pass

@@ -49,7 +49,7 @@ def scenario_main(file: str, out_dir: str | None, seed: int | None, rpc_url: str
     try:
         sc = load_scenario(file, seed=seed)
     except ScenarioError as e:
-        Console(stderr=True).print(f"[bold red]invalid scenario[/]: {e}", highlight=False)
+        _error(f"invalid scenario: {e}")
         return EXIT_BAD_FILE
     out = Path(out_dir or Path("runs") / f"{sc.task.name}-seed{sc.task.seed}")
     out.mkdir(parents=True, exist_ok=True)
@@ -58,13 +58,12 @@ def scenario_main(file: str, out_dir: str | None, seed: int | None, rpc_url: str
         try:
             outcome = _run_with_progress(sc, rpc_url, console)
         except (AnvilNotFound, AnvilStartError) as e:
-            Console(stderr=True).print(f"[bold red]cannot start the chain[/]: {e}")
+            _error(f"cannot start the chain: {e}")
             return EXIT_RUN_FAILED
         except Exception as e:  # noqa: BLE001 - report what failed, keep the log
             errors = [repr(x) for x in _leaves(e)]
             structlog.get_logger("discofl").error("run_failed", errors=errors)
-            Console(stderr=True).print(f"[bold red]the run failed[/]: {'; '.join(errors)} (log: {out / 'log.jsonl'})",
-                                       highlight=False)
+            _error(f"the run failed: {'; '.join(errors)} (log: {out / 'log.jsonl'})")
             return EXIT_RUN_FAILED
     expectations = check_expectations(outcome)
     results = write_results(outcome, expectations, out / "results.json")
@@ -114,6 +113,11 @@ def summary_table(outcome: RunOutcome, results: dict) -> Table:  # noqa: ANN001
                   f"{reward / 1e18:.4f}", f"{reward / total:.1%}")
     t.add_row("requester", "refund", "", "", f"{outcome.refunded_wei / 1e18:.4f}", "")
     return t
+
+
+def _error(message: str) -> None:
+    """Errors go to stderr unwrapped, so that `file:line: key: ...` stays one line."""
+    print(f"discofl-p2p: {message}", file=sys.stderr)
 
 
 def _leaves(e: BaseException) -> list[BaseException]:

@@ -79,7 +79,8 @@ class ModelSection:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.0015
-    lr_decay: float = 1.0
+    lr_decay: float = 1.0  # per local epoch
+    round_lr_decay: float = 1.0  # round r trains at lr * round_lr_decay ** (r - 1)
     optimizer: str = "adam"
 
 
@@ -303,6 +304,7 @@ class _Validator:
             ("model.batch_size", m.batch_size >= 1, "must be >= 1"),
             ("model.lr", m.lr > 0, "must be > 0"),
             ("model.lr_decay", 0 < m.lr_decay <= 1, "must be in (0, 1]"),
+            ("model.round_lr_decay", 0 < m.round_lr_decay <= 1, "must be in (0, 1]"),
             ("model.optimizer", m.optimizer in ("adam", "sgd"), "choose adam or sgd"),
             ("faults.announce_loss", 0 <= sc.faults.announce_loss <= 1, "must be in [0, 1]"),
             ("timeout_s", sc.timeout_s >= 10, "must be >= 10"),

@@ -95,6 +95,9 @@ def build_context(sc: Scenario) -> SimContext:
         max_model_bytes=2 * len(encode_state(state)) + 4096,
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
+        round_lr_decay=sc.model.round_lr_decay,
+        submission_timeout_s=sc.task.submission_timeout_s,
+        evaluation_timeout_s=sc.task.evaluation_timeout_s,
     )
 
 

@@ -1,0 +1,282 @@
+"""Whole scenarios end to end: real anvil, real libp2p hosts, real training, through the
+`discofl-p2p scenario` command in a subprocess (exit codes included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discofl_p2p.chain.client import TaskClient, connect
+from discofl_p2p.chain.devchain import derive_account
+from discofl_p2p.chain.encoding import decode_scores
+from tests.conftest import run
+
+SMALL = """\
+[task]
+name = "small"
+rounds = 2
+top_k = 4
+submission_timeout_s = 60
+evaluation_timeout_s = 60
+seed = 5
+
+[data]
+samples_per_worker = 500
+
+[model]
+epochs = 2
+lr = 0.002
+
+[[workers]]
+name = "honest"
+count = 3
+
+[[workers]]
+name = "garbage"
+count = 1
+behavior = "garbage"
+
+[expect]
+final_accuracy_min = {acc_min}
+adversaries_below_honest = true
+"""
+
+
+def _scenario(tmp_path: Path, text: str, anvil) -> tuple[subprocess.CompletedProcess[str], Path]:  # noqa: ANN001
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p.cli", "scenario", str(f), "--out", str(out), "--rpc-url", anvil.rpc_url],
+        capture_output=True, text=True, timeout=600,
+    )
+    return proc, out
+
+
+def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
+    proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.5), anvil)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    for png in ("rewards.png", "accuracy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(json.loads(line).get("event") == "task_deployed" for line in (out / "log.jsonl").read_text().splitlines())
+
+    # The schema other tools rely on.
+    assert res["task"]["chain_id"] == 31337 and res["task"]["rounds"] == 2
+    assert [w["behavior"] for w in res["workers"]] == ["honest"] * 3 + ["garbage"]
+    assert len(res["rounds"]) == 2
+    for r in res["rounds"]:
+        assert set(r["models"]) == {w["name"] for w in res["workers"]}
+        assert set(r["test_accuracy"]) == set(r["models"]) and r["wall_s"] > 0
+        assert all(0 <= p <= 1 for p in r["contribution"].values())
+        assert all(g > 0 for g in r["gas"].values())
+        assert sum(int(v) for v in r["rewards_wei"].values()) == int(res["task"]["deposit_wei"]) // 2
+
+    # On-chain balances equal results.json, and the funds add up.
+    async def chain_view():
+        w3 = await connect(anvil.ws_url)
+        try:
+            c = TaskClient(w3, res["task"]["contract"], derive_account(0, "reader"))
+            credits = {w["name"]: await c.credit_of(w["address"]) for w in res["workers"]}
+            withdrawn = {w["name"]: 0 for w in res["workers"]}
+            by_addr = {w["address"]: w["name"] for w in res["workers"]}
+            scores = {}
+            for ev in await c.past_events():
+                if ev.name == "Withdrawn":
+                    withdrawn[by_addr[ev.args["worker"]]] += ev.args["amount"]
+                if ev.name == "ScoresSubmitted":
+                    scores[(ev.args["round"], by_addr[ev.args["evaluator"]])] = decode_scores(ev.args["scores"])
+            return credits, withdrawn, await c.state(), scores
+        finally:
+            await w3.provider.disconnect()
+
+    credits, withdrawn, st, scores = run(chain_view())
+    final = {k: int(v) for k, v in res["final"]["rewards_wei"].items()}
+    assert final == {n: credits[n] + withdrawn[n] for n in final}
+    assert st.total_credited + st.refunded == st.deposit == int(res["task"]["deposit_wei"])
+    assert int(res["final"]["deposit_refunded_wei"]) == st.refunded
+    assert st.held + st.total_withdrawn + st.refunded == st.deposit
+    # The adversary earns less than every honest worker.
+    assert all(final["garbage-1"] < final[f"honest-{i}"] for i in (1, 2, 3))
+    # Every worker's scores are on-chain, and the requester's matrix is built from them.
+    assert len(scores) == 8
+    assert res["final"]["expectations"] and all(e["ok"] for e in res["final"]["expectations"])
+
+
+def test_exit_codes_follow_expectations_and_file_validity(tmp_path, anvil):
+    proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.999).replace("rounds = 2", "rounds = 1"), anvil)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    exp = json.loads((out / "results.json").read_text())["final"]["expectations"]
+    assert [(e["name"], e["ok"]) for e in exp] == [("final_accuracy_min", False), ("adversaries_below_honest", True)]
+    assert "FAILED" in proc.stdout
+
+    proc, out = _scenario(tmp_path / "bad", SMALL.format(acc_min=0.5).replace("top_k = 4", "top_k = 7"), anvil)
+    assert proc.returncode == 2
+    assert "s.toml:4: task.top_k:" in proc.stderr and not out.exists()
+
+
+# ---------------------------------------------------------------- every behaviour in one run
+
+BEHAVIOURS = """\
+timeout_s = 600
+
+[task]
+name = "zoo"
+rounds = 2
+top_k = 8
+submission_timeout_s = 12
+evaluation_timeout_s = 12
+seed = 6
+
+[data]
+samples_per_worker = 300
+
+[model]
+epochs = 2
+lr = 0.002
+
+[[workers]]
+name = "honest"
+count = 3
+
+[[workers]]
+name = "garbage"
+count = 1
+behavior = "garbage"
+
+[[workers]]
+name = "flipper"
+count = 1
+behavior = "label_flip"
+
+[[workers]]
+name = "poisoner"
+count = 1
+behavior = "model_poisoning"
+params = { mode = "sign_flip" }
+
+[[workers]]
+name = "copier"
+count = 1
+behavior = "free_rider"
+params = { mode = "copy" }
+
+[[workers]]
+name = "biased"
+count = 1
+behavior = "biased_scorer"
+params = { value = 0.05 }
+
+[[workers]]
+name = "lazy"
+count = 1
+behavior = "lazy_evaluator"
+params = { value = 0.5 }
+
+[[workers]]
+name = "ring"
+count = 2
+behavior = "collusion"
+params = { ring = "r1", shares_cids = true }
+
+[[workers]]
+name = "guessers"
+count = 2
+behavior = "collusion"
+params = { ring = "r2", shares_cids = false }
+
+[[workers]]
+name = "quitter"
+count = 1
+behavior = "dropout"
+params = { round = 2 }
+
+[[workers]]
+name = "sleeper"
+count = 1
+behavior = "dropout"
+params = { round = 2, mode = "late" }
+
+[faults]
+announce_loss = 0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, anvil):
+    tmp = tmp_path_factory.mktemp("zoo")
+    proc, out = _scenario(tmp, BEHAVIOURS, anvil)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def _r(zoo, n):  # noqa: ANN001, ANN202
+    return zoo["rounds"][n - 1]
+
+
+def _honest_mean(rec):  # noqa: ANN001, ANN202
+    return sum(rec["test_accuracy"][f"honest-{i}"] for i in (1, 2, 3)) / 3
+
+
+@pytest.mark.slow
+def test_garbage_trainer_submits_a_useless_model(zoo):
+    assert _r(zoo, 2)["test_accuracy"]["garbage-1"] < 0.3 < _honest_mean(_r(zoo, 2))
+
+
+@pytest.mark.slow
+def test_label_flipper_submits_a_model_that_predicts_wrong_labels(zoo):
+    assert _r(zoo, 2)["test_accuracy"]["flipper-1"] < 0.3 < _honest_mean(_r(zoo, 2))
+
+
+@pytest.mark.slow
+def test_poisoner_submits_a_sign_flipped_model(zoo):
+    assert _r(zoo, 2)["test_accuracy"]["poisoner-1"] < 0.3
+
+
+@pytest.mark.slow
+def test_free_rider_resubmits_someone_elses_model(zoo):
+    copied = _r(zoo, 2)["models"]["copier-1"]
+    others_round1 = {n: c for n, c in _r(zoo, 1)["models"].items() if n != "copier-1"}
+    assert copied in others_round1.values()
+
+
+@pytest.mark.slow
+def test_biased_and_lazy_evaluators_submit_constant_scores(zoo):
+    for r in (1, 2):
+        assert set(_r(zoo, r)["scores"]["biased-1"].values()) == {0.05}
+        assert set(_r(zoo, r)["scores"]["lazy-1"].values()) == {0.5}
+    assert _r(zoo, 2)["contribution"]["biased-1"] == 0  # |0.05 - median| >= 0.5
+
+
+@pytest.mark.slow
+def test_colluders_that_share_cids_favour_each_other(zoo):
+    for r in (1, 2):
+        s = _r(zoo, r)["scores"]
+        assert s["ring-1"]["ring-2"] == 1.0 and s["ring-2"]["ring-1"] == 1.0
+        assert {v for k, v in s["ring-1"].items() if k != "ring-2"} == {0.0}
+    assert _r(zoo, 2)["contribution"]["ring-1"] == 0
+
+
+@pytest.mark.slow
+def test_colluders_under_anonymity_can_only_guess(zoo):
+    for r in (1, 2):
+        for g in ("guessers-1", "guessers-2"):
+            row = _r(zoo, r)["scores"][g]
+            # one 1.0 (a guess for its one fellow member), 0.0 for every other model
+            assert sorted(row.values()) == [0.0] * (len(row) - 1) + [1.0]
+
+
+@pytest.mark.slow
+def test_dropouts_stop_or_miss_the_deadline(zoo):
+    assert "quitter-1" in _r(zoo, 1)["models"] and "quitter-1" not in _r(zoo, 2)["models"]
+    assert "quitter-1" not in _r(zoo, 2)["scores"]
+    assert "sleeper-1" in _r(zoo, 1)["models"] and "sleeper-1" not in _r(zoo, 2)["models"]
+    assert "sleeper-1" not in _r(zoo, 2)["scores"]
+    assert _r(zoo, 2)["rewards_wei"]["quitter-1"] == "0" and _r(zoo, 2)["rewards_wei"]["sleeper-1"] == "0"
+    assert _r(zoo, 2)["excluded"] == []  # the late opening was refused, never half-counted
