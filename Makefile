@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README):
-#   make demo   set everything up, then run the main job
+#   make demo   set everything up, then run the main job (scenarios/collusion.toml)
 #   make test   set everything up, then run the test suite
 # Both are idempotent: set-up steps are skipped when their inputs have not changed.
 
@@ -36,7 +36,7 @@ node_modules/.stamp-npm: package.json package-lock.json
 	touch $@
 
 demo: setup
-	$(BIN)/discofl-p2p demo
+	$(BIN)/discofl-p2p scenario scenarios/collusion.toml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

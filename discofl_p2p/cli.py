@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     gas.add_argument("--rounds", type=int, default=3)
     bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
     bench_sub.add_parser("p2p", help="libp2p blob throughput vs a plain socket, all-to-all W = 20, memory")
+    sb = bench_sub.add_parser("scenarios", help="accuracy, adversary reward shares and overhead of whole tasks")
+    sb.add_argument("--dir", default="scenarios", help="where baseline/garbage/collusion/biased.toml are")
+    sb.add_argument("--floor", type=float, default=0.5, help="quality floor of the proportional policy")
     return p
 
 
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "p2p":
         from discofl_p2p.bench.p2p import p2p_main
         return p2p_main()
+    if args.command == "bench" and args.bench == "scenarios":
+        from discofl_p2p.bench.scenarios import scenarios_main
+        return scenarios_main(args.dir, args.floor)
     build_parser().print_help()
     return 2
 

@@ -240,10 +240,13 @@ def test_poisoner_submits_a_sign_flipped_model(zoo):
 
 
 @pytest.mark.slow
-def test_free_rider_resubmits_someone_elses_model(zoo):
-    copied = _r(zoo, 2)["models"]["copier-1"]
-    others_round1 = {n: c for n, c in _r(zoo, 1)["models"].items() if n != "copier-1"}
-    assert copied in others_round1.values()
+def test_free_rider_resubmits_a_model_and_is_caught_by_its_cid(zoo):
+    # Round 1: nothing to copy yet, so it submits w0's weights untrained; round 2: it
+    # copies the best model it saw. Content addressing exposes both as replays.
+    assert _r(zoo, 1)["excluded"]["copier-1"] == "replays w0"
+    why = _r(zoo, 2)["excluded"]["copier-1"]
+    assert why.startswith("replays ") and why.endswith("(round 1)")
+    assert "copier-1" not in _r(zoo, 2)["models"] and _r(zoo, 2)["rewards_wei"]["copier-1"] == "0"
 
 
 @pytest.mark.slow
@@ -279,4 +282,4 @@ def test_dropouts_stop_or_miss_the_deadline(zoo):
     assert "sleeper-1" in _r(zoo, 1)["models"] and "sleeper-1" not in _r(zoo, 2)["models"]
     assert "sleeper-1" not in _r(zoo, 2)["scores"]
     assert _r(zoo, 2)["rewards_wei"]["quitter-1"] == "0" and _r(zoo, 2)["rewards_wei"]["sleeper-1"] == "0"
-    assert _r(zoo, 2)["excluded"] == []  # the late opening was refused, never half-counted
+    assert "sleeper-1" not in _r(zoo, 2)["excluded"]  # never committed: nothing to exclude

@@ -39,7 +39,7 @@ class RoundRecord:
     rewards_wei: dict[str, int] = field(default_factory=dict)
     test_accuracy: dict[str, float] = field(default_factory=dict)
     gas: dict[str, int] = field(default_factory=dict)
-    excluded: list[str] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)  # worker -> why it was left out
     wall_s: float = 0.0
 
 

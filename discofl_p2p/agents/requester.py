@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 
 from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
-from discofl_p2p.agents.jobs import evaluate_job
+from discofl_p2p.agents.jobs import evaluate_job, initial_state
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
 from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, reveal
 from discofl_p2p.ml.aggregation import Candidate
-from discofl_p2p.ml.weights import StateDict, decode_state
-from discofl_p2p.p2p.cid import CIDError, digest_of
+from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
+from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
 from discofl_p2p.p2p.node import P2PNode
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking
 from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, round_pot, top_k_rewards
@@ -57,6 +57,8 @@ class _Round:
     published: list[bytes] = field(default_factory=list)
     owner_at: list[str] = field(default_factory=list)
     scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position
+    excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
+    valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
 
@@ -78,6 +80,9 @@ class RequesterAgent:
         self._early: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self._rng = random.Random(ctx.seed)
         self._last_states: dict[str, StateDict] = {}
+        # Every model CID published so far, and w0's weights: a submission that repeats
+        # one is a replay (a free rider copying), excluded by content address alone.
+        self._published_cids: dict[str, str] = {}  # CID -> where it was first seen
         self._last_contrib: dict[str, Contribution] = {}
 
     # ---------------------------------------------------------------- setup
@@ -100,7 +105,10 @@ class RequesterAgent:
         )
         client, res = await client_factory(params)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
-        return cls(client, node, ctx, cfg, names)
+        agent = cls(client, node, ctx, cfg, names)
+        w0_weights = await ctx.run_cpu(lambda: cid_of(encode_state(initial_state(ctx.w0))))
+        agent._published_cids[w0_weights] = "w0"
+        return agent
 
     # ---------------------------------------------------------------- main loop
 
@@ -257,25 +265,45 @@ class RequesterAgent:
                 await self._settle(r, forced=False)
 
     def _valid_openings(self, r: _Round) -> dict[str, tuple[str, bytes]]:
-        ok = {}
-        for w, (cid, salt) in r.openings.items():
-            if w in r.commitments and r.checked.get(w) is not None:
-                if commitment(self.client.address, r.number, w, digest_of(cid), salt) == r.commitments[w]:
-                    ok[w] = (cid, salt)
-                else:
-                    log.warning("opening_mismatch", worker=self.names[w], round=r.number)
+        """Openings that match their commitment, whose model passed the checks and is
+        neither a replay of an earlier model nor a copy of another one this round (the
+        first committer keeps it). Why each other submitter is left out: r.excluded."""
+        ok: dict[str, tuple[str, bytes]] = {}
+        this_round: dict[str, str] = {}
+        r.excluded = {}
+        for w in r.order:
+            name = self.names[w]
+            if w not in r.openings:
+                r.excluded[name] = "no opening received"
+                continue
+            cid, salt = r.openings[w]
+            if commitment(self.client.address, r.number, w, digest_of(cid), salt) != r.commitments[w]:
+                r.excluded[name] = "opening does not match the commitment"
+            elif r.checked.get(w) is None:
+                r.excluded[name] = "model failed the checks against w0"
+            elif cid in self._published_cids:
+                r.excluded[name] = f"replays {self._published_cids[cid]}"
+            elif cid in this_round:
+                r.excluded[name] = f"same model as {this_round[cid]}"
+            else:
+                ok[w] = (cid, salt)
+                this_round[cid] = f"{name} (round {r.number})"
         return ok
 
     async def _open(self, r: _Round, *, forced: bool) -> None:
         r.phase = "opening"
-        ok = self._valid_openings(r)
+        ok = r.valid = self._valid_openings(r)
         owners = list(ok)
         self._rng.shuffle(owners)
         r.owner_at = owners
         r.published = [digest_of(ok[w][0]) for w in owners]
         rec = self.ctx.record(r.number)
         rec.models = {self.names[w]: ok[w][0] for w in owners}
-        rec.excluded = sorted(self.names[w] for w in r.commitments if w not in ok)
+        rec.excluded = dict(sorted(r.excluded.items()))
+        for name, why in r.excluded.items():
+            log.warning("submission_excluded", worker=name, round=r.number, reason=why)
+        for w in owners:
+            self._published_cids[ok[w][0]] = f"{self.names[w]} (round {r.number})"
         if forced:
             log.info("submission_deadline_passed", round=r.number, published=len(owners),
                      missing=sorted(self.names[w] for w in set(self.registered) - set(r.commitments)))
@@ -324,7 +352,7 @@ class RequesterAgent:
             ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], name_at.index(n)))
             amounts_by_rank = explicit = [split[n] for n in ranked]
         positions = [name_at.index(n) for n in ranked]
-        opened = self._valid_openings(r)
+        opened = r.valid
         submissions = [
             Submission(w, r.commitments[w], digest_of(opened[w][0]), opened[w][1]) if w in opened
             else Submission(w, r.commitments[w])
