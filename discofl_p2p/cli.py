@@ -40,6 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from web3.exceptions import ProviderConnectionError
+
+    from discofl_p2p.chain.anvil import AnvilNotFound, AnvilStartError
+
+    try:
+        return _dispatch(args)
+    except ProviderConnectionError as e:
+        print(f"discofl-p2p: cannot reach the chain: {e} (check --rpc-url)", file=sys.stderr)
+    except (AnvilNotFound, AnvilStartError) as e:
+        print(f"discofl-p2p: {e}", file=sys.stderr)
+    return 3
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenario":
         from discofl_p2p.scenario.command import scenario_main
         return scenario_main(args.file, args.out, args.seed, args.rpc_url)

@@ -14,7 +14,7 @@ import random
 from rich.console import Console
 from rich.table import Table
 
-from discofl_p2p.chain.anvil import Anvil
+from discofl_p2p.chain.anvil import Anvil, to_ws_url
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.scripted import deploy_and_register, play_round
 
@@ -62,14 +62,7 @@ async def run_demo(ws_url: str, *, workers: int = 4, rounds: int = 2, top_k: int
 
 def demo_main(rpc_url: str | None) -> int:
     if rpc_url:
-        return asyncio.run(run_demo(_to_ws(rpc_url)))
+        return asyncio.run(run_demo(to_ws_url(rpc_url)))
     with Anvil() as anvil:
         return asyncio.run(run_demo(anvil.ws_url))
 
-
-def _to_ws(url: str) -> str:
-    """Anvil serves HTTP and WebSocket on one port; accept either scheme."""
-    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(http):
-            return ws + url[len(http):]
-    return url

@@ -283,3 +283,32 @@ def test_dropouts_stop_or_miss_the_deadline(zoo):
     assert "sleeper-1" not in _r(zoo, 2)["scores"]
     assert _r(zoo, 2)["rewards_wei"]["quitter-1"] == "0" and _r(zoo, 2)["rewards_wei"]["sleeper-1"] == "0"
     assert "sleeper-1" not in _r(zoo, 2)["excluded"]  # never committed: nothing to exclude
+
+
+def test_requester_refuses_openings_from_the_wrong_peer_or_task():
+    """A hostile peer cannot pre-empt a worker's opening: only the worker's own peer
+    (and the right task, a known worker, a 32-byte salt, a valid CID) counts."""
+    from structlog.testing import capture_logs
+
+    from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig, _Round
+
+    agent = RequesterAgent.__new__(RequesterAgent)
+    agent.names, agent.peers = {"0xW": "w-1"}, {"0xW": "peer-w"}
+    agent.ctx = type("C", (), {"task_id": "t"})()
+    agent.cfg = RequesterConfig(1, 1, 1, "top_k", 0.5, 0.1, 10, 10)
+    agent.rounds, agent._early = {1: _Round(1)}, {}
+    spawned = []
+    agent._spawn = lambda coro: spawned.append(coro.close())  # noqa: SLF001
+    good = {"task": "t", "round": 1, "worker": "0xW", "salt": "00" * 32,
+            "cid": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"}
+    with capture_logs() as logs:
+        agent._on_opening("peer-evil", good)
+        agent._on_opening("peer-w", {**good, "task": "other"})
+        agent._on_opening("peer-w", {**good, "salt": "00"})
+        agent._on_opening("peer-w", {**good, "cid": "not-a-cid"})
+        agent._on_opening("peer-w", {k: v for k, v in good.items() if k != "salt"})
+    assert [e["event"] for e in logs] == ["opening_rejected"] * 5
+    assert "not w-1's" in logs[0]["reason"]
+    assert agent.rounds[1].openings == {} and not spawned
+    agent._on_opening("peer-w", good)
+    assert agent.rounds[1].openings == {"0xW": (good["cid"], bytes(32))} and len(spawned) == 1

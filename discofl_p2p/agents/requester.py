@@ -65,9 +65,13 @@ class _Round:
 
 class RequesterAgent:
     def __init__(self, client: TaskClient, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,
-                 names: dict[str, str]) -> None:
+                 names: dict[str, str], peers: dict[str, str]) -> None:
         self.client, self.node, self.ctx, self.cfg = client, node, ctx, cfg
         self.names = names  # worker address -> worker name
+        # worker address -> its libp2p peer id: an opening counts only from that peer, so
+        # no other peer can pre-empt a worker's opening with a bogus one. (A simulation
+        # knows the binding; a deployment would bind it at registration.)
+        self.peers = peers
         self.registered: list[str] = []
         self.rounds: dict[int, _Round] = {}
         self.streaks: dict[str, int] = {}
@@ -89,7 +93,7 @@ class RequesterAgent:
 
     @classmethod
     async def deploy(cls, client_factory, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,  # noqa: ANN001
-                     names: dict[str, str]) -> "RequesterAgent":
+                     names: dict[str, str], peers: dict[str, str]) -> "RequesterAgent":
         """Publishes w0 on the network and deploys the task contract."""
         w0_cid = await node.put(ctx.w0)
         rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
@@ -105,7 +109,7 @@ class RequesterAgent:
         )
         client, res = await client_factory(params)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
-        agent = cls(client, node, ctx, cfg, names)
+        agent = cls(client, node, ctx, cfg, names, peers)
         w0_weights = await ctx.run_cpu(lambda: cid_of(encode_state(initial_state(ctx.w0))))
         agent._published_cids[w0_weights] = "w0"
         return agent
@@ -213,6 +217,8 @@ class RequesterAgent:
             r, worker, cid, salt = msg["round"], msg["worker"], msg["cid"], bytes.fromhex(msg["salt"])
             if msg.get("task") != self.ctx.task_id or worker not in self.names or len(salt) != 32:
                 raise ValueError("wrong task, unknown worker or bad salt")
+            if self.peers.get(worker) != peer:
+                raise ValueError(f"sent by a peer that is not {self.names[worker]}'s")
             digest_of(cid)
         except (KeyError, TypeError, ValueError, CIDError) as e:
             log.warning("opening_rejected", peer=peer, reason=str(e))

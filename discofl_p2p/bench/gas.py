@@ -12,7 +12,7 @@ import random
 from rich.console import Console
 from rich.table import Table
 
-from discofl_p2p.chain.anvil import Anvil
+from discofl_p2p.chain.anvil import Anvil, to_ws_url
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.scripted import deploy_and_register, play_round
 
@@ -63,8 +63,7 @@ def gas_main(rpc_url: str | None = None, rounds: int = 3) -> int:
         return {w: await measure(ws_url, w, rounds) for w in (6, 50)}
 
     if rpc_url:
-        from discofl_p2p.demo import _to_ws
-        results = asyncio.run(run(_to_ws(rpc_url)))
+        results = asyncio.run(run(to_ws_url(rpc_url)))
     else:
         with Anvil() as anvil:
             results = asyncio.run(run(anvil.ws_url))

@@ -60,6 +60,14 @@ def find_anvil(search_from: Path | None = None) -> Path:
     )
 
 
+def to_ws_url(url: str) -> str:
+    """Anvil serves HTTP and WebSocket on one port: accept either scheme for --rpc-url."""
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            return ws + url[len(http):]
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

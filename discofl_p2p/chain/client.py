@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +31,15 @@ from discofl_p2p.chain.errors import ContractRevert, decode_revert
 MAX_IN_FLIGHT = 256
 """Transactions a process keeps unconfirmed at once (anvil stalls at about 1000)."""
 
-_in_flight: asyncio.Semaphore | None = None
+_in_flight: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
 
 
 def _limiter() -> asyncio.Semaphore:
-    global _in_flight
-    if _in_flight is None:
-        _in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-    return _in_flight
+    """The in-flight bound of the running event loop (a semaphore binds to one loop)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _in_flight:
+        _in_flight[loop] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    return _in_flight[loop]
 
 
 class Phase(enum.IntEnum):

@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError
-from discofl_p2p.demo import _to_ws
+from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError, to_ws_url
 from discofl_p2p.report.plots import plot_accuracy, plot_rewards
 from discofl_p2p.report.results import check_expectations, write_results
 from discofl_p2p.scenario.config import ScenarioError, load_scenario
@@ -94,7 +93,7 @@ def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:
 
     with progress:
         if rpc_url:
-            return asyncio.run(run_scenario(sc, _to_ws(rpc_url), on_phase=on_phase))
+            return asyncio.run(run_scenario(sc, to_ws_url(rpc_url), on_phase=on_phase))
         with Anvil() as anvil:
             return asyncio.run(run_scenario(sc, anvil.ws_url, on_phase=on_phase))
 
@@ -134,6 +133,3 @@ def _fmt(v: object) -> str:
         return f"{v:.4f}"
     return str(v)
 
-
-if __name__ == "__main__":
-    sys.exit(scenario_main(sys.argv[1], None, None, None))

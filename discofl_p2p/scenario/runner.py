@@ -139,8 +139,9 @@ async def run_scenario(
                 loyalty_bonus=sc.task.loyalty_bonus, submission_timeout_s=sc.task.submission_timeout_s,
                 evaluation_timeout_s=sc.task.evaluation_timeout_s,
             )
+            peers = {accts[n].address: node.peer_id for n, node in nodes.items()}
             requester = await RequesterAgent.deploy(
-                lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names
+                lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names, peers
             )
             workers = []
             for i, (name, behavior, params) in enumerate(roster):
