@@ -22,6 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     scen.add_argument("--seed", type=int, help="override the scenario's task.seed")
     scen.add_argument("--rpc-url", help="use this running anvil instead of starting one")
 
+    node = sub.add_parser("node", help="one libp2p node in this process: serve files, fetch a CID")
+    node.add_argument("--key", default="discofl-node.key", help="key file (32-byte seed; created 0600 if absent)")
+    node.add_argument("--host", default="127.0.0.1")
+    node.add_argument("--port", type=int, default=0)
+    node.add_argument("--connect", action="append", default=[], metavar="MULTIADDR",
+                      help="a peer to dial, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)")
+    node.add_argument("--serve", action="append", default=[], metavar="FILE", help="serve this file's bytes")
+    node.add_argument("--fetch", metavar="CID", help="fetch this CID from the --connect peers")
+    node.add_argument("--out", help="where --fetch writes the blob")
+    node.add_argument("--for", dest="duration", type=float, help="serve for this many seconds, then stop")
+
     demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
 
@@ -57,6 +68,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenario":
         from discofl_p2p.scenario.command import scenario_main
         return scenario_main(args.file, args.out, args.seed, args.rpc_url)
+    if args.command == "node":
+        import asyncio
+        from pathlib import Path
+
+        from discofl_p2p.p2p.node import BlobUnavailable
+        from discofl_p2p.p2p.standalone import NodeArgsError, run_node
+        try:
+            return asyncio.run(run_node(Path(args.key), args.host, args.port, args.connect,
+                                        [Path(f) for f in args.serve], args.fetch,
+                                        Path(args.out) if args.out else None, args.duration))
+        except (NodeArgsError, BlobUnavailable, ValueError) as e:
+            print(f"discofl-p2p node: {e}", file=sys.stderr)
+            return 2 if isinstance(e, NodeArgsError) else 3
     if args.command == "demo":
         from discofl_p2p.demo import demo_main
         return demo_main(args.rpc_url)

@@ -256,3 +256,39 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
             assert [e["event"] for e in logs] == ["message_rejected"]
             assert inbox.empty()
     run(go())
+
+
+def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
+    """One node per process (`discofl-p2p node`), the same API as the simulations."""
+    import json as _json
+    import signal
+    import subprocess
+    import sys
+
+    blob = os.urandom(300_000)
+    (tmp_path / "model.bin").write_bytes(blob)
+    cmd = [sys.executable, "-m", "discofl_p2p.cli", "node"]
+    server = subprocess.Popen(cmd + ["--key", str(tmp_path / "a.key"), "--serve", str(tmp_path / "model.bin")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ident = _json.loads(server.stdout.readline())
+        served = _json.loads(server.stdout.readline())
+        assert served["cid"] == cid_of(blob)
+        addr = f"{ident['addrs'][0].split('/p2p/')[0]}/p2p/{ident['peer_id']}"
+        client = subprocess.run(cmd + ["--key", str(tmp_path / "b.key"), "--connect", addr, "--fetch", served["cid"],
+                                       "--out", str(tmp_path / "got.bin")], capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stderr
+        assert (tmp_path / "got.bin").read_bytes() == blob
+        # the same key file gives the same identity next time
+        again = subprocess.run(cmd + ["--key", str(tmp_path / "b.key"), "--for", "0.1"], capture_output=True,
+                               text=True, timeout=60)
+        first_b = _json.loads(client.stdout.splitlines()[0])["peer_id"]
+        assert _json.loads(again.stdout.splitlines()[0])["peer_id"] == first_b != ident["peer_id"]
+        bad = subprocess.run(cmd + ["--key", str(tmp_path / "c.key"), "--connect", "/ip4/127.0.0.1/tcp/1"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "expected a multiaddr ending in /p2p/PEER_ID" in bad.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert '"stopped": true' in out
