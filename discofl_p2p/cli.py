@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--out", help="where --fetch writes the blob")
     node.add_argument("--for", dest="duration", type=float, help="serve for this many seconds, then stop")
 
+    audit = sub.add_parser("audit", help="recompute every settled round of a task from the chain alone")
+    audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
+    audit.add_argument("--contract", required=True, help="the task's contract address")
+
     demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
 
@@ -81,6 +85,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (NodeArgsError, BlobUnavailable, ValueError) as e:
             print(f"discofl-p2p node: {e}", file=sys.stderr)
             return 2 if isinstance(e, NodeArgsError) else 3
+    if args.command == "audit":
+        from discofl_p2p.audit import audit_main
+        from discofl_p2p.chain.anvil import to_ws_url
+        return audit_main(to_ws_url(args.rpc_url), args.contract)
     if args.command == "demo":
         from discofl_p2p.demo import demo_main
         return demo_main(args.rpc_url)

@@ -108,6 +108,11 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     assert len(scores) == 8
     assert res["final"]["expectations"] and all(e["ok"] for e in res["final"]["expectations"])
 
+    # Anyone can recompute every round from the chain alone: the requester was honest.
+    audit = subprocess.run([sys.executable, "-m", "discofl_p2p.cli", "audit", "--rpc-url", anvil.rpc_url,
+                            "--contract", res["task"]["contract"]], capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0 and "every settled round matches" in audit.stdout, audit.stdout + audit.stderr
+
 
 def test_exit_codes_follow_expectations_and_file_validity(tmp_path, anvil):
     proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.999).replace("rounds = 2", "rounds = 1"), anvil)

@@ -1,0 +1,62 @@
+"""The audit recomputes settled rounds from the chain and catches a requester who
+ranks against the scores."""
+
+from __future__ import annotations
+
+import random
+
+from discofl_p2p.audit import audit_task
+from discofl_p2p.chain.client import TaskParams, connect
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+from discofl_p2p.chain.scripted import deploy_and_register
+from discofl_p2p.trust.audit import audit_top_k_round
+from discofl_p2p.trust.rewards import top_k_rewards
+from tests.conftest import run
+
+
+def test_audit_of_a_round_is_exact():
+    scores = {"a": [None, 0.9, 0.2], "b": [0.9, None, 0.2], "c": [0.9, 0.9, None]}
+    honest = audit_top_k_round(1, ["a", "b", "c"], ["a", "b", "c"], scores, 2, 1000, ["a", "b"], [1000, 0])
+    assert honest.ok and honest.expected_ranking == ["a", "b"]
+    cheat = audit_top_k_round(1, ["a", "b", "c"], ["a", "b", "c"], scores, 2, 1000, ["c", "a"], [1000, 0])
+    assert not cheat.ok
+
+
+def _play(anvil, dishonest: bool) -> str:  # noqa: ANN001
+    """One round on a real contract where worker i's model is worth (i + 1) / 5 to
+    everyone; the requester pays the right ranking, or the reverse."""
+    async def go() -> str:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=1, top_k=3, max_workers=4, deposit_wei=10**18)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=40 + dishonest)
+            req, rng = task.requester, random.Random(1)
+            subs, digests = [], []
+            for w in task.workers:
+                d, s = rng.randbytes(32), rng.randbytes(32)
+                c = commitment(req.address, 1, w.account.address, d, s)
+                await w.submit_model(1, c)
+                subs.append(Submission(w.account.address, c, d, s))
+                digests.append(d)
+            await req.open_evaluation(1, digests)
+            for i, w in enumerate(task.workers):
+                await w.submit_scores(1, encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]))
+            ranking = [0, 1, 2] if dishonest else [3, 2, 1]
+            await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), ranking)
+            return req.address
+        finally:
+            await w3.provider.disconnect()
+    return run(go())
+
+
+def test_audit_on_chain_accepts_an_honest_requester_and_catches_a_dishonest_one(anvil):
+    for dishonest in (False, True):
+        contract = _play(anvil, dishonest)
+        (audit,), rule = run(audit_task(anvil.ws_url, contract))
+        assert rule == "TOP_K"
+        assert audit.expected_rewards == top_k_rewards(10**18, 3)
+        assert audit.ok is (not dishonest)
+        # Worker 4's model is worth most to everyone: it must be ranked first.
+        best = max(audit.contribution, key=lambda w: audit.contribution[w].score)
+        assert audit.expected_ranking[0] == best
+        assert (audit.paid_ranking[0] == best) is (not dishonest)
