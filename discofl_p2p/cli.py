@@ -76,8 +76,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         import asyncio
         from pathlib import Path
 
+        import structlog
+
         from discofl_p2p.p2p.node import BlobUnavailable
         from discofl_p2p.p2p.standalone import NodeArgsError, run_node
+
+        # stdout carries the node's JSON lines; its log goes to stderr.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         try:
             return asyncio.run(run_node(Path(args.key), args.host, args.port, args.connect,
                                         [Path(f) for f in args.serve], args.fetch,

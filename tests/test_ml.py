@@ -196,3 +196,42 @@ def test_compact_cnn_reaches_97_percent_centrally(mnist):
     model = build_model("compact_cnn", seed=0)
     train(model, mnist, perm[:8000], TrainConfig(epochs=6, batch_size=32, lr=1.5e-3, lr_decay=0.7), seed=0)
     assert evaluate(model, mnist, perm[8000:]) >= 0.97
+
+
+def test_downloader_verifies_md5_and_falls_back_to_the_next_mirror(tmp_path):
+    """The real download code, offline: a local HTTP server serves the shipped t10k files."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+    from importlib import resources
+
+    from discofl_p2p.ml.datasets import MNIST_FILES, fetch_mnist
+
+    t10k = {k: v for k, v in MNIST_FILES.items() if k.startswith("t10k")}
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    for name in t10k:
+        shutil.copy(resources.files("discofl_p2p.data") / name, good / name)
+        (bad / name).write_bytes(b"tampered")
+    servers = []
+    for root in (bad, good):
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append((srv, f"http://127.0.0.1:{srv.server_address[1]}/{root.name}/"))
+    try:
+        cache = tmp_path / "cache"
+        with pytest.raises(DatasetError, match=r"md5 [0-9a-f]{32} != 9fb629c4189551a2d022fa330f9573f3"):
+            fetch_mnist(cache, files=t10k, mirrors=(servers[0][1],))
+        assert not list(cache.glob("*.gz"))  # nothing half-downloaded is kept
+        fetch_mnist(cache, files=t10k, mirrors=(servers[0][1], servers[1][1]))
+        for name in t10k:
+            assert (cache / name).read_bytes() == (good / name).read_bytes()
+        (cache / next(iter(t10k))).write_bytes(b"corrupted later")
+        fetch_mnist(cache, files=t10k, mirrors=(servers[1][1],))  # re-fetched: md5 no longer matched
+        assert (cache / next(iter(t10k))).read_bytes() == (good / next(iter(t10k))).read_bytes()
+    finally:
+        for srv, _ in servers:
+            srv.shutdown()

@@ -99,16 +99,22 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - published checksums are md5
 
 
-def fetch_mnist(cache_dir: Path | None = None) -> Path:
-    """Makes sure the four MNIST files are in `cache_dir` with the published md5s."""
+def fetch_mnist(
+    cache_dir: Path | None = None,
+    *,
+    files: dict[str, str] = MNIST_FILES,
+    mirrors: tuple[str, ...] = MNIST_MIRRORS,
+) -> Path:
+    """Makes sure the MNIST files are in `cache_dir` with the published md5s,
+    downloading what is missing or wrong from the first mirror that serves it intact."""
     cache = Path(cache_dir or default_cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
-    for name, md5 in MNIST_FILES.items():
+    for name, md5 in files.items():
         target = cache / name
         if target.is_file() and _md5(target) == md5:
             continue
         errors = []
-        for mirror in MNIST_MIRRORS:
+        for mirror in mirrors:
             tmp = target.with_suffix(".part")
             try:
                 with urllib.request.urlopen(mirror + name, timeout=60) as r, open(tmp, "wb") as f:
