@@ -293,7 +293,7 @@ contract DiscoFLTask {
         address[] memory owners = new address[](n);
         bytes32 acc = bytes32(uint256(round));
         uint256 opened = 0;
-        for (uint256 i = 0; i < m; i++) {
+        for (uint256 i = 0; i < m; ) {
             address who = submitters[i];
             uint256 p = positions[i];
             bytes32 c;
@@ -302,10 +302,15 @@ contract DiscoFLTask {
             } else {
                 if (p >= n || owners[p] != address(0)) revert BadReveal(i);
                 owners[p] = who;
-                opened++;
                 c = _commitment(round, who, models[p], openings[i]);
+                unchecked {
+                    ++opened;
+                }
             }
             acc = _fold(acc, who, c);
+            unchecked {
+                ++i;
+            }
         }
         if (opened != n || acc != commitmentAccumulator) revert BadReveal(m);
 

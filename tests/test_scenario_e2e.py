@@ -115,9 +115,16 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
 
 
 def test_exit_codes_follow_expectations_and_file_validity(tmp_path, anvil):
-    proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.999).replace("rounds = 2", "rounds = 1"), anvil)
+    # One round, under the loyalty policy (explicit amounts on-chain), with an
+    # accuracy expectation no model can meet.
+    text = SMALL.format(acc_min=0.999).replace("rounds = 2", 'rounds = 1\nreward_policy = "loyalty"')
+    proc, out = _scenario(tmp_path, text, anvil)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    exp = json.loads((out / "results.json").read_text())["final"]["expectations"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["scenario"]["task"]["reward_policy"] == "loyalty"
+    paid = {k: int(v) for k, v in res["final"]["rewards_wei"].items()}
+    assert sum(paid.values()) == int(res["task"]["deposit_wei"]) and paid["garbage-1"] == 0  # below the floor
+    exp = res["final"]["expectations"]
     assert [(e["name"], e["ok"]) for e in exp] == [("final_accuracy_min", False), ("adversaries_below_honest", True)]
     assert "FAILED" in proc.stdout
 
