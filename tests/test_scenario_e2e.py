@@ -324,3 +324,8 @@ def test_requester_refuses_openings_from_the_wrong_peer_or_task():
     assert agent.rounds[1].openings == {} and not spawned
     agent._on_opening("peer-w", good)
     assert agent.rounds[1].openings == {"0xW": (good["cid"], bytes(32))} and len(spawned) == 1
+    # Before its round has started, one opening per worker is kept, no more.
+    agent.cfg = RequesterConfig(3, 1, 1, "top_k", 0.5, 0.1, 10, 10)
+    for _ in range(5):
+        agent._on_opening("peer-w", {**good, "round": 2})
+    assert len(agent._early[2]) == 1

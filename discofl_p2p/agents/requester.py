@@ -225,7 +225,11 @@ class RequesterAgent:
             return
         rnd = self.rounds.get(r)
         if rnd is None and isinstance(r, int) and r > max(self.rounds, default=0) and r <= self.cfg.rounds:
-            self._early.setdefault(r, []).append((peer, msg))
+            early = self._early.setdefault(r, [])
+            if any(m["worker"] == worker for _, m in early):  # one per worker: bounded memory
+                log.warning("opening_rejected", peer=peer, round=r, reason="already have an early opening")
+                return
+            early.append((peer, msg))
             return
         if rnd is None or rnd.phase != "submission" or worker in rnd.openings:
             log.warning("opening_rejected", peer=peer, round=r, reason="not accepting an opening for this round")
