@@ -7,8 +7,8 @@ import random
 
 from discofl_p2p.audit import audit_task
 from discofl_p2p.chain.client import TaskParams, connect
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
-from discofl_p2p.chain.scripted import deploy_and_register
+from discofl_p2p.chain.encoding import encode_scores, reveal
+from discofl_p2p.chain.scripted import commit_all, deploy_and_register
 from discofl_p2p.trust.audit import audit_top_k_round
 from discofl_p2p.trust.rewards import top_k_rewards
 from tests.conftest import run
@@ -30,14 +30,9 @@ def _play(anvil, dishonest: bool) -> str:  # noqa: ANN001
         try:
             p = TaskParams(rounds=1, top_k=3, max_workers=4, deposit_wei=10**18)
             task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=40 + dishonest)
-            req, rng = task.requester, random.Random(1)
-            subs, digests = [], []
-            for w in task.workers:
-                d, s = rng.randbytes(32), rng.randbytes(32)
-                c = commitment(req.address, 1, w.account.address, d, s)
-                await w.submit_model(1, c)
-                subs.append(Submission(w.account.address, c, d, s))
-                digests.append(d)
+            req = task.requester
+            subs = await commit_all(task, 1, random.Random(1))
+            digests = [s.digest for s in subs]
             await req.open_evaluation(1, digests)
             for i, w in enumerate(task.workers):
                 await w.submit_scores(1, encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]))

@@ -23,7 +23,7 @@ from discofl_p2p.chain.encoding import (
     reveal,
 )
 from discofl_p2p.chain.errors import ContractRevert
-from discofl_p2p.chain.scripted import deploy_and_register, play_round
+from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round
 from discofl_p2p.trust.rewards import round_pot, top_k_rewards
 from tests.conftest import run
 
@@ -269,13 +269,8 @@ def test_cancel_before_training_refunds_everything(anvil):
 
 async def _round_to_settlement(task, rng):  # noqa: ANN001, ANN202
     req = task.requester
-    subs, models = [], []
-    for w in task.workers:
-        d, s = rng.randbytes(32), rng.randbytes(32)
-        c = commitment(req.address, 1, w.account.address, d, s)
-        await w.submit_model(1, c)
-        subs.append(Submission(w.account.address, c, d, s))
-        models.append(d)
+    subs = await commit_all(task, 1, rng)
+    models = [s.digest for s in subs]
     rng.shuffle(models)
     await req.open_evaluation(1, models)
     for w in task.workers:
@@ -356,13 +351,7 @@ def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
             task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=2, rounds=1), 3,
                                              seed=18)
             req = task.requester
-            rng = random.Random(5)
-            subs = []
-            for w in task.workers:
-                d, s = rng.randbytes(32), rng.randbytes(32)
-                c = commitment(req.address, 1, w.account.address, d, s)
-                await w.submit_model(1, c)
-                subs.append(Submission(w.account.address, c, d, s))
+            subs = await commit_all(task, 1, random.Random(5))
             subs[1] = Submission(subs[1].worker, subs[1].commitment)  # never sent its opening
             models = [subs[2].digest, subs[0].digest]
             await req.open_evaluation(1, models)

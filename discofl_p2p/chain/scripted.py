@@ -52,6 +52,23 @@ async def deploy_and_register(
     return task
 
 
+async def commit_all(
+    task: ScriptedTask, round_: int, rng: random.Random, gas: dict[str, int] | None = None
+) -> list[Submission]:
+    """Every worker commits a random model digest with a random salt, in worker order;
+    returns the openings (what each worker would hand the requester)."""
+    out = []
+    for w in task.workers:
+        a = w.account.address
+        digest, salt = hashlib.sha256(rng.randbytes(64)).digest(), rng.randbytes(32)
+        c = commitment(task.requester.address, round_, a, digest, salt)
+        g = (await w.submit_model(round_, c)).gas_used
+        if gas is not None:
+            gas["submitModel"] = max(gas.get("submitModel", 0), g)
+        out.append(Submission(a, c, digest, salt))
+    return out
+
+
 RankingFn = Callable[[int], Sequence[int]]
 """Given the number of published models, the ranking as positions, best first."""
 
@@ -67,16 +84,9 @@ async def play_round(
     """One full round: every worker commits, the requester shuffles and opens
     evaluation, every worker scores, the requester reveals and settles.
     Returns the gas of each kind of call in this round (max over workers)."""
-    digests = {w.account.address: hashlib.sha256(rng.randbytes(64)).digest() for w in task.workers}
-    salts = {w.account.address: rng.randbytes(32) for w in task.workers}
     gas: dict[str, int] = {}
-    submissions = []
-    for w in task.workers:
-        a = w.account.address
-        c = commitment(task.requester.address, round_, a, digests[a], salts[a])
-        g = (await w.submit_model(round_, c)).gas_used
-        gas["submitModel"] = max(gas.get("submitModel", 0), g)
-        submissions.append(Submission(a, c, digests[a], salts[a]))
+    submissions = await commit_all(task, round_, rng, gas)
+    digests = {s.worker: s.digest for s in submissions}
     owners = [w.account.address for w in task.workers]
     rng.shuffle(owners)
     models = [digests[o] for o in owners]
