@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -70,6 +71,11 @@ class SimContext:
     @property
     def topic(self) -> str:
         return f"discofl/{self.task_id}/announce"
+
+    @functools.cached_property
+    def test_set(self) -> tuple[Any, Any]:
+        """The held-out (x, y) that no worker sees, sliced once for every evaluation."""
+        return self.data.x[self.partition.test], self.data.y[self.partition.test]
 
     def train_cfg_for(self, round_: int) -> TrainConfig:
         """Local training decays the learning rate across rounds as well as epochs."""

@@ -25,7 +25,7 @@ from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
 from discofl_p2p.p2p.node import P2PNode
-from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking
+from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
 from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, round_pot, top_k_rewards
 
 log = structlog.get_logger("discofl.requester")
@@ -321,8 +321,7 @@ class RequesterAgent:
         r.phase = "evaluation"
 
     async def _test_accuracy(self, r: _Round) -> None:
-        test = self.ctx.partition.test
-        x, y = self.ctx.data.x[test], self.ctx.data.y[test]
+        x, y = self.ctx.test_set
         rec = self.ctx.record(r.number)
         for w in r.owner_at:
             state = r.checked[w]
@@ -335,12 +334,7 @@ class RequesterAgent:
         if r.accuracy is not None:
             await r.accuracy  # measured while workers evaluated; recorded with the round
         name_at = [self.names[w] for w in r.owner_at]
-        matrix: dict[str, dict[str, float]] = {}
-        for evaluator, scores in r.scores.items():
-            if len(scores) != len(name_at):
-                continue
-            row = {name_at[i]: s for i, s in enumerate(scores) if s is not None and r.owner_at[i] != evaluator}
-            matrix[self.names[evaluator]] = row
+        matrix = score_matrix(name_at, {self.names[e]: s for e, s in r.scores.items()})
         everyone = [self.names[w] for w in self.registered]
         contrib = contribution_scores(matrix, everyone)
         published = set(name_at)
@@ -391,9 +385,7 @@ class RequesterAgent:
                  if self._last_contrib[n].score >= self.cfg.final_keep_ratio * best]
         if cands:
             final = await self.ctx.run_cpu(self.ctx.aggregate, cands)
-            test = self.ctx.partition.test
-            self.final_accuracy = await self.ctx.run_cpu(
-                evaluate_job, self.ctx.w0, final, self.ctx.data.x[test], self.ctx.data.y[test], "accuracy")
+            self.final_accuracy = await self.ctx.run_cpu(evaluate_job, self.ctx.w0, final, *self.ctx.test_set, "accuracy")
         res = await self.client.close_task()
         self.refund_wei = res.events[0].args["refund"]
         self.ctx.on_phase(self.cfg.rounds, "closed")

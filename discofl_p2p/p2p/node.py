@@ -414,13 +414,9 @@ class P2PNode:
         if task is not None and round_ is not None:
             self._node.index[(task, round_)].add(cid)
 
-    async def share(self, cid: str, task: str | None = None, round_: int | None = None) -> None:
-        """Lifts an `only_for` restriction (and optionally tags the blob)."""
-        def lift() -> None:
-            self._node.only_for.pop(cid, None)
-            if task is not None and round_ is not None:
-                self._node.index[(task, round_)].add(cid)
-        self._thread.run_sync_soon(lift)
+    async def share(self, cid: str) -> None:
+        """Lifts an `only_for` restriction: the blob is served to every peer."""
+        self._thread.run_sync_soon(lambda: self._node.only_for.pop(cid, None))
 
     async def serve_messages(self, protocol: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         """Direct messages on `protocol`: small JSON objects, acknowledged on receipt,

@@ -39,7 +39,6 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     w0 = initial_state(ctx.w0)
     cands: dict[str, list[Candidate]] = {n: [] for n in behaviors}
     seen: dict[str, list[tuple[float, dict]]] = {n: [] for n in behaviors}
-    test = ctx.partition.test
     contributions = []
     last: dict[str, dict] = {}
     p: dict[str, float] = {}
@@ -68,7 +67,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             if n in published:
                 cands[n].append(Candidate(published[n], evaluate_job(ctx.w0, published[n], x, y, ctx.metric)))
         for m in published:
-            evaluate_job(ctx.w0, published[m], ctx.data.x[test], ctx.data.y[test], "accuracy")
+            evaluate_job(ctx.w0, published[m], *ctx.test_set, "accuracy")
         contrib = contribution_scores(matrix, list(behaviors))
         p = {n: c.score for n, c in contrib.items()}
         contributions.append(p)
@@ -77,5 +76,5 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     final_c = [Candidate(s, p[n]) for n, s in last.items() if p[n] >= final_keep_ratio * best]
     acc = None
     if final_c:
-        acc = evaluate_job(ctx.w0, ctx.aggregate(final_c), ctx.data.x[test], ctx.data.y[test], "accuracy")
+        acc = evaluate_job(ctx.w0, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
     return PlainOutcome(acc, time.monotonic() - started, contributions)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking
+from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
 from discofl_p2p.trust.rewards import top_k_rewards
 
 
@@ -26,19 +26,6 @@ class RoundAudit:
     @property
     def ok(self) -> bool:
         return self.expected_ranking == self.paid_ranking and self.expected_rewards == self.paid_rewards
-
-
-def score_matrix(
-    owner_at: Sequence[str], scores: Mapping[str, Sequence[float | None]]
-) -> dict[str, dict[str, float]]:
-    """evaluator -> owner -> score, from per-position scores; abstentions and
-    self-scores dropped, and rows of the wrong length ignored (the contract checks it)."""
-    out = {}
-    for evaluator, row in scores.items():
-        if len(row) != len(owner_at):
-            continue
-        out[evaluator] = {owner_at[i]: s for i, s in enumerate(row) if s is not None and owner_at[i] != evaluator}
-    return out
 
 
 def audit_top_k_round(

@@ -30,6 +30,19 @@ class Contribution:
     score: float  # p_k
 
 
+def score_matrix(
+    owner_at: Sequence[str], scores: Mapping[str, Sequence[float | None]]
+) -> dict[str, dict[str, float]]:
+    """evaluator -> owner -> score, from per-position scores; abstentions and
+    self-scores dropped, and rows of the wrong length ignored (the contract checks it)."""
+    out = {}
+    for evaluator, row in scores.items():
+        if len(row) != len(owner_at):
+            continue
+        out[evaluator] = {owner_at[i]: s for i, s in enumerate(row) if s is not None and owner_at[i] != evaluator}
+    return out
+
+
 def lower_median(values: Sequence[float]) -> float:
     """The lower of the two middle values (the middle one for an odd count)."""
     if not values:
