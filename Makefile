@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench-gas compile clean
+.PHONY: setup demo lint test test-fast coverage bench-gas compile clean
 
 setup: $(VENV)/.stamp-deps node_modules/.stamp-npm
 
@@ -38,8 +38,17 @@ node_modules/.stamp-npm: package.json package-lock.json
 demo: setup
 	$(BIN)/discofl-p2p scenario scenarios/collusion.toml
 
-test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The gates: lint and format (ruff), types (mypy; strict on trust/ and ml/).
+lint: setup
+	$(BIN)/ruff check discofl_p2p tests tools
+	$(BIN)/ruff format --check discofl_p2p tests tools
+	$(BIN)/mypy
+
+# The whole suite under coverage (subprocesses included), then the figure per package.
+test: lint
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest --cov --cov-report= $(PYTEST_ARGS)
+	$(BIN)/python tools/coverage_by_package.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -52,4 +61,4 @@ compile: node_modules/.stamp-npm
 	node contracts/compile.cjs
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis .mypy_cache .ruff_cache .coverage .coverage.*

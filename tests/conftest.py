@@ -16,6 +16,6 @@ def anvil() -> Iterator[Anvil]:
         yield a
 
 
-def run(coro):  # noqa: ANN001, ANN201 - test helper
+def run(coro):
     """Runs one coroutine on a fresh event loop (each test owns its loop)."""
     return asyncio.run(coro)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 
-from discofl_p2p.audit import audit_task
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.encoding import encode_scores, reveal
 from discofl_p2p.chain.scripted import commit_all, deploy_and_register
-from discofl_p2p.trust.audit import audit_top_k_round
+from discofl_p2p.commands.audit import audit_task
 from discofl_p2p.trust.rewards import top_k_rewards
+from discofl_p2p.trust.settlement import audit_top_k_round
 from tests.conftest import run
 
 
@@ -22,9 +22,10 @@ def test_audit_of_a_round_is_exact():
     assert not cheat.ok
 
 
-def _play(anvil, dishonest: bool) -> str:  # noqa: ANN001
+def _play(anvil, dishonest: bool) -> str:
     """One round on a real contract where worker i's model is worth (i + 1) / 5 to
     everyone; the requester pays the right ranking, or the reverse."""
+
     async def go() -> str:
         w3 = await connect(anvil.ws_url)
         try:
@@ -41,6 +42,7 @@ def _play(anvil, dishonest: bool) -> str:  # noqa: ANN001
             return req.address
         finally:
             await w3.provider.disconnect()
+
     return run(go())
 
 

@@ -23,21 +23,21 @@ from discofl_p2p.chain.encoding import (
     reveal,
 )
 from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.chain.limits import ETH
 from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round
 from discofl_p2p.trust.rewards import round_pot, top_k_rewards
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
-ETH = 10**18
 
 
-def _params(**kw):  # noqa: ANN003, ANN202
+def _params(**kw):
     base = dict(rounds=2, top_k=3, max_workers=4, deposit_wei=10 * ETH)
     base.update(kw)
     return TaskParams(**base)
 
 
-def _reverts(name: str):  # noqa: ANN202
+def _reverts(name: str):
     return pytest.raises(ContractRevert, match=rf"\b{name}\(")
 
 
@@ -51,11 +51,13 @@ def test_artifact_matches_source_hash():
     )
 
 
-@pytest.mark.skipif(not (ROOT / "node_modules" / "solc").is_dir() or not shutil.which("node"),
-                    reason="needs `npm ci` (solc-js)")
+@pytest.mark.skipif(
+    not (ROOT / "node_modules" / "solc").is_dir() or not shutil.which("node"), reason="needs `npm ci` (solc-js)"
+)
 def test_artifact_bytecode_matches_a_fresh_compile():
-    out = subprocess.run(["node", str(ROOT / "contracts" / "compile.cjs"), "--stdout"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["node", str(ROOT / "contracts" / "compile.cjs"), "--stdout"], check=True, capture_output=True, text=True
+    ).stdout
     fresh = json.loads(out)
     committed = load_artifact()
     assert fresh["bytecode"] == committed["bytecode"], "stale artifact: run `make compile`"
@@ -96,11 +98,18 @@ def test_whole_lifecycle_pays_exactly_the_deposit(anvil):
             st = await req.state()
             assert st.held == 0 and st.total_withdrawn == p.deposit_wei
             names = [e.name for e in await req.past_events()]
-            assert names[:6] == ["TaskCreated", "WorkerRegistered", "WorkerRegistered",
-                                 "WorkerRegistered", "WorkerRegistered", "TrainingStarted"]
+            assert names[:6] == [
+                "TaskCreated",
+                "WorkerRegistered",
+                "WorkerRegistered",
+                "WorkerRegistered",
+                "WorkerRegistered",
+                "TrainingStarted",
+            ]
             assert names.count("RoundSettled") == 2 and names[-1] == "Withdrawn"
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -122,11 +131,18 @@ def test_event_stream_delivers_every_event_in_order(anvil):
                 if ev.name == "TrainingFinished":
                     break
             await stream.aclose()
-            assert seen == (["TaskCreated"] + ["WorkerRegistered"] * 3 + ["TrainingStarted", "RoundStarted"]
-                            + ["ModelCommitted"] * 3 + ["EvaluationOpened"] + ["ScoresSubmitted"] * 3
-                            + ["RoundSettled", "TrainingFinished"])
+            assert seen == (
+                ["TaskCreated"]
+                + ["WorkerRegistered"] * 3
+                + ["TrainingStarted", "RoundStarted"]
+                + ["ModelCommitted"] * 3
+                + ["EvaluationOpened"]
+                + ["ScoresSubmitted"] * 3
+                + ["RoundSettled", "TrainingFinished"]
+            )
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -154,6 +170,7 @@ def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
                 await TaskClient.deploy(w3, acct, _params(**kw), ws_url=anvil.ws_url)
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -247,6 +264,7 @@ def test_access_rules(anvil):
             assert st.refunded == 0 and st.total_credited == p.deposit_wei  # w1 took the whole pot
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -261,13 +279,14 @@ def test_cancel_before_training_refunds_everything(anvil):
             assert st.held == 0 and st.refunded == 10 * ETH
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
 # ---------------------------------------------------------------- anonymity
 
 
-async def _round_to_settlement(task, rng):  # noqa: ANN001, ANN202
+async def _round_to_settlement(task, rng):
     req = task.requester
     subs = await commit_all(task, 1, rng)
     models = [s.digest for s in subs]
@@ -297,6 +316,7 @@ def test_chain_holds_no_link_between_worker_and_model_during_evaluation(anvil):
                     assert commitment(task.requester.address, 1, s.worker, m, bytes(32)) != s.commitment
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -333,14 +353,14 @@ def test_wrong_reveals_are_rejected(anvil):
             excl = list(positions)
             excl[0] = NOT_OPENED
             with _reverts("BadReveal"):
-                await req.settle_round(1, models, submitters, excl,
-                                       [subs[0].commitment, *openings[1:]], [0])
+                await req.settle_round(1, models, submitters, excl, [subs[0].commitment, *openings[1:]], [0])
             res = await req.settle_round(1, models, submitters, positions, openings, [0, 1, 2])
             ev = res.events[0]
             owner_of = {models[p]: s for s, p in zip(submitters, positions)}
             assert ev.args["rankedOwners"] == [owner_of[models[i]] for i in (0, 1, 2)]
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -348,8 +368,7 @@ def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=2, rounds=1), 3,
-                                             seed=18)
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=2, rounds=1), 3, seed=18)
             req = task.requester
             subs = await commit_all(task, 1, random.Random(5))
             subs[1] = Submission(subs[1].worker, subs[1].commitment)  # never sent its opening
@@ -367,6 +386,7 @@ def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
             assert await req.credit_of(subs[0].worker) == 10 * ETH  # K=2: all to rank 1
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -391,6 +411,7 @@ def test_round_settles_after_deadline_with_missing_workers(anvil):
             assert await req.credit_of(w1.account.address) == round_pot(p.deposit_wei, 2, 1)
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -411,6 +432,7 @@ def test_on_chain_top_k_split_equals_python_reference_to_the_wei(anvil):
                     assert sum(on_chain) == pot
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -437,6 +459,7 @@ def test_settlement_credits_the_python_reference(anvil, workers, top_k):
                 assert await task.requester.credit_of(w.account.address) == expected[w.account.address]
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 
@@ -450,6 +473,7 @@ def test_explicit_amounts_rule_caps_at_the_pot(anvil):
                 await play_round(task, 1, random.Random(8), lambda n: [0, 1], amounts=lambda k: [600, 401])
         finally:
             await w3.provider.disconnect()
+
     run(go())
 
 

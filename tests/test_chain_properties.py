@@ -22,10 +22,15 @@ N_ACTORS = 4  # actor 0 is the requester, 1..3 may be workers
 async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: int, top_k: int) -> None:
     w3 = await connect(ws_url)
     try:
-        p = TaskParams(rounds=rounds, top_k=top_k, max_workers=3, deposit_wei=10**18 + seed,
-                       submission_period_s=100, evaluation_period_s=100)
-        task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed,
-                                         register=False, start=False)
+        p = TaskParams(
+            rounds=rounds,
+            top_k=top_k,
+            max_workers=3,
+            deposit_wei=10**18 + seed,
+            submission_period_s=100,
+            evaluation_period_s=100,
+        )
+        task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed, register=False, start=False)
         req = task.requester
         actors = [req, *task.workers]
         rng = random.Random(seed)
@@ -89,15 +94,23 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    steps=st.lists(
-        st.tuples(st.sampled_from(ACTIONS), st.integers(0, N_ACTORS - 1)), min_size=1, max_size=40
-    ),
+    steps=st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, N_ACTORS - 1)), min_size=1, max_size=40),
     seed=st.integers(0, 2**16),
     rounds=st.integers(1, 3),
     top_k=st.integers(1, 3),
 )
 def test_random_call_sequences_conserve_funds(anvil, steps, seed, rounds, top_k):
     # Bias towards progress: most sequences also include a protocol-shaped prefix.
-    prefix = [("register", 1), ("register", 2), ("start", 0), ("submit", 1), ("submit", 2),
-              ("open", 0), ("scores", 1), ("scores", 2), ("settle", 0), ("withdraw", 1)]
+    prefix = [
+        ("register", 1),
+        ("register", 2),
+        ("start", 0),
+        ("submit", 1),
+        ("submit", 2),
+        ("open", 0),
+        ("scores", 1),
+        ("scores", 2),
+        ("settle", 0),
+        ("withdraw", 1),
+    ]
     run(_play(anvil.ws_url, (prefix if seed % 2 else []) + steps, seed, rounds, top_k))

@@ -35,7 +35,7 @@ def test_embedded_mnist_is_the_real_test_split(mnist):
 def test_idx_parser_names_what_is_wrong():
     with pytest.raises(DatasetError, match="not an unsigned-byte IDX"):
         parse_idx(b"\x00\x00\x0d\x01", where="f.gz")
-    with pytest.raises(DatasetError, match="f.gz: header says 3 bytes"):
+    with pytest.raises(DatasetError, match=r"f\.gz: header says 3 bytes"):
         parse_idx(b"\x00\x00\x08\x01\x00\x00\x00\x03\x01", where="f.gz")
     assert parse_idx(b"\x00\x00\x08\x02\x00\x00\x00\x01\x00\x00\x00\x02\x05\x06").tolist() == [[5, 6]]
 
@@ -43,8 +43,12 @@ def test_idx_parser_names_what_is_wrong():
 def test_full_mnist_from_a_directory_checks_files(tmp_path):
     with pytest.raises(DatasetError, match="missing"):
         load_full_mnist(tmp_path, download=False)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (tmp_path / name).write_bytes(gzip.compress(b"not mnist"))
     with pytest.raises(DatasetError, match="md5 does not match"):
         load_full_mnist(tmp_path, download=False)
@@ -70,12 +74,13 @@ def test_partitions_are_deterministic_disjoint_and_split_80_20(mnist, scheme):
 
 
 def test_dirichlet_skews_labels_and_iid_does_not(mnist):
-    def top_label_share(p):  # noqa: ANN001, ANN202
+    def top_label_share(p):
         shares = []
         for w in p.workers:
             counts = torch.bincount(mnist.y[torch.cat([w.train, w.val])], minlength=10)
             shares.append(float(counts.max()) / float(counts.sum()))
         return sum(shares) / len(shares)
+
     assert top_label_share(partition(mnist.y, 6, scheme="iid", seed=1)) < 0.15
     assert top_label_share(partition(mnist.y, 6, scheme="dirichlet", alpha=0.1, seed=1)) > 0.4
 
@@ -113,7 +118,7 @@ def test_safetensors_round_trip():
 
 
 class _Boom:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (print, ("pwned",))
 
 
@@ -130,7 +135,7 @@ def test_peer_weights_are_validated():
     with pytest.raises(ModelRejected, match=r"'fc.bias' has shape \(11,\)"):
         decode_state(encode_state(wrong_shape), spec)
     wrong_dtype = dict(state, **{"fc.bias": torch.zeros(10, dtype=torch.float64)})
-    with pytest.raises(ModelRejected, match="dtype torch.float64"):
+    with pytest.raises(ModelRejected, match=r"dtype torch\.float64"):
         decode_state(encode_state(wrong_dtype), spec)
     for bad in (float("nan"), float("inf")):
         poisoned = dict(state, **{"fc.bias": torch.full((10,), bad)})
@@ -149,7 +154,7 @@ def test_peer_weights_are_validated():
 # ---------------------------------------------------------------- aggregation
 
 
-def _c(v, score=1.0, n=1):  # noqa: ANN001, ANN202
+def _c(v, score=1.0, n=1):
     return Candidate({"w": torch.tensor([float(v), -float(v)]), "steps": torch.tensor(3)}, score, n)
 
 

@@ -18,7 +18,7 @@ from tests.conftest import run
 TOPIC = "discofl/test-task/announce"
 
 
-async def _wait_mesh(node, topic: str, peers: int, timeout: float = 15.0) -> None:  # noqa: ANN001
+async def _wait_mesh(node, topic: str, peers: int, timeout: float = 15.0) -> None:
     """Gossipsub drops what is published before the mesh forms: wait until it has."""
     async with asyncio.timeout(timeout):
         while await node.topic_peers(topic) < peers:
@@ -93,13 +93,14 @@ def test_ten_nodes_fetch_everything_announce_to_all_and_a_late_joiner_catches_up
             for cid, provider in held.items():
                 assert matches(cid, await late.get(cid, [provider]))
             assert await late.ask_held(nodes[0].peer_id, "T", 2) == []
+
     run(go())
 
 
 # ---------------------------------------------------------------- hostile providers
 
 
-async def _evil(net: P2PNetwork, label: str, handler) -> object:  # noqa: ANN001
+async def _evil(net: P2PNetwork, label: str, handler) -> object:
     node = await net.add_node(key_from_seed(8, label))
     node.set_stream_handler(BLOB_PROTOCOL, handler)
     return node
@@ -109,23 +110,23 @@ def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to
     blob = os.urandom(1 << 20)
     cid = cid_of(blob)
 
-    async def corrupt(stream):  # noqa: ANN001, ANN202 - serves other bytes
+    async def corrupt(stream):
         await read_request(stream)
         bad = bytes([blob[0] ^ 1]) + blob[1:]
         await stream.write(encode_response_header(0, len(bad)) + bad)
         await stream.close()
 
-    async def oversized(stream):  # noqa: ANN001, ANN202 - announces far more than the cap
+    async def oversized(stream):
         await read_request(stream)
         await stream.write(encode_response_header(0, 1 << 40))
         await bridge.sleep(30)
 
-    async def vanishing(stream):  # noqa: ANN001, ANN202 - half the blob, then gone
+    async def vanishing(stream):
         await read_request(stream)
         await stream.write(encode_response_header(0, len(blob)) + blob[: len(blob) // 2])
         await stream.reset()
 
-    async def stalled(stream):  # noqa: ANN001, ANN202 - sends the header, then nothing
+    async def stalled(stream):
         await read_request(stream)
         await stream.write(encode_response_header(0, len(blob)) + blob[:1000])
         await bridge.sleep(60)
@@ -137,8 +138,12 @@ def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to
             await replica.put(blob)
             evil = {
                 name: await _evil(net, name, h)
-                for name, h in [("corrupt", corrupt), ("oversized", oversized),
-                                ("vanishing", vanishing), ("stalled", stalled)]
+                for name, h in [
+                    ("corrupt", corrupt),
+                    ("oversized", oversized),
+                    ("vanishing", vanishing),
+                    ("stalled", stalled),
+                ]
             }
             for n in [replica, *evil.values()]:
                 await client.connect(n)
@@ -148,7 +153,9 @@ def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to
             reasons = {e["provider"]: e["reason"] for e in logs if e["event"] == "fetch_failed"}
             assert "does not match its CID" in reasons[evil["corrupt"].peer_id]
             assert "over the cap" in reasons[evil["oversized"].peer_id]
-            assert "stream ended" in reasons[evil["vanishing"].peer_id] or "Stream" in reasons[evil["vanishing"].peer_id]
+            assert (
+                "stream ended" in reasons[evil["vanishing"].peer_id] or "Stream" in reasons[evil["vanishing"].peer_id]
+            )
             assert "timed out" in reasons[evil["stalled"].peer_id]
 
             # with no honest provider left, the error names every provider's failure
@@ -161,6 +168,7 @@ def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to
             await third.connect(client)
             await replica.close()
             assert await third.get(cid, [replica.peer_id, client.peer_id]) == blob
+
     run(go())
 
 
@@ -196,12 +204,14 @@ def test_malformed_request_frame_and_pubsub_rpc_do_not_crash_the_node():
             await victim.announce(TOPIC, {"alive": True})
             ann = await asyncio.wait_for(q.get(), 10)
             assert ann.payload == {"alive": True} and ann.sender == victim.peer_id
+
     run(go())
 
 
 def test_fifty_concurrent_10_mib_fetches_between_two_nodes_complete():
     """py-libp2p's yamux deadlocks with more than about 16 concurrent large streams on
     one connection; transfers per peer are bounded on both sides."""
+
     async def go():
         async with P2PNetwork() as net:
             server = await net.add_node(key_from_seed(10, "server"))
@@ -212,6 +222,7 @@ def test_fifty_concurrent_10_mib_fetches_between_two_nodes_complete():
             async with asyncio.timeout(120):
                 results = await asyncio.gather(*(client.get(cids[i % 10], [server.peer_id]) for i in range(50)))
             assert all(r == blobs[i % 10] for i, r in enumerate(results))
+
     run(go())
 
 
@@ -232,6 +243,7 @@ def test_shutdown_with_a_transfer_in_flight_is_orderly():
             await fetch
         assert not net.thread.running
         assert not [e for e in logs if e.get("log_level") in ("error", "critical")]
+
     run(go())
 
 
@@ -257,6 +269,7 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
                 await prober.send_raw(requester.peer_id, "/discofl/test-msg/1.0.0", struct.pack(">I", 2) + b"[]")
             assert [e["event"] for e in logs] == ["message_rejected"]
             assert inbox.empty()
+
     run(go())
 
 
@@ -269,25 +282,48 @@ def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
 
     blob = os.urandom(300_000)
     (tmp_path / "model.bin").write_bytes(blob)
-    cmd = [sys.executable, "-m", "discofl_p2p.cli", "node"]
-    server = subprocess.Popen(cmd + ["--key", str(tmp_path / "a.key"), "--serve", str(tmp_path / "model.bin")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "discofl_p2p", "node"]
+    server = subprocess.Popen(
+        cmd + ["--key", str(tmp_path / "a.key"), "--serve", str(tmp_path / "model.bin")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ident = _json.loads(server.stdout.readline())
         served = _json.loads(server.stdout.readline())
         assert served["cid"] == cid_of(blob)
         addr = f"{ident['addrs'][0].split('/p2p/')[0]}/p2p/{ident['peer_id']}"
-        client = subprocess.run(cmd + ["--key", str(tmp_path / "b.key"), "--connect", addr, "--fetch", served["cid"],
-                                       "--out", str(tmp_path / "got.bin")], capture_output=True, text=True, timeout=60)
+        client = subprocess.run(
+            cmd
+            + [
+                "--key",
+                str(tmp_path / "b.key"),
+                "--connect",
+                addr,
+                "--fetch",
+                served["cid"],
+                "--out",
+                str(tmp_path / "got.bin"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert client.returncode == 0, client.stderr
         assert (tmp_path / "got.bin").read_bytes() == blob
         # the same key file gives the same identity next time
-        again = subprocess.run(cmd + ["--key", str(tmp_path / "b.key"), "--for", "0.1"], capture_output=True,
-                               text=True, timeout=60)
+        again = subprocess.run(
+            cmd + ["--key", str(tmp_path / "b.key"), "--for", "0.1"], capture_output=True, text=True, timeout=60
+        )
         first_b = _json.loads(client.stdout.splitlines()[0])["peer_id"]
         assert _json.loads(again.stdout.splitlines()[0])["peer_id"] == first_b != ident["peer_id"]
-        bad = subprocess.run(cmd + ["--key", str(tmp_path / "c.key"), "--connect", "/ip4/127.0.0.1/tcp/1"],
-                             capture_output=True, text=True, timeout=60)
+        bad = subprocess.run(
+            cmd + ["--key", str(tmp_path / "c.key"), "--connect", "/ip4/127.0.0.1/tcp/1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert bad.returncode == 2 and "expected a multiaddr ending in /p2p/PEER_ID" in bad.stderr
     finally:
         server.send_signal(signal.SIGTERM)

@@ -59,8 +59,12 @@ def test_good_file_parses_with_defaults():
         (('behavior = "collusion"', 'behavior = "colluder"'), "workers[1].behavior", 15, "unknown behaviour"),
         (("shares_cids = true", "shares_cids = 1"), "workers[1].params.shares_cids", 16, "must be bool"),
         (('name = "ring"\ncount = 2', 'name = "ring"\ncount = 1'), "workers[1].params.ring", 16, "has 1 member"),
-        (('params = { ring = "r1", shares_cids = true }', 'params = { shares_cids = true }'), "workers[1].params", 16,
-         "needs params.ring"),
+        (
+            ('params = { ring = "r1", shares_cids = true }', "params = { shares_cids = true }"),
+            "workers[1].params",
+            16,
+            "needs params.ring",
+        ),
         (('name = "ring"', 'name = "honest"'), "workers[1].name", 13, "used twice"),
     ],
 )

@@ -46,14 +46,16 @@ adversaries_below_honest = true
 """
 
 
-def _scenario(tmp_path: Path, text: str, anvil) -> tuple[subprocess.CompletedProcess[str], Path]:  # noqa: ANN001
+def _scenario(tmp_path: Path, text: str, anvil) -> tuple[subprocess.CompletedProcess[str], Path]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     f = tmp_path / "s.toml"
     f.write_text(text)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "discofl_p2p.cli", "scenario", str(f), "--out", str(out), "--rpc-url", anvil.rpc_url],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "discofl_p2p", "scenario", str(f), "--out", str(out), "--rpc-url", anvil.rpc_url],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return proc, out
 
@@ -64,7 +66,9 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     res = json.loads((out / "results.json").read_text())
     for png in ("rewards.png", "accuracy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(json.loads(line).get("event") == "task_deployed" for line in (out / "log.jsonl").read_text().splitlines())
+    assert any(
+        json.loads(line).get("event") == "task_deployed" for line in (out / "log.jsonl").read_text().splitlines()
+    )
 
     # The schema other tools rely on.
     assert res["task"]["chain_id"] == 31337 and res["task"]["rounds"] == 2
@@ -108,8 +112,21 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     assert res["final"]["expectations"] and all(e["ok"] for e in res["final"]["expectations"])
 
     # Anyone can recompute every round from the chain alone: the requester was honest.
-    audit = subprocess.run([sys.executable, "-m", "discofl_p2p.cli", "audit", "--rpc-url", anvil.rpc_url,
-                            "--contract", res["task"]["contract"]], capture_output=True, text=True, timeout=120)
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "discofl_p2p",
+            "audit",
+            "--rpc-url",
+            anvil.rpc_url,
+            "--contract",
+            res["task"]["contract"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert audit.returncode == 0 and "every settled round matches" in audit.stdout, audit.stdout + audit.stderr
 
 
@@ -227,11 +244,11 @@ def zoo(tmp_path_factory, anvil):
     return json.loads((out / "results.json").read_text())
 
 
-def _r(zoo, n):  # noqa: ANN001, ANN202
+def _r(zoo, n):
     return zoo["rounds"][n - 1]
 
 
-def _honest_mean(rec):  # noqa: ANN001, ANN202
+def _honest_mean(rec):
     return sum(rec["test_accuracy"][f"honest-{i}"] for i in (1, 2, 3)) / 3
 
 
@@ -309,9 +326,14 @@ def test_requester_refuses_openings_from_the_wrong_peer_or_task():
     agent.cfg = RequesterConfig(1, 1, 1, "top_k", 0.5, 0.1, 10, 10)
     agent.rounds, agent._early = {1: _Round(1)}, {}
     spawned = []
-    agent._spawn = lambda coro: spawned.append(coro.close())  # noqa: SLF001
-    good = {"task": "t", "round": 1, "worker": "0xW", "salt": "00" * 32,
-            "cid": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"}
+    agent._spawn = lambda coro: spawned.append(coro.close())
+    good = {
+        "task": "t",
+        "round": 1,
+        "worker": "0xW",
+        "salt": "00" * 32,
+        "cid": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
+    }
     with capture_logs() as logs:
         agent._on_opening("peer-evil", good)
         agent._on_opening("peer-w", {**good, "task": "other"})

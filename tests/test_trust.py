@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from fractions import Fraction
 
@@ -55,7 +56,7 @@ def test_rounding_remainder_goes_to_rank_one():
 def test_top_k_rewards_sum_to_the_pot_and_fall_with_rank(pot, k):
     r = top_k_rewards(pot, k)
     assert sum(r) == pot and min(r) >= 0
-    assert all(a >= b for a, b in zip(r, r[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(r))
 
 
 @given(
@@ -97,7 +98,7 @@ def test_lower_median_and_agreement():
     assert agreement(0.1) == pytest.approx(0.4 / 0.6)
 
 
-def _p(scores, workers):  # noqa: ANN001, ANN202
+def _p(scores, workers):
     return {k: c.score for k, c in contribution_scores(scores, workers).items()}
 
 
@@ -164,7 +165,7 @@ score_matrices = st.integers(2, 7).flatmap(
 )
 
 
-def _matrix(n, flat):  # noqa: ANN001, ANN202
+def _matrix(n, flat):
     return {a: {k: flat[a * n + k] for k in range(n) if k != a and flat[a * n + k] is not None} for a in range(n)}
 
 

@@ -12,7 +12,7 @@ the parts its attack needs. Each part is a small pure function of its inputs.
 | biased_scorer    |                    |                              | `value` for everyone else   |                |
 | collusion        |                    |                              | 1.0 ring, 0.0 others        |                |
 | lazy_evaluator   |                    |                              | constant `value`            |                |
-| dropout          |                    |                              |                             | stops (or is late) from `round` |
+| dropout          |                    |                              |                             | stops, or late |
 
 A collusion ring under anonymity cannot tell its members' models apart from the
 others: with `shares_cids = false` it guesses (scores a random set of ring-size - 1
@@ -36,10 +36,6 @@ from discofl_p2p.ml.weights import StateDict
 class Behavior:
     name: str = "honest"
     params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def adversarial(self) -> bool:
-        return self.name != "honest"
 
     # ---------------------------------------------------------------- training
 
@@ -75,8 +71,10 @@ class Behavior:
                 return {k: v * f if v.is_floating_point() else v for k, v in trained.items()}
             g = torch.Generator().manual_seed(seed)
             std = float(self.params.get("std", 1.0))
-            return {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * std if v.is_floating_point() else v
-                    for k, v in trained.items()}
+            return {
+                k: torch.randn(v.shape, generator=g, dtype=v.dtype) * std if v.is_floating_point() else v
+                for k, v in trained.items()
+            }
         if self.name == "free_rider":
             if self.params.get("mode", "aggregate") == "copy" and seen:
                 return max(seen, key=lambda s: s[0])[1]
@@ -109,7 +107,11 @@ class Behavior:
     # ---------------------------------------------------------------- participation
 
     def stopped(self, round_: int) -> bool:
-        return self.name == "dropout" and self.params.get("mode", "stop") == "stop" and round_ >= self.params.get("round", 1)
+        return (
+            self.name == "dropout"
+            and self.params.get("mode", "stop") == "stop"
+            and round_ >= self.params.get("round", 1)
+        )
 
     def late(self, round_: int) -> bool:
         return self.name == "dropout" and self.params.get("mode") == "late" and round_ >= self.params.get("round", 1)

@@ -64,8 +64,15 @@ class _Round:
 
 
 class RequesterAgent:
-    def __init__(self, client: TaskClient, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,
-                 names: dict[str, str], peers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        client: TaskClient,
+        node: P2PNode,
+        ctx: SimContext,
+        cfg: RequesterConfig,
+        names: dict[str, str],
+        peers: dict[str, str],
+    ) -> None:
         self.client, self.node, self.ctx, self.cfg = client, node, ctx, cfg
         self.names = names  # worker address -> worker name
         # worker address -> its libp2p peer id: an opening counts only from that peer, so
@@ -92,8 +99,15 @@ class RequesterAgent:
     # ---------------------------------------------------------------- setup
 
     @classmethod
-    async def deploy(cls, client_factory, node: P2PNode, ctx: SimContext, cfg: RequesterConfig,  # noqa: ANN001
-                     names: dict[str, str], peers: dict[str, str]) -> "RequesterAgent":
+    async def deploy(
+        cls,
+        client_factory,
+        node: P2PNode,
+        ctx: SimContext,
+        cfg: RequesterConfig,
+        names: dict[str, str],
+        peers: dict[str, str],
+    ) -> RequesterAgent:
         """Publishes w0 on the network and deploys the task contract."""
         w0_cid = await node.put(ctx.w0)
         rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
@@ -147,7 +161,7 @@ class RequesterAgent:
         await asyncio.sleep(max(0.0, delay))
         await self._queue.put(("timer", item))
 
-    def _spawn(self, coro) -> asyncio.Task[Any]:  # noqa: ANN001
+    def _spawn(self, coro) -> asyncio.Task[Any]:
         """Starts a task owned by this agent's TaskGroup (cancelled when the task closes)."""
         assert self._tg is not None
         task = self._tg.create_task(coro)
@@ -270,9 +284,8 @@ class RequesterAgent:
         if r.phase == "submission":
             if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
                 await self._open(r, forced=False)
-        elif r.phase == "evaluation":
-            if set(r.scores) >= everyone:
-                await self._settle(r, forced=False)
+        elif r.phase == "evaluation" and set(r.scores) >= everyone:
+            await self._settle(r, forced=False)
 
     def _valid_openings(self, r: _Round) -> dict[str, tuple[str, bytes]]:
         """Openings that match their commitment, whose model passed the checks and is
@@ -315,8 +328,12 @@ class RequesterAgent:
         for w in owners:
             self._published_cids[ok[w][0]] = f"{self.names[w]} (round {r.number})"
         if forced:
-            log.info("submission_deadline_passed", round=r.number, published=len(owners),
-                     missing=sorted(self.names[w] for w in set(self.registered) - set(r.commitments)))
+            log.info(
+                "submission_deadline_passed",
+                round=r.number,
+                published=len(owners),
+                missing=sorted(self.names[w] for w in set(self.registered) - set(r.commitments)),
+            )
         await self.client.open_evaluation(r.number, r.published)
         r.phase = "evaluation"
 
@@ -326,7 +343,9 @@ class RequesterAgent:
         for w in r.owner_at:
             state = r.checked[w]
             if state is not None:
-                rec.test_accuracy[self.names[w]] = await self.ctx.run_cpu(evaluate_job, self.ctx.w0, state, x, y, "accuracy")
+                rec.test_accuracy[self.names[w]] = await self.ctx.run_cpu(
+                    evaluate_job, self.ctx.w0, state, x, y, "accuracy"
+                )
 
     async def _settle(self, r: _Round, *, forced: bool) -> None:
         r.phase = "settling"
@@ -351,14 +370,16 @@ class RequesterAgent:
             if self.cfg.reward_policy == "proportional":
                 split = proportional_rewards(pot, p, floor=self.cfg.quality_floor)
             else:
-                split = loyalty_rewards(pot, p, {n: self.streaks[n] for n in p},
-                                        floor=self.cfg.quality_floor, bonus=self.cfg.loyalty_bonus)
+                split = loyalty_rewards(
+                    pot, p, {n: self.streaks[n] for n in p}, floor=self.cfg.quality_floor, bonus=self.cfg.loyalty_bonus
+                )
             ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], name_at.index(n)))
             amounts_by_rank = explicit = [split[n] for n in ranked]
         positions = [name_at.index(n) for n in ranked]
         opened = r.valid
         submissions = [
-            Submission(w, r.commitments[w], digest_of(opened[w][0]), opened[w][1]) if w in opened
+            Submission(w, r.commitments[w], digest_of(opened[w][0]), opened[w][1])
+            if w in opened
             else Submission(w, r.commitments[w])
             for w in r.order
         ]
@@ -368,12 +389,15 @@ class RequesterAgent:
         rec.scores = matrix
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking = ranked
-        rec.rewards_wei = {n: 0 for n in everyone} | dict(zip(ranked, amounts_by_rank))
-        self._last_states = {self.names[w]: r.checked[w] for w in r.owner_at if r.checked.get(w) is not None}
+        rec.rewards_wei = dict.fromkeys(everyone, 0) | dict(zip(ranked, amounts_by_rank))
+        self._last_states = {self.names[w]: s for w in r.owner_at if (s := r.checked.get(w)) is not None}
         self._last_contrib = contrib
         if forced:
-            log.info("evaluation_deadline_passed", round=r.number,
-                     missing=sorted(self.names[w] for w in set(self.registered) - set(r.scores)))
+            log.info(
+                "evaluation_deadline_passed",
+                round=r.number,
+                missing=sorted(self.names[w] for w in set(self.registered) - set(r.scores)),
+            )
 
     # ---------------------------------------------------------------- the end
 
@@ -381,11 +405,16 @@ class RequesterAgent:
         """The final model: the configured rule over the last round's models, weighted
         by contribution, leaving out those below final_keep_ratio x the best p."""
         best = max((c.score for c in self._last_contrib.values()), default=0.0)
-        cands = [Candidate(s, self._last_contrib[n].score) for n, s in self._last_states.items()
-                 if self._last_contrib[n].score >= self.cfg.final_keep_ratio * best]
+        cands = [
+            Candidate(s, self._last_contrib[n].score)
+            for n, s in self._last_states.items()
+            if self._last_contrib[n].score >= self.cfg.final_keep_ratio * best
+        ]
         if cands:
             final = await self.ctx.run_cpu(self.ctx.aggregate, cands)
-            self.final_accuracy = await self.ctx.run_cpu(evaluate_job, self.ctx.w0, final, *self.ctx.test_set, "accuracy")
+            self.final_accuracy = await self.ctx.run_cpu(
+                evaluate_job, self.ctx.w0, final, *self.ctx.test_set, "accuracy"
+            )
         res = await self.client.close_task()
         self.refund_wei = res.events[0].args["refund"]
         self.ctx.on_phase(self.cfg.rounds, "closed")

@@ -104,7 +104,7 @@ class WorkerAgent:
             return False
         return True
 
-    async def _gas(self, round_: int, call) -> object:  # noqa: ANN001
+    async def _gas(self, round_: int, call) -> object:
         res = await call
         if round_:
             self.ctx.add_gas(round_, self.name, res.gas_used)
@@ -139,7 +139,8 @@ class WorkerAgent:
         if self.behavior.late(r):
             await self._wait_past(ctx.submission_timeout_s)
         await self.node.send_message(
-            self.requester_peer, OPENING_PROTOCOL,
+            self.requester_peer,
+            OPENING_PROTOCOL,
             {"task": ctx.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()},
         )
         try:
@@ -160,7 +161,9 @@ class WorkerAgent:
                 return None
             try:
                 blob = await self.node.get(cid, self._providers(r), keep=True, max_bytes=ctx.max_model_bytes)
-                return await ctx.run_cpu(decode_and_evaluate, ctx.w0, blob, ctx.spec, ctx.max_model_bytes, x, y, ctx.metric)
+                return await ctx.run_cpu(
+                    decode_and_evaluate, ctx.w0, blob, ctx.spec, ctx.max_model_bytes, x, y, ctx.metric
+                )
             except Exception as e:  # noqa: BLE001 - an unusable model is abstained on
                 log.warning("model_unusable", worker=self.name, round=r, cid=cid, reason=str(e))
                 return None

@@ -6,17 +6,14 @@ worker's gas does not grow with the round number.
 
 from __future__ import annotations
 
-import asyncio
 import random
 
-from rich.console import Console
 from rich.table import Table
 
-from discofl_p2p.chain.anvil import Anvil, to_ws_url
 from discofl_p2p.chain.client import TaskParams, connect
+from discofl_p2p.chain.limits import ETH
 from discofl_p2p.chain.scripted import deploy_and_register, play_round
 
-ETH = 10**18
 PAPER_PER_AGENT_ROUND = 477_050  # BlockFlow: 31,913N + 542,045R + 477,050NR
 
 
@@ -41,9 +38,18 @@ def render(results: dict[int, dict[str, list[int]]], rounds: int) -> Table:
     t.add_column("call")
     for w in ws:
         t.add_column(f"W = {w}", justify="right")
-    t.add_column("per round, W = 50", justify="left")
-    calls = ["deploy", "register", "startTraining", "submitModel", "openEvaluation",
-             "submitScores", "settleRound", "closeTask", "withdraw"]
+    t.add_column(f"per round, W = {ws[-1]}", justify="left")
+    calls = [
+        "deploy",
+        "register",
+        "startTraining",
+        "submitModel",
+        "openEvaluation",
+        "submitScores",
+        "settleRound",
+        "closeTask",
+        "withdraw",
+    ]
     for c in calls:
         row = [c] + [f"{max(results[w][c]):,}" for w in ws]
         per_round = results[ws[-1]][c]
@@ -51,21 +57,14 @@ def render(results: dict[int, dict[str, list[int]]], rounds: int) -> Table:
         t.add_row(*row)
     for w in ws:
         g = results[w]
-        per_agent = max(g["submitModel"]) + max(g["submitScores"]) + max(g["settleRound"]) / w + max(g["openEvaluation"]) / w
-        t.add_row(f"per worker per round, W = {w}", *[""] * (ws.index(w)), f"{per_agent:,.0f}",
-                  *[""] * (len(ws) - ws.index(w) - 1),
-                  f"paper: {PAPER_PER_AGENT_ROUND:,} ({PAPER_PER_AGENT_ROUND / per_agent:.1f}x ours)")
+        per_agent = (
+            max(g["submitModel"]) + max(g["submitScores"]) + max(g["settleRound"]) / w + max(g["openEvaluation"]) / w
+        )
+        t.add_row(
+            f"per worker per round, W = {w}",
+            *[""] * (ws.index(w)),
+            f"{per_agent:,.0f}",
+            *[""] * (len(ws) - ws.index(w) - 1),
+            f"paper: {PAPER_PER_AGENT_ROUND:,} ({PAPER_PER_AGENT_ROUND / per_agent:.1f}x ours)",
+        )
     return t
-
-
-def gas_main(rpc_url: str | None = None, rounds: int = 3) -> int:
-    async def run(ws_url: str) -> dict[int, dict[str, list[int]]]:
-        return {w: await measure(ws_url, w, rounds) for w in (6, 50)}
-
-    if rpc_url:
-        results = asyncio.run(run(to_ws_url(rpc_url)))
-    else:
-        with Anvil() as anvil:
-            results = asyncio.run(run(anvil.ws_url))
-    Console(width=160).print(render(results, rounds))
-    return 0

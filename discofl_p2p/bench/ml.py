@@ -5,9 +5,10 @@ PyTorch-examples CNN (about 1.2M parameters)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator
@@ -16,7 +17,7 @@ from discofl_p2p.ml.models import MODELS, build_model, parameter_count
 from discofl_p2p.ml.training import TrainConfig, predict, train
 
 
-def _best_of(fn, repeats: int = 3) -> float:  # noqa: ANN001
+def _best_of(fn: Callable[[], object], repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -34,31 +35,26 @@ def throughput_table(n_train: int = 2048, n_eval: int = 4096) -> Table:
     for name in MODELS:
         model = build_model(name)
         cfg = TrainConfig(epochs=1, batch_size=64)
-        train_s = _best_of(lambda: train(model, data, idx, cfg))
-        eval_s = _best_of(lambda: predict(model, data.x[:n_eval]))
+        train_s = _best_of(partial(train, model, data, idx, cfg))
+        eval_s = _best_of(partial(predict, model, data.x[:n_eval]))
         t.add_row(name, f"{parameter_count(model):,}", f"{n_train / train_s:,.0f}", f"{n_eval / eval_s:,.0f}")
     return t
 
 
-def aggregation_table() -> Table:
+def aggregation_table(sizes: Sequence[int] = (6, 50)) -> Table:
     base = build_model("mnist_cnn").state_dict()
     t = Table(title="Aggregation time, PyTorch-examples CNN (best of 3; goal < 1 s at W = 50 but Krum)")
     t.add_column("rule")
-    for w in (6, 50):
+    for w in sizes:
         t.add_column(f"W = {w}", justify="right")
     cands = {
-        w: [Candidate({k: v + 0.01 * i for k, v in base.items()}, score=0.5 + i / (2 * w), n_samples=100 + i)
-            for i in range(w)]
-        for w in (6, 50)
+        w: [
+            Candidate({k: v + 0.01 * i for k, v in base.items()}, score=0.5 + i / (2 * w), n_samples=100 + i)
+            for i in range(w)
+        ]
+        for w in sizes
     }
     for name in AGGREGATORS:
         rule = make_aggregator(name)
-        t.add_row(name, *[f"{_best_of(lambda w=w: rule(cands[w])) * 1000:,.0f} ms" for w in (6, 50)])
+        t.add_row(name, *[f"{_best_of(partial(rule, cands[w])) * 1000:,.0f} ms" for w in sizes])
     return t
-
-
-def ml_main() -> int:
-    console = Console(width=120)
-    console.print(throughput_table())
-    console.print(aggregation_table())
-    return 0

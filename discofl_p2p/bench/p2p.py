@@ -8,8 +8,8 @@ import asyncio
 import os
 import time
 import tracemalloc
+from dataclasses import dataclass
 
-from rich.console import Console
 from rich.table import Table
 
 from discofl_p2p.p2p.node import P2PNetwork, key_from_seed
@@ -102,23 +102,39 @@ async def idle_memory(n: int = 50) -> tuple[float, float]:
         return (heap1 - heap0) / n / 1e6, (rss1 - rss0) / n / 1e6
 
 
-async def _run() -> tuple[list[tuple[int, float, float]], tuple[float, float], tuple[float, float]]:
+@dataclass(frozen=True)
+class P2PFigures:
+    throughput: list[tuple[int, float, float]]  # (MiB, libp2p MiB/s, plain socket MiB/s)
+    nodes: int  # all-to-all among this many nodes
+    blob_mib: int
+    dial_s: float
+    all_to_all_s: float
+    idle_nodes: int
+    heap_mb: float  # per idle node
+    rss_mb: float
+
+
+async def measure(*, quick: bool = False) -> P2PFigures:
+    """The full figures, or a seconds-long smoke run of the same code (`quick`)."""
+    nodes, blob, idle = (4, 1, 5) if quick else (20, 2, 50)
     # Memory first, before large transfers leave freed memory for the allocator to reuse.
-    mem = await idle_memory()
-    return await throughput(), await all_to_all(), mem
+    heap_mb, rss_mb = await idle_memory(idle)
+    rows = await throughput((1,), repeats=1) if quick else await throughput()
+    dial_s, a2a_s = await all_to_all(nodes, blob)
+    return P2PFigures(rows, nodes, blob, dial_s, a2a_s, idle, heap_mb, rss_mb)
 
 
-def p2p_main() -> int:
-    rows, (dial_s, a2a_s), (heap_mb, rss_mb) = asyncio.run(_run())
-    console = Console(width=120)
+def render(f: P2PFigures) -> list[Table | str]:
     t = Table(title="Blob transfer between two nodes on loopback (best of 3)")
     for col in ("blob", "libp2p (Noise + Yamux) MiB/s", "plain asyncio socket MiB/s", "ratio"):
         t.add_column(col, justify="right")
-    for size, p2p, sock in rows:
+    for size, p2p, sock in f.throughput:
         t.add_row(f"{size} MiB", f"{p2p:,.1f}", f"{sock:,.1f}", f"{p2p / sock:.2f}")
-    console.print(t)
-    console.print(f"all-to-all, W = 20 nodes, each fetches the other 19 nodes' 2 MiB blobs: "
-                  f"{a2a_s:.2f} s (full-mesh dialling before it: {dial_s:.2f} s; goal < 10 s)")
-    console.print(f"memory per idle node (50 started): Python heap {heap_mb:.2f} MB, "
-                  f"resident set {rss_mb:.2f} MB (goal < 1 MB)")
-    return 0
+    others = f.nodes - 1
+    return [
+        t,
+        f"all-to-all, W = {f.nodes} nodes, each fetches the other {others} nodes' {f.blob_mib} MiB blobs: "
+        f"{f.all_to_all_s:.2f} s (full-mesh dialling before it: {f.dial_s:.2f} s; goal < 10 s at W = 20)",
+        f"memory per idle node ({f.idle_nodes} started): Python heap {f.heap_mb:.2f} MB, "
+        f"resident set {f.rss_mb:.2f} MB (goal < 1 MB)",
+    ]

@@ -64,7 +64,7 @@ def to_ws_url(url: str) -> str:
     """Anvil serves HTTP and WebSocket on one port: accept either scheme for --rpc-url."""
     for http, ws in (("http://", "ws://"), ("https://", "wss://")):
         if url.startswith(http):
-            return ws + url[len(http):]
+            return ws + url[len(http) :]
     return url
 
 
@@ -89,9 +89,12 @@ class Anvil:
         self.port = port or free_port()
         self._args = [
             str(self.binary),
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--accounts", "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--accounts",
+            "1",
             "--silent",
             *extra_args,
         ]
@@ -106,9 +109,11 @@ class Anvil:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> "Anvil":
+    def start(self) -> Anvil:
         self._proc = subprocess.Popen(
-            self._args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self._args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + self._timeout
@@ -135,7 +140,7 @@ class Anvil:
         if proc.stderr:
             proc.stderr.close()
 
-    def __enter__(self) -> "Anvil":
+    def __enter__(self) -> Anvil:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

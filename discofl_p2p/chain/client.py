@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from discofl_p2p.chain.errors import ContractRevert, decode_revert
 MAX_IN_FLIGHT = 256
 """Transactions a process keeps unconfirmed at once (anvil stalls at about 1000)."""
 
-_in_flight: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _limiter() -> asyncio.Semaphore:
@@ -74,7 +74,7 @@ class TxResult:
     tx_hash: str
     gas_used: int
     block_number: int
-    events: list["ChainEvent"] = field(default_factory=list)
+    events: list[ChainEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,14 @@ class TaskClient:
         self._lock = asyncio.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
-        self._topics = {
-            event_abi_to_log_topic(e): e["name"] for e in art["abi"] if e["type"] == "event"
-        }
+        self._topics = {event_abi_to_log_topic(e): e["name"] for e in art["abi"] if e["type"] == "event"}
 
     # -------------------------------------------------------------- setup
 
     @classmethod
     async def deploy(
         cls, w3: AsyncWeb3, account: LocalAccount, params: TaskParams, *, ws_url: str = ""
-    ) -> tuple["TaskClient", TxResult]:
+    ) -> tuple[TaskClient, TxResult]:
         art = load_artifact()
         factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         ctor = factory.constructor(
@@ -149,7 +147,7 @@ class TaskClient:
         client._nonce, client._chain_id = deployer._nonce, deployer._chain_id
         return client, client._result(receipt)
 
-    def as_account(self, account: LocalAccount) -> "TaskClient":
+    def as_account(self, account: LocalAccount) -> TaskClient:
         """The same contract, on the same connection, from another account."""
         return TaskClient(self.w3, self.address, account, ws_url=self.ws_url)
 
@@ -182,8 +180,14 @@ class TaskClient:
     ) -> TxResult:
         """See DiscoFLTask.settleRound; `encoding.reveal()` builds the middle three."""
         return await self._call(
-            "settleRound", round_, list(models), list(submitters), list(positions),
-            list(openings), list(ranking), list(amounts),
+            "settleRound",
+            round_,
+            list(models),
+            list(submitters),
+            list(positions),
+            list(openings),
+            list(ranking),
+            list(amounts),
         )
 
     async def withdraw(self) -> TxResult:
@@ -197,18 +201,34 @@ class TaskClient:
     async def state(self) -> TaskState:
         f = self.contract.functions
         names = [
-            "phase", "currentRound", "deadline", "workerCount", "submittedCount", "scoredCount",
-            "modelCount", "totalCredited", "totalWithdrawn", "refunded", "deposit",
+            "phase",
+            "currentRound",
+            "deadline",
+            "workerCount",
+            "submittedCount",
+            "scoredCount",
+            "modelCount",
+            "totalCredited",
+            "totalWithdrawn",
+            "refunded",
+            "deposit",
         ]
         vals = await asyncio.gather(*(getattr(f, n)().call() for n in names))
         held = await self.w3.eth.get_balance(self.address)
         v = dict(zip(names, vals))
         return TaskState(
-            phase=Phase(v["phase"]), round=v["currentRound"], deadline=v["deadline"],
-            worker_count=v["workerCount"], submitted_count=v["submittedCount"],
-            scored_count=v["scoredCount"], model_count=v["modelCount"],
-            total_credited=v["totalCredited"], total_withdrawn=v["totalWithdrawn"],
-            refunded=v["refunded"], held=held, deposit=v["deposit"],
+            phase=Phase(v["phase"]),
+            round=v["currentRound"],
+            deadline=v["deadline"],
+            worker_count=v["workerCount"],
+            submitted_count=v["submittedCount"],
+            scored_count=v["scoredCount"],
+            model_count=v["modelCount"],
+            total_credited=v["totalCredited"],
+            total_withdrawn=v["totalWithdrawn"],
+            refunded=v["refunded"],
+            held=held,
+            deposit=v["deposit"],
         )
 
     async def credit_of(self, address: str) -> int:
@@ -222,11 +242,11 @@ class TaskClient:
 
     async def past_events(self, from_block: int = 0, to_block: int | str = "latest") -> list[ChainEvent]:
         logs = await self.w3.eth.get_logs(
-            {"address": self.address, "fromBlock": from_block, "toBlock": to_block}
+            {"address": self.address, "fromBlock": from_block, "toBlock": to_block}  # type: ignore[typeddict-item]
         )
         return [self._decode(log) for log in logs]
 
-    async def events(self, from_block: int = 0) -> AsyncIterator[ChainEvent]:
+    async def events(self, from_block: int = 0) -> AsyncGenerator[ChainEvent, None]:
         """Every event of the contract from `from_block` on, in chain order, forever.
 
         Opens its own WebSocket (a subscription stream must not share a connection
@@ -237,13 +257,11 @@ class TaskClient:
         w3 = await connect(self.ws_url)
         try:
             await w3.eth.subscribe("newHeads")
-            next_block = from_block
-            head = await w3.eth.block_number
+            next_block: int = from_block
+            head: int = await w3.eth.block_number
             while True:
                 if head >= next_block:
-                    logs = await w3.eth.get_logs(
-                        {"address": self.address, "fromBlock": next_block, "toBlock": head}
-                    )
+                    logs = await w3.eth.get_logs({"address": self.address, "fromBlock": next_block, "toBlock": head})
                     for log in logs:
                         yield self._decode(log)
                     next_block = head + 1
@@ -317,7 +335,7 @@ class TaskClient:
         """A transaction that passed estimation but reverted when mined: ask why."""
         call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
         try:
-            await self.w3.eth.call(call, receipt["blockNumber"] - 1)
+            await self.w3.eth.call(call, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
         except ContractLogicError as e:
             return decode_revert(e.data if isinstance(e.data, str) else None, function=name)
         return ContractRevert("RevertedWhenMined", (receipt["transactionHash"].to_0x_hex(),), function=name)

@@ -78,15 +78,20 @@ def reveal(
     where = {d: i for i, d in enumerate(models)}
     if len(where) != len(models):
         raise ValueError("the published model list has duplicates")
-    submitters, positions, openings = [], [], []
+    submitters: list[str] = []
+    positions: list[int] = []
+    openings: list[bytes] = []
     for s in submissions:
         submitters.append(s.worker)
-        ok = (
+        if (
             s.digest is not None
             and s.salt is not None
             and s.digest in where
             and commitment(contract, round_, s.worker, s.digest, s.salt) == s.commitment
-        )
-        positions.append(where[s.digest] if ok else NOT_OPENED)  # type: ignore[index]
-        openings.append(s.salt if ok else s.commitment)  # type: ignore[arg-type]
+        ):
+            positions.append(where[s.digest])
+            openings.append(s.salt)
+        else:
+            positions.append(NOT_OPENED)
+            openings.append(s.commitment)
     return submitters, positions, openings

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from discofl_p2p.chain.devchain import derive_account, fund
 from discofl_p2p.chain.client import TaskClient, TaskParams
+from discofl_p2p.chain.devchain import derive_account, fund
 from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
-
-FUNDING_WEI = 10**21  # 1000 ETH per simulated account
+from discofl_p2p.chain.limits import FUNDING_WEI
 
 
 @dataclass
@@ -33,8 +32,14 @@ class ScriptedTask:
 
 
 async def deploy_and_register(
-    w3: AsyncWeb3, ws_url: str, params: TaskParams, n_workers: int, *, seed: int = 0,
-    register: bool = True, start: bool = True,
+    w3: AsyncWeb3,
+    ws_url: str,
+    params: TaskParams,
+    n_workers: int,
+    *,
+    seed: int = 0,
+    register: bool = True,
+    start: bool = True,
 ) -> ScriptedTask:
     """Funds `n_workers` fresh accounts and deploys; then registers them unless
     `register` is false, and starts training unless `start` is false."""
@@ -86,7 +91,7 @@ async def play_round(
     Returns the gas of each kind of call in this round (max over workers)."""
     gas: dict[str, int] = {}
     submissions = await commit_all(task, round_, rng, gas)
-    digests = {s.worker: s.digest for s in submissions}
+    digests = {s.worker: s.digest for s in submissions if s.digest is not None}
     owners = [w.account.address for w in task.workers]
     rng.shuffle(owners)
     models = [digests[o] for o in owners]
@@ -97,7 +102,10 @@ async def play_round(
         gas["submitScores"] = max(gas.get("submitScores", 0), g)
     rank = list(ranking(len(models)))
     res = await task.requester.settle_round(
-        round_, models, *reveal(task.requester.address, round_, submissions, models), rank,
+        round_,
+        models,
+        *reveal(task.requester.address, round_, submissions, models),
+        rank,
         list(amounts(len(rank))) if amounts else [],
     )
     gas["settleRound"] = res.gas_used

@@ -51,9 +51,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx: torch.Tensor) -> "Dataset":
-        return Dataset(self.x[idx], self.y[idx], self.name, self.num_classes)
-
 
 def parse_idx(data: bytes, *, where: str = "IDX data") -> torch.Tensor:
     """Parses an IDX file (the MNIST format) into a uint8 tensor, checking its header."""
@@ -96,7 +93,7 @@ def default_cache_dir() -> Path:
 
 
 def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - published checksums are md5
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def fetch_mnist(
@@ -130,7 +127,8 @@ def fetch_mnist(
             break
         else:
             raise DatasetError(
-                f"could not download {name} into {cache}: " + "; ".join(errors)
+                f"could not download {name} into {cache}: "
+                + "; ".join(errors)
                 + ". Download the four MNIST files by hand and pass their directory instead."
             )
     return cache
@@ -138,7 +136,7 @@ def fetch_mnist(
 
 def _fetch_with_torchvision(cache: Path) -> Path | None:
     try:
-        from torchvision.datasets import MNIST  # type: ignore[import-not-found]
+        from torchvision.datasets import MNIST
     except Exception:  # noqa: BLE001 - torchvision is optional and often broken on CPU torch
         return None
     MNIST(str(cache), train=True, download=True)

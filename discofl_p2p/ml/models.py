@@ -28,7 +28,8 @@ class CompactCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return logits
 
 
 class ExamplesMNISTCNN(nn.Module):
@@ -48,7 +49,8 @@ class ExamplesMNISTCNN(nn.Module):
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
         x = self.dropout1(x).flatten(1)
         x = self.dropout2(torch.relu(self.fc1(x)))
-        return self.fc2(x)
+        logits: torch.Tensor = self.fc2(x)
+        return logits
 
 
 class MLP(nn.Module):
@@ -58,7 +60,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return logits
 
 
 class LogisticRegression(nn.Module):
@@ -67,7 +70,8 @@ class LogisticRegression(nn.Module):
         self.fc = nn.Linear(28 * 28, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
+        logits: torch.Tensor = self.fc(x.flatten(1))
+        return logits
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -101,7 +105,10 @@ def load_initial_model(data: bytes) -> torch.jit.ScriptModule:
     """Loads the requester's w0. Only for the requester's archive, never peer bytes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            io.BytesIO(data), map_location="cpu"
+        )
+        return module
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -51,7 +51,7 @@ def partition(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g)
-    n_test = int(round(len(labels) * test_fraction))
+    n_test = round(len(labels) * test_fraction)
     test, pool = perm[:n_test], perm[n_test:]
     if per_worker is not None:
         pool = pool[: per_worker * n_workers]
@@ -63,9 +63,9 @@ def partition(
     else:
         shares = _dirichlet_label_skew(pool, labels, n_workers, alpha, seed)
     workers = []
-    for share in shares:
-        share = share[torch.randperm(len(share), generator=g)]
-        n_val = max(1, int(round(len(share) * val_fraction))) if len(share) > 1 else 0
+    for unshuffled in shares:
+        share = unshuffled[torch.randperm(len(unshuffled), generator=g)]
+        n_val = max(1, round(len(share) * val_fraction)) if len(share) > 1 else 0
         workers.append(WorkerSplit(train=share[n_val:], val=share[:n_val]))
     return Partition(test=test, workers=workers)
 

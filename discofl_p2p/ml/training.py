@@ -21,15 +21,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
 
 
-def set_threads(threads: int | None) -> None:
-    """torch's intra-op thread count is process-wide; agents set it once at the edge."""
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-
-
-def train(
-    model: nn.Module, data: Dataset, idx: torch.Tensor, cfg: TrainConfig, *, seed: int = 0
-) -> float:
+def train(model: nn.Module, data: Dataset, idx: torch.Tensor, cfg: TrainConfig, *, seed: int = 0) -> float:
     """Trains `model` in place on data[idx]; returns the mean loss of the last epoch."""
     if len(idx) == 0:
         return float("nan")
@@ -53,7 +45,7 @@ def train(
                 b = perm[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x[b]), y[b])
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 total += float(loss.detach()) * len(b)
                 n += len(b)

@@ -26,11 +26,8 @@ move_on_after = trio.move_on_after
 TooSlowError = trio.TooSlowError
 Event = trio.Event
 Semaphore = trio.Semaphore
-Lock = trio.Lock
 open_nursery = trio.open_nursery
 sleep = trio.sleep
-ClosedResourceError = trio.ClosedResourceError
-BrokenResourceError = trio.BrokenResourceError
 TASK_STATUS_IGNORED = trio.TASK_STATUS_IGNORED
 
 
@@ -59,7 +56,7 @@ class TrioThread:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._token is not None
 
-    def start(self) -> "TrioThread":
+    def start(self) -> TrioThread:
         if self._thread is not None:
             return self
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -117,7 +114,7 @@ class TrioThread:
                 scope_box.append(scope)
                 try:
                     result = await fn(*args)
-                except BaseException as e:  # noqa: BLE001 - carried to asyncio
+                except BaseException as e:
                     if isinstance(e, trio.Cancelled):
                         loop.call_soon_threadsafe(deliver, False, asyncio.CancelledError())
                         raise

@@ -382,7 +382,7 @@ class P2PNode:
     _closed: bool = False
 
     @classmethod
-    async def start(cls, key: KeyPair, thread: bridge.TrioThread, cfg: NodeConfig = NodeConfig()) -> "P2PNode":
+    async def start(cls, key: KeyPair, thread: bridge.TrioThread, cfg: NodeConfig = NodeConfig()) -> P2PNode:
         node = _TrioNode(key, cfg, asyncio.get_running_loop())
         peer_id, addrs = await thread.start_service(node.serve)
         return cls(peer_id, addrs, node, thread)
@@ -391,12 +391,16 @@ class P2PNode:
     def config(self) -> NodeConfig:
         return self._node.cfg
 
-    async def connect(self, other: "P2PNode | tuple[str, Sequence[str]]") -> None:
+    async def connect(self, other: P2PNode | tuple[str, Sequence[str]]) -> None:
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
         await self._thread.call(self._node.connect, peer_id, list(addrs))
 
     async def put(
-        self, data: bytes, *, task: str | None = None, round_: int | None = None,
+        self,
+        data: bytes,
+        *,
+        task: str | None = None,
+        round_: int | None = None,
         only_for: Sequence[str] | None = None,
     ) -> str:
         """Stores and serves a blob; returns its CID. Tagged blobs answer `ask_held`.
@@ -406,8 +410,9 @@ class P2PNode:
         self._thread.run_sync_soon(lambda: self._store(cid, data, task, round_, only_for))
         return cid
 
-    def _store(self, cid: str, data: bytes, task: str | None, round_: int | None,
-               only_for: Sequence[str] | None) -> None:
+    def _store(
+        self, cid: str, data: bytes, task: str | None, round_: int | None, only_for: Sequence[str] | None
+    ) -> None:
         self._node.blobs[cid] = data
         if only_for is not None:
             self._node.only_for[cid] = frozenset(only_for)
@@ -416,7 +421,10 @@ class P2PNode:
 
     async def share(self, cid: str) -> None:
         """Lifts an `only_for` restriction: the blob is served to every peer."""
-        self._thread.run_sync_soon(lambda: self._node.only_for.pop(cid, None))
+        self._thread.run_sync_soon(lambda: self._lift_restriction(cid))
+
+    def _lift_restriction(self, cid: str) -> None:
+        self._node.only_for.pop(cid, None)
 
     async def serve_messages(self, protocol: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         """Direct messages on `protocol`: small JSON objects, acknowledged on receipt,
@@ -428,7 +436,9 @@ class P2PNode:
     async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
         await self._thread.call(self._node.send_message, peer_id, protocol, payload)
 
-    async def get(self, cid: str, providers: Sequence[str], *, keep: bool = False, max_bytes: int | None = None) -> bytes:
+    async def get(
+        self, cid: str, providers: Sequence[str], *, keep: bool = False, max_bytes: int | None = None
+    ) -> bytes:
         """Fetches a blob from the first provider that delivers bytes matching `cid`;
         `keep` stores and re-serves it (replication). Raises BlobUnavailable."""
         cap = self.config.max_blob_bytes if max_bytes is None else max_bytes
@@ -470,10 +480,6 @@ class P2PNode:
     async def send_raw(self, peer_id: str, protocol: str, data: bytes, *, read_timeout: float = 1.0) -> bytes:
         return await self._thread.call(self._node.send_raw, peer_id, protocol, data, read_timeout)
 
-    async def run_in_node(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Runs a coroutine function in the node's trio thread (protocol extensions, tests)."""
-        return await self._thread.call(fn, *args)
-
     def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
         """Serves `protocol` with `handler(stream)`, which runs in the trio thread."""
         self._thread.run_sync_soon(lambda: self._node.host.set_stream_handler(TProtocol(protocol), handler))
@@ -495,7 +501,7 @@ class P2PNetwork:
         self.thread = bridge.TrioThread()
         self.nodes: list[P2PNode] = []
 
-    async def __aenter__(self) -> "P2PNetwork":
+    async def __aenter__(self) -> P2PNetwork:
         await asyncio.to_thread(self.thread.start)
         return self
 

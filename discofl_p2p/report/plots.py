@@ -9,7 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+
+from discofl_p2p.chain.limits import ETH
 
 
 def plot_rewards(results: dict[str, Any], path: Path) -> None:
@@ -20,14 +22,24 @@ def plot_rewards(results: dict[str, Any], path: Path) -> None:
     bottom = [0.0] * len(rounds)
     cmap = plt.get_cmap("tab20")
     for i, w in enumerate(workers):
-        vals = [int(r["rewards_wei"].get(w, "0")) / 1e18 for r in results["rounds"]]
-        ax.bar(rounds, vals, bottom=bottom, label=w + (" (adv.)" if w in adversarial else ""),
-               color=cmap(i % 20), hatch="//" if w in adversarial else None, edgecolor="black", linewidth=0.3)
+        vals = [int(r["rewards_wei"].get(w, "0")) / ETH for r in results["rounds"]]
+        ax.bar(
+            rounds,
+            vals,
+            bottom=bottom,
+            label=w + (" (adv.)" if w in adversarial else ""),
+            color=cmap(i % 20),
+            hatch="//" if w in adversarial else None,
+            edgecolor="black",
+            linewidth=0.3,
+        )
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_xlabel("round")
     ax.set_ylabel("reward (ETH)")
     ax.set_xticks(rounds)
-    ax.set_title(f"Rewards per round: {results['scenario']['task']['name']} ({results['scenario']['task']['reward_policy']})")
+    ax.set_title(
+        f"Rewards per round: {results['scenario']['task']['name']} ({results['scenario']['task']['reward_policy']})"
+    )
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

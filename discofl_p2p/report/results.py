@@ -32,14 +32,20 @@ def check_expectations(out: RunOutcome) -> list[Expectation]:
         checks.append(Expectation("final_accuracy_min", acc, e.final_accuracy_min, acc >= e.final_accuracy_min))
     if e.adversary_reward_share_max is not None:
         share = adversary_share(out)
-        checks.append(Expectation("adversary_reward_share_max", share, e.adversary_reward_share_max,
-                                  share <= e.adversary_reward_share_max))
+        checks.append(
+            Expectation(
+                "adversary_reward_share_max", share, e.adversary_reward_share_max, share <= e.adversary_reward_share_max
+            )
+        )
     if e.adversaries_below_honest is not None:
         honest = [out.rewards_wei[w.name] for w in out.workers if w.behavior == "honest"]
         adv = [out.rewards_wei[n] for n in out.adversaries]
         holds = bool(honest) and all(a < min(honest) for a in adv)
-        checks.append(Expectation("adversaries_below_honest", holds, e.adversaries_below_honest,
-                                  holds == e.adversaries_below_honest))
+        checks.append(
+            Expectation(
+                "adversaries_below_honest", holds, e.adversaries_below_honest, holds == e.adversaries_below_honest
+            )
+        )
     return checks
 
 
@@ -47,18 +53,20 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
     sc = out.scenario
     rounds = []
     for r, rec in sorted(out.ctx.rounds.items()):
-        rounds.append({
-            "round": r,
-            "models": rec.models,
-            "excluded": rec.excluded,
-            "scores": rec.scores,
-            "contribution": rec.contribution,
-            "ranking": rec.ranking,
-            "rewards_wei": {k: str(v) for k, v in rec.rewards_wei.items()},
-            "test_accuracy": rec.test_accuracy,
-            "gas": rec.gas,
-            "wall_s": round(rec.wall_s, 3),
-        })
+        rounds.append(
+            {
+                "round": r,
+                "models": rec.models,
+                "excluded": rec.excluded,
+                "scores": rec.scores,
+                "contribution": rec.contribution,
+                "ranking": rec.ranking,
+                "rewards_wei": {k: str(v) for k, v in rec.rewards_wei.items()},
+                "test_accuracy": rec.test_accuracy,
+                "gas": rec.gas,
+                "wall_s": round(rec.wall_s, 3),
+            }
+        )
     return {
         "scenario": sc.to_dict(),
         "task": {

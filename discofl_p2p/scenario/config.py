@@ -7,12 +7,14 @@ values (top_k > workers, a collusion ring of one) are errors, not warnings.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from discofl_p2p.chain.limits import MAX_TOP_K
 from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
 from discofl_p2p.ml.splits import SCHEMES
@@ -185,7 +187,7 @@ class _Validator:
                     break
         if start is None:
             top = re.compile(rf"^\s*{re.escape(table)}\s*=")
-            return next((i + 1 for i, l in enumerate(self.lines) if top.match(l)), None)
+            return next((i + 1 for i, text in enumerate(self.lines) if top.match(text)), None)
         if not rest:
             return start + 1
         leaf = rest[-1]
@@ -217,9 +219,9 @@ class _Validator:
 
     def section(self, raw: dict[str, Any], name: str, cls: type) -> Any:
         table = raw.get(name, {})
-        fields = cls.__dataclass_fields__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         self.keys(table, name, set(fields))
-        values = {}
+        values: dict[str, Any] = {}
         for k, v in table.items():
             f = fields[k]
             typ = _field_type(f.type)
@@ -245,7 +247,9 @@ class _Validator:
             self.keys(g, key, {"name", "count", "behavior", "params"})
             behavior = self.typed(g.get("behavior", "honest"), str, f"{key}.behavior")
             if behavior not in BEHAVIORS:
-                raise self.fail(f"{key}.behavior", f"unknown behaviour {behavior!r}; choose one of {', '.join(BEHAVIORS)}")
+                raise self.fail(
+                    f"{key}.behavior", f"unknown behaviour {behavior!r}; choose one of {', '.join(BEHAVIORS)}"
+                )
             name = self.typed(g.get("name", behavior), str, f"{key}.name")
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
                 raise self.fail(f"{key}.name", "must be 1-32 letters, digits, '-' or '_', starting with a letter")
@@ -270,8 +274,12 @@ class _Validator:
             if k in params and params[k] not in options:
                 raise self.fail(f"{key}.params.{k}", f"must be one of {', '.join(options)}, got {params[k]!r}")
 
-        choice("mode", {"model_poisoning": POISON_MODES, "free_rider": FREE_RIDER_MODES,
-                        "dropout": DROPOUT_MODES}.get(behavior, ()))
+        choice(
+            "mode",
+            {"model_poisoning": POISON_MODES, "free_rider": FREE_RIDER_MODES, "dropout": DROPOUT_MODES}.get(
+                behavior, ()
+            ),
+        )
         for k in ("value",):
             if k in params and not 0 <= params[k] <= 1:
                 raise self.fail(f"{key}.params.{k}", f"a score must be in [0, 1], got {params[k]}")
@@ -285,7 +293,7 @@ class _Validator:
         checks = [
             ("task.rounds", t.rounds >= 1, f"must be >= 1, got {t.rounds}"),
             ("task.top_k", 1 <= t.top_k <= w, f"must be between 1 and the number of workers ({w}), got {t.top_k}"),
-            ("task.top_k", t.top_k <= 64, "at most 64 (the contract's MAX_TOP_K)"),
+            ("task.top_k", t.top_k <= MAX_TOP_K, f"at most {MAX_TOP_K} (the contract's MAX_TOP_K)"),
             ("task.deposit_eth", t.deposit_eth > 0, f"must be > 0, got {t.deposit_eth}"),
             ("task.reward_policy", t.reward_policy in REWARD_POLICIES, f"choose one of {', '.join(REWARD_POLICIES)}"),
             ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
@@ -316,20 +324,26 @@ class _Validator:
         if d.samples_per_worker:
             need = d.samples_per_worker * w
             if d.dataset == "mnist-embedded" and need > 10_000 * (1 - d.test_fraction):
-                raise self.fail("data.samples_per_worker",
-                                f"{w} workers x {d.samples_per_worker} exceeds the {int(10_000 * (1 - d.test_fraction))} "
-                                "digits the embedded data set leaves after the test split")
+                raise self.fail(
+                    "data.samples_per_worker",
+                    f"{w} workers x {d.samples_per_worker} exceeds the {int(10_000 * (1 - d.test_fraction))} "
+                    "digits the embedded data set leaves after the test split",
+                )
         rings: dict[str, int] = {}
         for g in sc.workers:
             if g.behavior == "collusion":
                 rings[g.params["ring"]] = rings.get(g.params["ring"], 0) + g.count
             if g.behavior == "dropout" and g.params.get("round", 1) > t.rounds:
                 i = sc.workers.index(g)
-                raise self.fail(f"workers[{i}].params.round", f"round {g.params['round']} is after the last round ({t.rounds})")
+                raise self.fail(
+                    f"workers[{i}].params.round", f"round {g.params['round']} is after the last round ({t.rounds})"
+                )
         for ring, size in rings.items():
             if size < 2:
                 i = next(i for i, g in enumerate(sc.workers) if g.params.get("ring") == ring)
-                raise self.fail(f"workers[{i}].params.ring", f"collusion ring {ring!r} has 1 member; a ring needs at least 2")
+                raise self.fail(
+                    f"workers[{i}].params.ring", f"collusion ring {ring!r} has 1 member; a ring needs at least 2"
+                )
         for k in ("final_accuracy_min", "adversary_reward_share_max"):
             val = getattr(sc.expect, k)
             if val is not None and not 0 <= val <= 1:

@@ -66,8 +66,8 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             seen[n] = [(s, published[m]) for m, s in zip(names, true) if s is not None]
             if n in published:
                 cands[n].append(Candidate(published[n], evaluate_job(ctx.w0, published[n], x, y, ctx.metric)))
-        for m in published:
-            evaluate_job(ctx.w0, published[m], *ctx.test_set, "accuracy")
+        for state in published.values():
+            evaluate_job(ctx.w0, state, *ctx.test_set, "accuracy")
         contrib = contribution_scores(matrix, list(behaviors))
         p = {n: c.score for n, c in contrib.items()}
         contributions.append(p)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account, fund
+from discofl_p2p.chain.limits import ETH, FUNDING_WEI
 from discofl_p2p.ml.aggregation import make_aggregator
 from discofl_p2p.ml.datasets import load_dataset
 from discofl_p2p.ml.models import build_model, export_initial_model
@@ -32,8 +33,6 @@ from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import Scenario
 
 log = structlog.get_logger("discofl.runner")
-ETH = 10**18
-FUNDING_WEI = 10**21
 
 
 @dataclass
@@ -58,7 +57,6 @@ class RunOutcome:
     refunded_wei: int
     held_wei: int
     wall_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def adversaries(self) -> list[str]:
@@ -77,8 +75,13 @@ def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
 def build_context(sc: Scenario) -> SimContext:
     data = load_dataset(sc.data.dataset, sc.data.directory or None)
     part = partition(
-        data.y, sc.n_workers, scheme=sc.data.split, alpha=sc.data.alpha, test_fraction=sc.data.test_fraction,
-        per_worker=sc.data.samples_per_worker or None, seed=sc.task.seed,
+        data.y,
+        sc.n_workers,
+        scheme=sc.data.split,
+        alpha=sc.data.alpha,
+        test_fraction=sc.data.test_fraction,
+        per_worker=sc.data.samples_per_worker or None,
+        seed=sc.task.seed,
     )
     model = build_model(sc.model.name, seed=sc.task.seed)
     state = model.state_dict()
@@ -88,8 +91,13 @@ def build_context(sc: Scenario) -> SimContext:
         partition=part,
         spec=spec_of(state),
         w0=export_initial_model(model),
-        train_cfg=TrainConfig(epochs=sc.model.epochs, batch_size=sc.model.batch_size, lr=sc.model.lr,
-                              lr_decay=sc.model.lr_decay, optimizer=sc.model.optimizer),
+        train_cfg=TrainConfig(
+            epochs=sc.model.epochs,
+            batch_size=sc.model.batch_size,
+            lr=sc.model.lr,
+            lr_decay=sc.model.lr_decay,
+            optimizer=sc.model.optimizer,
+        ),
         metric=sc.task.metric,
         aggregate=make_aggregator(sc.task.aggregation, **sc.task.aggregation_params),
         max_model_bytes=2 * len(encode_state(state)) + 4096,
@@ -101,9 +109,7 @@ def build_context(sc: Scenario) -> SimContext:
     )
 
 
-async def run_scenario(
-    sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None
-) -> RunOutcome:
+async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None) -> RunOutcome:
     torch.set_num_threads(1)  # one thread per job; the pool runs as many jobs as cores
     started = time.monotonic()
     ctx = build_context(sc)
@@ -115,7 +121,7 @@ async def run_scenario(
         if b == "collusion":
             ring_sizes[p["ring"]] = ring_sizes.get(p["ring"], 0) + 1
     seed = sc.task.seed
-    deposit = int(round(sc.task.deposit_eth * ETH))
+    deposit = round(sc.task.deposit_eth * ETH)
 
     w3 = await connect(ws_url)
     try:
@@ -124,7 +130,7 @@ async def run_scenario(
         accts = {name: derive_account(seed, f"{ctx.task_id}/{name}") for name, _, _ in roster}
         await fund(w3, req_acct.address, deposit + FUNDING_WEI)
         await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
-        names = {a.address: n for n, a in accts.items()}
+        names: dict[str, str] = {a.address: n for n, a in accts.items()}
 
         async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
             req_node = await net.add_node(key_from_seed(seed, f"{ctx.task_id}/requester"))
@@ -134,12 +140,16 @@ async def run_scenario(
                 await topic_node.subscribe(ctx.topic)
 
             cfg = RequesterConfig(
-                rounds=sc.task.rounds, top_k=sc.task.top_k, deposit_wei=deposit,
-                reward_policy=sc.task.reward_policy, quality_floor=sc.task.quality_floor,
-                loyalty_bonus=sc.task.loyalty_bonus, submission_timeout_s=sc.task.submission_timeout_s,
+                rounds=sc.task.rounds,
+                top_k=sc.task.top_k,
+                deposit_wei=deposit,
+                reward_policy=sc.task.reward_policy,
+                quality_floor=sc.task.quality_floor,
+                loyalty_bonus=sc.task.loyalty_bonus,
+                submission_timeout_s=sc.task.submission_timeout_s,
                 evaluation_timeout_s=sc.task.evaluation_timeout_s,
             )
-            peers = {accts[n].address: node.peer_id for n, node in nodes.items()}
+            peers: dict[str, str] = {accts[n].address: node.peer_id for n, node in nodes.items()}
             requester = await RequesterAgent.deploy(
                 lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names, peers
             )
@@ -148,11 +158,18 @@ async def run_scenario(
                 p = dict(params)
                 if behavior == "collusion":
                     p["_ring_size"] = ring_sizes[params["ring"]]
-                workers.append(WorkerAgent(
-                    name=name, behavior=Behavior(behavior, p), client=requester.client.as_account(accts[name]),
-                    node=nodes[name], ctx=ctx, split=ctx.partition.workers[i], requester_peer=req_node.peer_id,
-                    ring=params.get("ring") if behavior == "collusion" else None,
-                ))
+                workers.append(
+                    WorkerAgent(
+                        name=name,
+                        behavior=Behavior(behavior, p),
+                        client=requester.client.as_account(accts[name]),
+                        node=nodes[name],
+                        ctx=ctx,
+                        split=ctx.partition.workers[i],
+                        requester_peer=req_node.peer_id,
+                        ring=params.get("ring") if behavior == "collusion" else None,
+                    )
+                )
             async with asyncio.timeout(sc.timeout_s):
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(requester.run())
@@ -163,9 +180,17 @@ async def run_scenario(
             st = await requester.client.state()
             infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
             return RunOutcome(
-                scenario=sc, contract=requester.client.address, chain_id=chain_id, deposit_wei=deposit,
-                workers=infos, ctx=ctx, final_accuracy=requester.final_accuracy, rewards_wei=rewards,
-                refunded_wei=st.refunded, held_wei=st.held, wall_s=time.monotonic() - started,
+                scenario=sc,
+                contract=requester.client.address,
+                chain_id=chain_id,
+                deposit_wei=deposit,
+                workers=infos,
+                ctx=ctx,
+                final_accuracy=requester.final_accuracy,
+                rewards_wei=rewards,
+                refunded_wei=st.refunded,
+                held_wei=st.held,
+                wall_s=time.monotonic() - started,
             )
     finally:
         await w3.provider.disconnect()
@@ -174,7 +199,7 @@ async def run_scenario(
 
 async def _rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
     """Each worker's total reward, read back from the chain: withdrawn + still credited."""
-    totals = {n: 0 for n in names.values()}
+    totals = dict.fromkeys(names.values(), 0)
     for ev in await client.past_events():
         if ev.name == "Withdrawn":
             totals[names[ev.args["worker"]]] += ev.args["amount"]

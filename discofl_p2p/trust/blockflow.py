@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-Worker = Hashable
-ScoreMatrix = Mapping[Worker, Mapping[Worker, float]]  # evaluator -> evaluated -> score
+Worker = TypeVar("Worker", bound=Hashable)
+"""Whatever names a worker: an address, a scenario name, an index."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class Contribution:
     score: float  # p_k
 
 
-def score_matrix(
-    owner_at: Sequence[str], scores: Mapping[str, Sequence[float | None]]
-) -> dict[str, dict[str, float]]:
+def score_matrix(owner_at: Sequence[str], scores: Mapping[str, Sequence[float | None]]) -> dict[str, dict[str, float]]:
     """evaluator -> owner -> score, from per-position scores; abstentions and
     self-scores dropped, and rows of the wrong length ignored (the contract checks it)."""
     out = {}
@@ -56,7 +55,9 @@ def agreement(t: float) -> float:
     return max(0.0, (0.5 - t) / (0.5 + t))
 
 
-def contribution_scores(scores: ScoreMatrix, workers: Sequence[Worker]) -> dict[Worker, Contribution]:
+def contribution_scores(
+    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
+) -> dict[Worker, Contribution]:
     """BlockFlow p_k for every worker in `workers` from the submitted score matrix."""
     known = set(workers)
     for a, row in scores.items():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from fractions import Fraction
+from typing import TypeVar
+
+Worker = TypeVar("Worker", bound=Hashable)
 
 
 def paper_top_k_shares(k: int) -> list[Fraction]:
@@ -49,11 +52,11 @@ def round_pot(deposit: int, rounds: int, round_: int) -> int:
     return deposit - base * (rounds - 1) if round_ == rounds else base
 
 
-def _split_by_weights(pot: int, weights: Mapping[Hashable, float]) -> dict[Hashable, int]:
+def _split_by_weights(pot: int, weights: Mapping[Worker, float]) -> dict[Worker, int]:
     """Integer wei proportional to the weights; the remainder to the largest weight
     (first in order on ties). Nobody with positive weight: nobody is paid."""
     positive = {w: x for w, x in weights.items() if x > 0}
-    out = {w: 0 for w in weights}
+    out = dict.fromkeys(weights, 0)
     if not positive or pot == 0:
         return out
     # Exact rational arithmetic: floats would lose wei on large pots.
@@ -67,7 +70,7 @@ def _split_by_weights(pot: int, weights: Mapping[Hashable, float]) -> dict[Hasha
     return out
 
 
-def proportional_rewards(pot: int, contributions: Mapping[Hashable, float], *, floor: float = 0.0) -> dict[Hashable, int]:
+def proportional_rewards(pot: int, contributions: Mapping[Worker, float], *, floor: float = 0.0) -> dict[Worker, int]:
     """Pot split in proportion to p_k among the workers with p_k >= floor; the others
     get nothing. Unlike the Top-K schedule, a worker ranked last but above the floor
     earns its share, and a garbage model below the floor earns zero."""
@@ -76,13 +79,13 @@ def proportional_rewards(pot: int, contributions: Mapping[Hashable, float], *, f
 
 def loyalty_rewards(
     pot: int,
-    contributions: Mapping[Hashable, float],
-    streaks: Mapping[Hashable, int],
+    contributions: Mapping[Worker, float],
+    streaks: Mapping[Worker, int],
     *,
     floor: float = 0.0,
     bonus: float = 0.1,
     max_streak: int = 10,
-) -> dict[Hashable, int]:
+) -> dict[Worker, int]:
     """Proportional with a loyalty bonus (the paper's future work): a worker's weight
     is p_k * (1 + bonus * (min(streak, max_streak) - 1)), where the streak counts the
     consecutive rounds up to this one in which it submitted a model."""

@@ -16,9 +16,8 @@ from rich.table import Table
 
 from discofl_p2p.chain.anvil import Anvil, to_ws_url
 from discofl_p2p.chain.client import TaskParams, connect
+from discofl_p2p.chain.limits import ETH
 from discofl_p2p.chain.scripted import deploy_and_register, play_round
-
-ETH = 10**18
 
 
 async def run_demo(ws_url: str, *, workers: int = 4, rounds: int = 2, top_k: int = 4, seed: int = 7) -> int:
@@ -65,4 +64,3 @@ def demo_main(rpc_url: str | None) -> int:
         return asyncio.run(run_demo(to_ws_url(rpc_url)))
     with Anvil() as anvil:
         return asyncio.run(run_demo(anvil.ws_url))
-

@@ -14,10 +14,11 @@ from typing import TextIO
 
 import structlog
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError, to_ws_url
+from discofl_p2p.chain.limits import ETH
 from discofl_p2p.report.plots import plot_accuracy, plot_rewards
 from discofl_p2p.report.results import check_expectations, write_results
 from discofl_p2p.scenario.config import ScenarioError, load_scenario
@@ -42,8 +43,9 @@ def configure_logging(log_file: TextIO) -> None:
     )
 
 
-def scenario_main(file: str, out_dir: str | None, seed: int | None, rpc_url: str | None,
-                  console: Console | None = None) -> int:
+def scenario_main(
+    file: str, out_dir: str | None, seed: int | None, rpc_url: str | None, console: Console | None = None
+) -> int:
     console = console or Console(stderr=False)
     try:
         sc = load_scenario(file, seed=seed)
@@ -69,18 +71,27 @@ def scenario_main(file: str, out_dir: str | None, seed: int | None, rpc_url: str
     plot_rewards(results, out / "rewards.png")
     plot_accuracy(results, out / "accuracy.png")
     console.print(summary_table(outcome, results))
-    for e in expectations:
-        mark = "[green]ok[/]" if e.ok else "[bold red]FAILED[/]"
-        console.print(f"expectation {e.name}: {_fmt(e.value)} (limit {_fmt(e.limit)}) {mark}")
-    console.print(f"results: {out / 'results.json'}, plots: {out / 'rewards.png'}, {out / 'accuracy.png'}, "
-                  f"log: {out / 'log.jsonl'}")
-    return EXIT_OK if all(e.ok for e in expectations) else EXIT_EXPECTATION
+    for x in expectations:
+        mark = "[green]ok[/]" if x.ok else "[bold red]FAILED[/]"
+        console.print(f"expectation {x.name}: {_fmt(x.value)} (limit {_fmt(x.limit)}) {mark}")
+    console.print(
+        f"results: {out / 'results.json'}, plots: {out / 'rewards.png'}, {out / 'accuracy.png'}, "
+        f"log: {out / 'log.jsonl'}"
+    )
+    return EXIT_OK if all(x.ok for x in expectations) else EXIT_EXPECTATION
 
 
-def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:  # noqa: ANN001
-    progress = Progress(TextColumn("round {task.fields[round]}"), BarColumn(), TextColumn("{task.description}"),
-                        TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal)
-    bars: dict[int, int] = {}
+def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:
+    progress = Progress(
+        TextColumn("round {task.fields[round]}"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+    bars: dict[int, TaskID] = {}
 
     def on_phase(r: int, phase: str) -> None:
         if phase == "closed":
@@ -98,19 +109,27 @@ def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:
             return asyncio.run(run_scenario(sc, anvil.ws_url, on_phase=on_phase))
 
 
-def summary_table(outcome: RunOutcome, results: dict) -> Table:  # noqa: ANN001
+def summary_table(outcome: RunOutcome, results: dict) -> Table:
     last = results["rounds"][-1] if results["rounds"] else {"test_accuracy": {}, "contribution": {}}
-    t = Table(title=f"{outcome.scenario.task.name}: final model test accuracy "
-                    f"{_fmt(outcome.final_accuracy)}, adversary reward share "
-                    f"{results['final']['adversary_reward_share']:.2%}, {outcome.wall_s:.1f} s")
+    t = Table(
+        title=f"{outcome.scenario.task.name}: final model test accuracy "
+        f"{_fmt(outcome.final_accuracy)}, adversary reward share "
+        f"{results['final']['adversary_reward_share']:.2%}, {outcome.wall_s:.1f} s"
+    )
     for col in ("worker", "behaviour", "last test acc.", "last p_k", "reward (ETH)", "share"):
         t.add_column(col, justify="left" if col in ("worker", "behaviour") else "right")
     total = sum(outcome.rewards_wei.values()) or 1
     for w in outcome.workers:
         reward = outcome.rewards_wei[w.name]
-        t.add_row(w.name, w.behavior, _fmt(last["test_accuracy"].get(w.name)), _fmt(last["contribution"].get(w.name)),
-                  f"{reward / 1e18:.4f}", f"{reward / total:.1%}")
-    t.add_row("requester", "refund", "", "", f"{outcome.refunded_wei / 1e18:.4f}", "")
+        t.add_row(
+            w.name,
+            w.behavior,
+            _fmt(last["test_accuracy"].get(w.name)),
+            _fmt(last["contribution"].get(w.name)),
+            f"{reward / ETH:.4f}",
+            f"{reward / total:.1%}",
+        )
+    t.add_row("requester", "refund", "", "", f"{outcome.refunded_wei / ETH:.4f}", "")
     return t
 
 
@@ -132,4 +151,3 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
-

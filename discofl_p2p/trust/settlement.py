@@ -41,5 +41,6 @@ def audit_top_k_round(
     contrib = contribution_scores(score_matrix(owner_at, scores), list(registered))
     published = set(owner_at)
     expected = ranking({w: c for w, c in contrib.items() if w in published}, top_k)
-    return RoundAudit(round_, contrib, expected, list(paid_ranking), top_k_rewards(pot, len(expected)),
-                      list(paid_rewards))
+    return RoundAudit(
+        round_, contrib, expected, list(paid_ranking), top_k_rewards(pot, len(expected)), list(paid_rewards)
+    )

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 
+from eth_typing import HexStr
 from rich.console import Console
 from rich.table import Table
 
 from discofl_p2p.chain.client import RewardRule, TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
-from discofl_p2p.trust.audit import RoundAudit, audit_top_k_round
 from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round
 
 
 async def audit_task(ws_url: str, contract: str) -> tuple[list[RoundAudit], str]:
@@ -31,18 +32,29 @@ async def audit_task(ws_url: str, contract: str) -> tuple[list[RoundAudit], str]
         audits = []
         for settled in (e for e in events if e.name == "RoundSettled"):
             r = settled.args["round"]
-            tx = await w3.eth.get_transaction(settled.tx_hash)
+            tx = await w3.eth.get_transaction(HexStr(settled.tx_hash))
             _, args = c.contract.decode_function_input(tx["input"])
             owner_at = [""] * len(args["models"])
             for who, pos in zip(args["submitters"], args["positions"]):
                 if pos != NOT_OPENED:
                     owner_at[pos] = who
-            scores = {e.args["evaluator"]: decode_scores(bytes(e.args["scores"]))
-                      for e in events if e.name == "ScoresSubmitted" and e.args["round"] == r}
-            audits.append(audit_top_k_round(
-                r, registered, owner_at, scores, top_k if rule == RewardRule.TOP_K else len(registered),
-                round_pot(deposit, rounds, r), settled.args["rankedOwners"], settled.args["rewards"],
-            ))
+            scores = {
+                e.args["evaluator"]: decode_scores(bytes(e.args["scores"]))
+                for e in events
+                if e.name == "ScoresSubmitted" and e.args["round"] == r
+            }
+            audits.append(
+                audit_top_k_round(
+                    r,
+                    registered,
+                    owner_at,
+                    scores,
+                    top_k if rule == RewardRule.TOP_K else len(registered),
+                    round_pot(deposit, rounds, r),
+                    settled.args["rankedOwners"],
+                    settled.args["rewards"],
+                )
+            )
         return audits, rule.name
     finally:
         await w3.provider.disconnect()
@@ -56,19 +68,29 @@ def audit_main(ws_url: str, contract: str) -> int:
         return 0
     all_ok = True
     for a in audits:
-        t = Table(title=f"round {a.round}: " + ("[green]matches the chain[/]" if a.ok or rule != "TOP_K"
-                                                 else "[bold red]DOES NOT MATCH the chain[/]"))
+        t = Table(
+            title=f"round {a.round}: "
+            + ("[green]matches the chain[/]" if a.ok or rule != "TOP_K" else "[bold red]DOES NOT MATCH the chain[/]")
+        )
         for col in ("worker", "m_k", "d_k", "p_k", "expected reward", "paid reward"):
             t.add_column(col, justify="left" if col == "worker" else "right")
         expected = dict(zip(a.expected_ranking, a.expected_rewards))
         paid = dict(zip(a.paid_ranking, a.paid_rewards))
         for w, c in a.contribution.items():
-            t.add_row(w, f"{c.median:.4f}", f"{c.honesty_raw:.4f}", f"{c.score:.4f}",
-                      str(expected.get(w, 0)) if rule == "TOP_K" else "-", str(paid.get(w, 0)))
+            t.add_row(
+                w,
+                f"{c.median:.4f}",
+                f"{c.honesty_raw:.4f}",
+                f"{c.score:.4f}",
+                str(expected.get(w, 0)) if rule == "TOP_K" else "-",
+                str(paid.get(w, 0)),
+            )
         console.print(t)
         all_ok &= a.ok or rule != "TOP_K"
     if rule != "TOP_K":
-        console.print(f"reward rule {rule}: contributions recomputed; the amounts follow an off-chain policy "
-                      "and are shown, not checked")
+        console.print(
+            f"reward rule {rule}: contributions recomputed; the amounts follow an off-chain policy "
+            "and are shown, not checked"
+        )
     console.print("audit: every settled round matches" if all_ok else "audit: MISMATCH")
     return 0 if all_ok else 1

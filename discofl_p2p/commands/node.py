@@ -40,8 +40,14 @@ def _emit(**fact: object) -> None:
 
 
 async def run_node(
-    key: Path, host: str, port: int, connect: list[str], serve: list[Path],
-    fetch: str | None, out: Path | None, duration: float | None,
+    key: Path,
+    host: str,
+    port: int,
+    connect: list[str],
+    serve: list[Path],
+    fetch: str | None,
+    out: Path | None,
+    duration: float | None,
 ) -> int:
     peers = [parse_peer_addr(a) for a in connect]
     blobs = []

@@ -26,8 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--key", default="discofl-node.key", help="key file (32-byte seed; created 0600 if absent)")
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=0)
-    node.add_argument("--connect", action="append", default=[], metavar="MULTIADDR",
-                      help="a peer to dial, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)")
+    node.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer to dial, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)",
+    )
     node.add_argument("--serve", action="append", default=[], metavar="FILE", help="serve this file's bytes")
     node.add_argument("--fetch", metavar="CID", help="fetch this CID from the --connect peers")
     node.add_argument("--out", help="where --fetch writes the blob")
@@ -45,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     gas = bench_sub.add_parser("gas", help="gas of every contract call for W = 6 and W = 50")
     gas.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
     gas.add_argument("--rounds", type=int, default=3)
-    bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
-    bench_sub.add_parser("p2p", help="libp2p blob throughput vs a plain socket, all-to-all W = 20, memory")
+    ml = bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
+    p2p = bench_sub.add_parser("p2p", help="libp2p blob throughput vs a plain socket, all-to-all W = 20, memory")
     sb = bench_sub.add_parser("scenarios", help="accuracy, adversary reward shares and overhead of whole tasks")
     sb.add_argument("--dir", default="scenarios", help="where baseline/garbage/collusion/biased.toml are")
     sb.add_argument("--floor", type=float, default=0.5, help="quality floor of the proportional policy")
+    for b in (gas, ml, p2p, sb):
+        b.add_argument("--quick", action="store_true", help="tiny inputs: checks that it runs; figures mean nothing")
     return p
 
 
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenario":
-        from discofl_p2p.scenario.command import scenario_main
+        from discofl_p2p.commands.scenario import scenario_main
+
         return scenario_main(args.file, args.out, args.seed, args.rpc_url)
     if args.command == "node":
         import asyncio
@@ -78,40 +86,45 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         import structlog
 
+        from discofl_p2p.commands.node import NodeArgsError, run_node
         from discofl_p2p.p2p.node import BlobUnavailable
-        from discofl_p2p.p2p.standalone import NodeArgsError, run_node
 
         # stdout carries the node's JSON lines; its log goes to stderr.
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         try:
-            return asyncio.run(run_node(Path(args.key), args.host, args.port, args.connect,
-                                        [Path(f) for f in args.serve], args.fetch,
-                                        Path(args.out) if args.out else None, args.duration))
+            return asyncio.run(
+                run_node(
+                    Path(args.key),
+                    args.host,
+                    args.port,
+                    args.connect,
+                    [Path(f) for f in args.serve],
+                    args.fetch,
+                    Path(args.out) if args.out else None,
+                    args.duration,
+                )
+            )
         except (NodeArgsError, BlobUnavailable, ValueError) as e:
             print(f"discofl-p2p node: {e}", file=sys.stderr)
             return 2 if isinstance(e, NodeArgsError) else 3
     if args.command == "audit":
-        from discofl_p2p.audit import audit_main
         from discofl_p2p.chain.anvil import to_ws_url
+        from discofl_p2p.commands.audit import audit_main
+
         return audit_main(to_ws_url(args.rpc_url), args.contract)
     if args.command == "demo":
-        from discofl_p2p.demo import demo_main
+        from discofl_p2p.commands.demo import demo_main
+
         return demo_main(args.rpc_url)
-    if args.command == "bench" and args.bench == "gas":
-        from discofl_p2p.bench.gas import gas_main
-        return gas_main(args.rpc_url, args.rounds)
-    if args.command == "bench" and args.bench == "ml":
-        from discofl_p2p.bench.ml import ml_main
-        return ml_main()
-    if args.command == "bench" and args.bench == "p2p":
-        from discofl_p2p.bench.p2p import p2p_main
-        return p2p_main()
-    if args.command == "bench" and args.bench == "scenarios":
-        from discofl_p2p.bench.scenarios import scenarios_main
-        return scenarios_main(args.dir, args.floor)
+    if args.command == "bench":
+        from discofl_p2p.commands import bench
+
+        if args.bench == "gas":
+            return bench.bench_gas(args.rpc_url, args.rounds, quick=args.quick)
+        if args.bench == "ml":
+            return bench.bench_ml(quick=args.quick)
+        if args.bench == "p2p":
+            return bench.bench_p2p(quick=args.quick)
+        return bench.bench_scenarios(args.dir, args.floor, quick=args.quick)
     build_parser().print_help()
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`discofl-p2p bench gas|ml|p2p|scenarios`: benchmarks that print figures.
+
+The measurements live in `discofl_p2p.bench`; this module starts what they need (an
+anvil) and prints. `--quick` runs the same code on tiny inputs, for smoke tests: its
+figures are not the ones the docs report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+
+from discofl_p2p.bench import gas, ml, p2p, scenarios
+from discofl_p2p.chain.anvil import Anvil, to_ws_url
+
+
+def bench_gas(rpc_url: str | None, rounds: int, *, quick: bool = False) -> int:
+    sizes = (6,) if quick else (6, 50)
+
+    async def run(ws_url: str) -> dict[int, dict[str, list[int]]]:
+        return {w: await gas.measure(ws_url, w, rounds) for w in sizes}
+
+    if rpc_url:
+        results = asyncio.run(run(to_ws_url(rpc_url)))
+    else:
+        with Anvil() as anvil:
+            results = asyncio.run(run(anvil.ws_url))
+    Console(width=160).print(gas.render(results, rounds))
+    return 0
+
+
+def bench_ml(*, quick: bool = False) -> int:
+    console = Console(width=120)
+    if quick:
+        console.print(ml.throughput_table(n_train=256, n_eval=512))
+        console.print(ml.aggregation_table(sizes=(6,)))
+    else:
+        console.print(ml.throughput_table())
+        console.print(ml.aggregation_table())
+    return 0
+
+
+def bench_p2p(*, quick: bool = False) -> int:
+    figures = asyncio.run(p2p.measure(quick=quick))
+    console = Console(width=120)
+    for part in p2p.render(figures):
+        console.print(part)
+    return 0
+
+
+def bench_scenarios(directory: str, floor: float, *, quick: bool = False) -> int:
+    import logging
+
+    import structlog
+
+    # Figures only on the terminal: the agents' info lines are for scenario logs.
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    console = Console(width=120)
+    with Anvil() as anvil:
+        figures = scenarios.measure(Path(directory), anvil.ws_url, floor=floor, quick=quick, say=console.print)
+    for part in scenarios.render(figures):
+        console.print(part)
+    return 0
