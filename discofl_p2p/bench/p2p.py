@@ -105,6 +105,7 @@ async def idle_memory(n: int = 50) -> tuple[float, float]:
 @dataclass(frozen=True)
 class P2PFigures:
     throughput: list[tuple[int, float, float]]  # (MiB, libp2p MiB/s, plain socket MiB/s)
+    repeats: int  # best of this many transfers
     nodes: int  # all-to-all among this many nodes
     blob_mib: int
     dial_s: float
@@ -116,16 +117,16 @@ class P2PFigures:
 
 async def measure(*, quick: bool = False) -> P2PFigures:
     """The full figures, or a seconds-long smoke run of the same code (`quick`)."""
-    nodes, blob, idle = (4, 1, 5) if quick else (20, 2, 50)
+    nodes, blob, idle, repeats = (4, 1, 5, 1) if quick else (20, 2, 50, 3)
     # Memory first, before large transfers leave freed memory for the allocator to reuse.
     heap_mb, rss_mb = await idle_memory(idle)
-    rows = await throughput((1,), repeats=1) if quick else await throughput()
+    rows = await throughput((1,) if quick else (1, 5, 50), repeats=repeats)
     dial_s, a2a_s = await all_to_all(nodes, blob)
-    return P2PFigures(rows, nodes, blob, dial_s, a2a_s, idle, heap_mb, rss_mb)
+    return P2PFigures(rows, repeats, nodes, blob, dial_s, a2a_s, idle, heap_mb, rss_mb)
 
 
 def render(f: P2PFigures) -> list[Table | str]:
-    t = Table(title="Blob transfer between two nodes on loopback (best of 3)")
+    t = Table(title=f"Blob transfer between two nodes on loopback (best of {f.repeats})")
     for col in ("blob", "libp2p (Noise + Yamux) MiB/s", "plain asyncio socket MiB/s", "ratio"):
         t.add_column(col, justify="right")
     for size, p2p, sock in f.throughput:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-StateDict = dict[str, torch.Tensor]
+from discofl_p2p.ml.weights import StateDict
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""Every benchmark command runs end to end in its quick mode and prints its figures.
+
+The figures of a quick run mean nothing (tiny inputs, a loaded machine); these tests
+check that the commands work and print every row, not what the numbers are.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discofl_p2p.ml.aggregation import AGGREGATORS
+from discofl_p2p.ml.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"[\d,]+(\.\d+)?"
+
+
+def _bench(*args: str, timeout: int = 300) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p", "bench", *args, "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def _row(out: str, label: str) -> str:
+    """The table row that starts with `label` (rich draws cells between │)."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if cells and cells[0] == label:
+            return line
+    raise AssertionError(f"no row {label!r} in:\n{out}")
+
+
+def test_bench_gas_quick_prints_every_call(anvil):
+    out = _bench("gas", "--rounds", "1", "--rpc-url", anvil.rpc_url)
+    for call in ("deploy", "register", "submitModel", "openEvaluation", "submitScores", "settleRound", "withdraw"):
+        gas = re.search(rf"│\s*({NUMBER})\s*│", _row(out, call))
+        assert gas and int(gas.group(1).replace(",", "")) > 21_000, _row(out, call)
+    assert "per worker per round, W = 6" in out
+
+
+def test_bench_ml_quick_prints_every_model_and_rule():
+    out = _bench("ml")
+    for name in MODELS:
+        assert re.search(rf"{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}", _row(out, name)), _row(out, name)
+    for rule in AGGREGATORS:
+        assert re.search(rf"{NUMBER} ms", _row(out, rule)), _row(out, rule)
+
+
+def test_bench_p2p_quick_prints_throughput_all_to_all_and_memory():
+    out = _bench("p2p")
+    assert re.search(rf"1 MiB\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}", out), out
+    assert re.search(rf"all-to-all, W = 4 nodes.*: {NUMBER} s", out), out
+    assert re.search(rf"memory per idle node \(5 started\): Python heap -?{NUMBER} MB", out), out
+
+
+@pytest.mark.slow
+def test_bench_scenarios_quick_runs_every_scenario_and_the_plain_loop():
+    out = _bench("scenarios", timeout=600)
+    for name in ("baseline", "garbage", "collusion", "biased"):
+        assert f"running {name}.toml with the top_k policy" in out
+    for name in ("garbage", "collusion", "biased"):
+        assert re.search(rf"{NUMBER}%\s*│\s*{NUMBER}%", _row(out, f"{name}.toml")), out
+    assert re.search(rf"plain loop = {NUMBER} \(goal", out), out
