@@ -1,4 +1,4 @@
-"""BlockFlow contribution scoring (Mugunthan et al. 2020), exactly as in DESIGN.md.
+"""BlockFlow contribution scoring (Mugunthan et al. 2020), exactly as in docs/design.md.
 
     m_k  = lower median over evaluators a != k of s[a,k]
     m'_k = m_k / max_j m_j                         (0 where the max is 0)

@@ -14,7 +14,7 @@ Worker = TypeVar("Worker", bound=Hashable)
 
 
 def paper_top_k_shares(k: int) -> list[Fraction]:
-    """The paper's Top-K schedule (DESIGN.md), exact: rank i of k gets shares[i-1].
+    """The paper's Top-K schedule (docs/design.md), exact: rank i of k gets shares[i-1].
 
     i <= k-3: 1/2^i;  i = k-2: 1/2^(k-2) + 1/(2^(k-2) k);  i = k-1: 1/2^(k-2) - 1/(2^(k-2) k);
     i = k: 0.  k = 1 and k = 2 give everything to rank 1 (the last rank always earns 0).
