@@ -2,19 +2,24 @@
 
 Every problem is a ScenarioError that names the file, the key (dotted path, with the
 index of a [[workers]] group) and the line. Unknown keys, wrong types and impossible
-values (top_k > workers, a collusion ring of one) are errors, not warnings.
+values (top_k > workers, a collusion ring of one, a value the contract would refuse,
+a non-finite float) are errors, not warnings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import re
 import tomllib
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from discofl_p2p.chain.limits import MAX_TOP_K
+from discofl_p2p.chain.limits import ETH, MAX_DEPOSIT_WEI, MAX_PERIOD_S, MAX_ROUNDS, MAX_TOP_K, MAX_WORKERS
 from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
 from discofl_p2p.ml.splits import SCHEMES
@@ -46,6 +51,36 @@ BEHAVIORS: dict[str, dict[str, type | tuple[type, ...]]] = {
 POISON_MODES = ("sign_flip", "scale", "noise")
 FREE_RIDER_MODES = ("aggregate", "copy")
 DROPOUT_MODES = ("stop", "late")
+DATASET_SIZES = {"mnist-embedded": 10_000, "mnist-full": 70_000}
+"""Digits per data set: fixed, since ml/datasets.py checks the files' md5s."""
+
+
+def aggregation_params_of(rule: str) -> dict[str, tuple[type, ...]]:
+    """The keyword parameters of aggregation rule `rule` and the TOML types each takes,
+    read from the rule's signature (its first parameter is the candidates)."""
+    out: dict[str, tuple[type, ...]] = {}
+    for p in list(inspect.signature(AGGREGATORS[rule], eval_str=True).parameters.values())[1:]:
+        types = tuple(t for t in (typing.get_args(p.annotation) or (p.annotation,)) if t is not type(None))
+        out[p.name] = (int, float) if float in types else types
+    return out
+
+
+def _krum_f(f: int, workers: int) -> str | None:
+    if f < 0:
+        return f"must be >= 0 (the number of Byzantine models tolerated), got {f}"
+    if workers <= f + 2:
+        return f"Krum needs more than f + 2 models; with {workers} workers f must be at most {workers - 3}, got {f}"
+    return None
+
+
+# Values a rule accepts without complaint but that make no sense, or that it rejects
+# only when it runs: parameter -> (value, number of workers) -> what is wrong, or None.
+AGGREGATION_PARAM_CHECKS: dict[str, Callable[[Any, int], str | None]] = {
+    "keep_ratio": lambda v, w: None if 0 <= v <= 1 else f"must be in [0, 1] (a fraction of the best score), got {v}",
+    "trim": lambda v, w: None if 0 <= v < 0.5 else f"must be in [0, 0.5) (the fraction cut at each end), got {v}",
+    "f": _krum_f,
+    "m": lambda v, w: None if 1 <= v <= w else f"must be between 1 and the number of workers ({w}), got {v}",
+}
 
 
 @dataclass(frozen=True)
@@ -58,11 +93,16 @@ class TaskSection:
     quality_floor: float = 0.5
     loyalty_bonus: float = 0.1
     aggregation: str = "score_weighted"
-    aggregation_params: dict[str, float] = field(default_factory=dict)
+    aggregation_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120
     metric: str = "accuracy"
     seed: int = 1
+
+    @property
+    def deposit_wei(self) -> int:
+        """The deposit the requester sends, in wei."""
+        return round(self.deposit_eth * ETH)
 
 
 @dataclass(frozen=True)
@@ -186,8 +226,7 @@ class _Validator:
                     start = i
                     break
         if start is None:
-            top = re.compile(rf"^\s*{re.escape(table)}\s*=")
-            return next((i + 1 for i, text in enumerate(self.lines) if top.match(text)), None)
+            return self._top_level_line([table, *(p for p in rest if not p.startswith("["))])
         if not rest:
             return start + 1
         leaf = rest[-1]
@@ -200,6 +239,20 @@ class _Validator:
             if pattern.search(line.split("#", 1)[0]):
                 return i + 1
         return start + 1
+
+    def _top_level_line(self, path: list[str]) -> int | None:
+        """A key defined before the first table header: `task = 1`, `task.rounds = 3`,
+        or `task = { rounds = 3 }`. The line of the longest dotted prefix of `path`
+        defined there, preferring one whose line also names the leaf."""
+        end = next((i for i, line in enumerate(self.lines) if re.match(r"^\s*\[", line)), len(self.lines))
+        code = [line.split("#", 1)[0] for line in self.lines[:end]]
+        leaf = re.compile(rf"(^|[\s{{,.]){re.escape(path[-1])}\s*=")
+        for n in range(len(path), 0, -1):
+            prefix = re.compile(r"^\s*" + r"\s*\.\s*".join(map(re.escape, path[:n])) + r"\s*[.=]")
+            hits = [i for i, line in enumerate(code) if prefix.match(line)]
+            if hits:
+                return next((i + 1 for i in hits if leaf.search(code[i])), hits[0] + 1)
+        return None
 
     def keys(self, table: Any, where: str, allowed: set[str]) -> None:
         if not isinstance(table, dict):
@@ -215,6 +268,8 @@ class _Validator:
         if not ok:
             names = " or ".join("float" if t is float else t.__name__ for t in types)
             raise self.fail(key, f"must be {names}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value}")
         return value
 
     def section(self, raw: dict[str, Any], name: str, cls: type) -> Any:
@@ -225,10 +280,8 @@ class _Validator:
         for k, v in table.items():
             f = fields[k]
             typ = _field_type(f.type)
-            if typ is dict:
+            if typ is dict:  # which keys and types it takes depends on another key: see semantics
                 self.keys(v, f"{name}.{k}", set(v) if isinstance(v, dict) else set())
-                for kk, vv in v.items():
-                    self.typed(vv, (int, float), f"{name}.{k}.{kk}")
                 values[k] = dict(v)
             else:
                 values[k] = self.typed(v, typ, f"{name}.{k}")
@@ -241,7 +294,7 @@ class _Validator:
             raise self.fail("workers", "missing: add at least one [[workers]] group")
         if not isinstance(groups, list) or not groups:
             raise self.fail("workers", "must be a non-empty array of [[workers]] tables")
-        out, names = [], set()
+        out, names, total = [], set(), 0
         for i, g in enumerate(groups):
             key = f"workers[{i}]"
             self.keys(g, key, {"name", "count", "behavior", "params"})
@@ -261,7 +314,15 @@ class _Validator:
             count = self.typed(g["count"], int, f"{key}.count")
             if count < 1:
                 raise self.fail(f"{key}.count", f"must be >= 1, got {count}")
+            total += count
+            if total > MAX_WORKERS:
+                raise self.fail(
+                    f"{key}.count",
+                    f"brings the task to {total} workers; the contract registers at most {MAX_WORKERS} (MAX_WORKERS)",
+                )
             params = g.get("params", {})
+            if not BEHAVIORS[behavior] and isinstance(params, dict) and params:
+                raise self.fail(f"{key}.params.{next(iter(params))}", f"behaviour {behavior!r} takes no params")
             self.keys(params, f"{key}.params", set(BEHAVIORS[behavior]))
             for k, v in params.items():
                 self.typed(v, BEHAVIORS[behavior][k], f"{key}.params.{k}")
@@ -283,30 +344,63 @@ class _Validator:
         for k in ("value",):
             if k in params and not 0 <= params[k] <= 1:
                 raise self.fail(f"{key}.params.{k}", f"a score must be in [0, 1], got {params[k]}")
+        if params.get("std", 0) < 0:
+            raise self.fail(f"{key}.params.std", f"a standard deviation must be >= 0, got {params['std']}")
         if behavior == "dropout" and params.get("round", 1) < 1:
             raise self.fail(f"{key}.params.round", "must be >= 1")
         if behavior == "collusion" and "ring" not in params:
             raise self.fail(f"{key}.params", "collusion needs params.ring (the ring's name)")
+        if behavior == "collusion" and not params["ring"].strip():
+            raise self.fail(f"{key}.params.ring", "a ring's name must not be empty")
 
     def semantics(self, sc: Scenario) -> None:
         t, d, m, w = sc.task, sc.data, sc.model, sc.n_workers
         checks = [
             ("task.rounds", t.rounds >= 1, f"must be >= 1, got {t.rounds}"),
+            ("task.rounds", t.rounds <= MAX_ROUNDS, f"at most {MAX_ROUNDS} (the contract's rounds is a uint32)"),
             ("task.top_k", 1 <= t.top_k <= w, f"must be between 1 and the number of workers ({w}), got {t.top_k}"),
             ("task.top_k", t.top_k <= MAX_TOP_K, f"at most {MAX_TOP_K} (the contract's MAX_TOP_K)"),
             ("task.deposit_eth", t.deposit_eth > 0, f"must be > 0, got {t.deposit_eth}"),
+            ("task.deposit_eth", t.deposit_wei >= 1, f"is 0 wei once converted, got {t.deposit_eth}"),
+            (
+                "task.deposit_eth",
+                t.deposit_wei <= MAX_DEPOSIT_WEI,
+                f"{t.deposit_wei} wei does not fit the contract's uint96 credits (at most {MAX_DEPOSIT_WEI} wei), "
+                f"got {t.deposit_eth}",
+            ),
             ("task.reward_policy", t.reward_policy in REWARD_POLICIES, f"choose one of {', '.join(REWARD_POLICIES)}"),
+            (
+                "task.reward_policy",
+                t.reward_policy == "top_k" or w <= MAX_TOP_K,
+                f"{t.reward_policy!r} pays every worker an explicit amount, so the contract ranks all of them: "
+                f"at most {MAX_TOP_K} workers (MAX_TOP_K), this task has {w}",
+            ),
             ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
             ("task.loyalty_bonus", t.loyalty_bonus >= 0, "must be >= 0"),
             ("task.aggregation", t.aggregation in AGGREGATORS, f"choose one of {', '.join(AGGREGATORS)}"),
             ("task.submission_timeout_s", t.submission_timeout_s >= 1, "must be >= 1"),
             ("task.evaluation_timeout_s", t.evaluation_timeout_s >= 1, "must be >= 1"),
+            (
+                "task.submission_timeout_s",
+                t.submission_timeout_s <= MAX_PERIOD_S,
+                f"at most {MAX_PERIOD_S} (MAX_PERIOD)",
+            ),
+            (
+                "task.evaluation_timeout_s",
+                t.evaluation_timeout_s <= MAX_PERIOD_S,
+                f"at most {MAX_PERIOD_S} (MAX_PERIOD)",
+            ),
             ("task.metric", t.metric in METRICS, f"choose one of {', '.join(METRICS)}"),
-            ("data.dataset", d.dataset in ("mnist-embedded", "mnist-full"), "choose mnist-embedded or mnist-full"),
+            ("task.seed", t.seed >= 0, "must be >= 0"),
+            ("data.dataset", d.dataset in DATASET_SIZES, f"choose one of {', '.join(DATASET_SIZES)}"),
             ("data.split", d.split in SCHEMES, f"choose one of {', '.join(SCHEMES)}"),
             ("data.alpha", d.alpha > 0, "must be > 0"),
             ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),
-            ("data.samples_per_worker", d.samples_per_worker >= 0, "must be >= 0 (0: an equal share of all)"),
+            (
+                "data.samples_per_worker",
+                d.samples_per_worker == 0 or d.samples_per_worker >= 2,
+                "must be 0 (an equal share of all) or >= 2 (each worker's share is split into train and validation)",
+            ),
             ("model.name", m.name in MODELS, f"choose one of {', '.join(MODELS)}"),
             ("model.epochs", m.epochs >= 1, "must be >= 1"),
             ("model.batch_size", m.batch_size >= 1, "must be >= 1"),
@@ -321,14 +415,20 @@ class _Validator:
             if not ok:
                 value = _get(sc, key)
                 raise self.fail(key, f"{msg} (got {value!r})" if "got" not in msg else msg)
-        if d.samples_per_worker:
-            need = d.samples_per_worker * w
-            if d.dataset == "mnist-embedded" and need > 10_000 * (1 - d.test_fraction):
-                raise self.fail(
-                    "data.samples_per_worker",
-                    f"{w} workers x {d.samples_per_worker} exceeds the {int(10_000 * (1 - d.test_fraction))} "
-                    "digits the embedded data set leaves after the test split",
-                )
+        size = DATASET_SIZES[d.dataset]
+        pool = size - round(size * d.test_fraction)  # what ml/splits.partition leaves the workers
+        if d.samples_per_worker * w > pool:
+            raise self.fail(
+                "data.samples_per_worker",
+                f"{w} workers x {d.samples_per_worker} exceeds the {pool} digits {d.dataset} leaves "
+                "after the test split",
+            )
+        if pool < 2 * w:
+            raise self.fail(
+                "data.test_fraction",
+                f"leaves {pool} digits of {d.dataset} for {w} workers; each needs at least 2 (train and validation)",
+            )
+        self.aggregation_params(t.aggregation, t.aggregation_params, w)
         rings: dict[str, int] = {}
         for g in sc.workers:
             if g.behavior == "collusion":
@@ -348,6 +448,19 @@ class _Validator:
             val = getattr(sc.expect, k)
             if val is not None and not 0 <= val <= 1:
                 raise self.fail(f"expect.{k}", f"must be in [0, 1], got {val}")
+
+    def aggregation_params(self, rule: str, params: dict[str, Any], n_workers: int) -> None:
+        accepted = aggregation_params_of(rule)
+        for k, v in params.items():
+            key = f"task.aggregation_params.{k}"
+            if not accepted:
+                raise self.fail(key, f"aggregation {rule!r} takes no parameters")
+            if k not in accepted:
+                raise self.fail(key, f"unknown parameter of aggregation {rule!r}; it takes: {', '.join(accepted)}")
+            self.typed(v, accepted[k], key)
+            problem = AGGREGATION_PARAM_CHECKS[k](v, n_workers) if k in AGGREGATION_PARAM_CHECKS else None
+            if problem:
+                raise self.fail(key, problem)
 
 
 def _field_type(annotation: Any) -> Any:
