@@ -172,13 +172,24 @@ def test_aggregation_rules_on_known_values():
     assert out["steps"].item() == 3 and out["steps"].dtype == torch.int64  # non-float: from the first
 
 
+def test_krum_with_too_few_models_falls_back_to_the_median():
+    # A round can publish fewer models than the scenario has workers: Krum's bound
+    # W > f + 2 fails, and both Krum rules take the coordinate-wise median instead.
+    few = [_c(1), _c(2), _c(30)]
+    for rule in ("krum", "multi_krum"):
+        assert make_aggregator(rule, f=1)(few)["w"][0].item() == pytest.approx(2.0)
+    # m larger than the models there are is capped at W: the mean of all four
+    cs = [_c(1), _c(2), _c(3), _c(4)]
+    assert make_aggregator("multi_krum", f=1, m=10)(cs)["w"][0].item() == pytest.approx(2.5)
+
+
 def test_aggregation_input_errors():
     with pytest.raises(ValueError, match="no candidate"):
         make_aggregator("median")([])
     with pytest.raises(ValueError, match="unknown aggregation rule"):
         make_aggregator("mean-ish")
-    with pytest.raises(ValueError, match="W > f \\+ 2"):
-        make_aggregator("krum", f=1)([_c(1), _c(2)])
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        make_aggregator("multi_krum", m=0)([_c(1), _c(2), _c(3), _c(4)])
     # all-zero scores fall back to the plain mean rather than dividing by zero
     assert make_aggregator("score_weighted")([_c(1, 0), _c(3, 0)])["w"][0].item() == pytest.approx(2)
 

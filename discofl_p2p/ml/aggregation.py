@@ -108,17 +108,28 @@ def _krum_scores(flat: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def krum(cands: Sequence[Candidate], f: int = 1) -> StateDict:
-    """Krum (Blanchard et al. 2017): the model closest to its W - f - 2 nearest others."""
+    """Krum (Blanchard et al. 2017): the model closest to its W - f - 2 nearest others.
+
+    Krum needs W > f + 2. A round can publish fewer models than the scenario had
+    workers (exclusions, dropouts, the final model's filter), so with W <= f + 2 it
+    falls back to the coordinate-wise median, the robust rule that needs no bound."""
+    if len(cands) <= f + 2:
+        return median(cands)
     flat, unflatten = _stack(cands)
     return unflatten(flat[int(_krum_scores(flat, f).argmin())])
 
 
 def multi_krum(cands: Sequence[Candidate], f: int = 1, m: int | None = None) -> StateDict:
-    """Multi-Krum: the mean of the m models with the best Krum scores (m = W - f)."""
+    """Multi-Krum: the mean of the m models with the best Krum scores (m = W - f).
+
+    `m` is capped at W (a round may publish fewer models than configured); with
+    W <= f + 2 it falls back to the coordinate-wise median, as `krum` does."""
+    if m is not None and m < 1:
+        raise ValueError(f"multi_krum m must be >= 1, got {m}")
+    if len(cands) <= f + 2:
+        return median(cands)
     flat, unflatten = _stack(cands)
-    m = len(cands) - f if m is None else m
-    if not 1 <= m <= len(cands):
-        raise ValueError(f"multi_krum m must be in [1, {len(cands)}], got {m}")
+    m = len(cands) - f if m is None else min(m, len(cands))
     best = _krum_scores(flat, f).topk(m, largest=False).indices
     return unflatten(flat[best].mean(0))
 
