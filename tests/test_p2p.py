@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import struct
+import subprocess
+import sys
 
 import pytest
+from libp2p.peer.id import ID
 from structlog.testing import capture_logs
 
 from discofl_p2p.p2p import bridge
 from discofl_p2p.p2p.cid import CIDError, cid_from_digest, cid_of, digest_of, matches
-from discofl_p2p.p2p.node import BlobUnavailable, NodeConfig, P2PNetwork, key_from_seed, load_or_create_key
-from discofl_p2p.p2p.protocol import BAD_REQUEST, BLOB_PROTOCOL, encode_response_header, read_request
+from discofl_p2p.p2p.node import (
+    MAX_ANNOUNCEMENT,
+    BlobUnavailable,
+    NodeConfig,
+    P2PNetwork,
+    key_from_seed,
+    load_or_create_key,
+)
+from discofl_p2p.p2p.protocol import (
+    BAD_REQUEST,
+    BLOB_PROTOCOL,
+    MAX_REQUEST,
+    OK,
+    ProtocolError,
+    encode_request,
+    encode_response_header,
+    read_request,
+)
 from tests.conftest import run
 
 TOPIC = "discofl/test-task/announce"
@@ -51,6 +72,12 @@ def test_key_file_is_stable_and_private(tmp_path):
 
 def test_ten_nodes_fetch_everything_announce_to_all_and_a_late_joiner_catches_up():
     async def go():
+        with capture_logs() as logs:
+            await healthy_network()
+        # a healthy network logs nothing: every warning of the p2p code marks a refusal
+        assert [e["event"] for e in logs] == []
+
+    async def healthy_network():
         async with P2PNetwork() as net:
             nodes = [await net.add_node(key_from_seed(7, f"n{i}")) for i in range(9)]
             await net.connect_all()
@@ -150,13 +177,21 @@ def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to
             with capture_logs() as logs:
                 got = await client.get(cid, [evil[k].peer_id for k in evil] + [replica.peer_id], keep=True)
             assert got == blob and client.holds(cid)
-            reasons = {e["provider"]: e["reason"] for e in logs if e["event"] == "fetch_failed"}
-            assert "does not match its CID" in reasons[evil["corrupt"].peer_id]
-            assert "over the cap" in reasons[evil["oversized"].peer_id]
-            assert (
-                "stream ended" in reasons[evil["vanishing"].peer_id] or "Stream" in reasons[evil["vanishing"].peer_id]
-            )
-            assert "timed out" in reasons[evil["stalled"].peer_id]
+            # one fetch_failed per hostile provider, in the order tried, each with its exact reason
+            assert [(e["event"], e["provider"], e["reason"]) for e in logs] == [
+                ("fetch_failed", evil["corrupt"].peer_id, f"blob of {len(blob)} bytes does not match its CID"),
+                (
+                    "fetch_failed",
+                    evil["oversized"].peer_id,
+                    f"blob {cid[:16]}..: peer announces {1 << 40} bytes, over the cap of {256 << 20}",
+                ),
+                (
+                    "fetch_failed",
+                    evil["vanishing"].peer_id,
+                    f"blob {cid[:16]}..: stream ended after {len(blob) // 2} of {len(blob)} bytes",
+                ),
+                ("fetch_failed", evil["stalled"].peer_id, "timed out after 1.5 s"),
+            ]
 
             # with no honest provider left, the error names every provider's failure
             with pytest.raises(BlobUnavailable) as ei:
@@ -194,9 +229,13 @@ def test_malformed_request_frame_and_pubsub_rpc_do_not_crash_the_node():
                 async with asyncio.timeout(10):  # the victim's read loop logs it in its own time
                     while not any(e["event"] == "pubsub_rpc_rejected" for e in logs):
                         await asyncio.sleep(0.02)
-            events = [e["event"] for e in logs]
-            assert events.count("request_rejected") == 2
-            assert "pubsub_rpc_rejected" in events
+            assert [(e["event"], e["peer"]) for e in logs] == [
+                ("request_rejected", attacker.peer_id),
+                ("request_rejected", attacker.peer_id),
+                ("pubsub_rpc_rejected", attacker.peer_id),
+            ]
+            assert logs[0]["reason"] == f"request frame claims {0xFFFFFFFF} bytes, over the cap of {MAX_REQUEST}"
+            assert logs[1]["reason"].startswith("request is not JSON: ")
 
             # the victim still serves blobs and gossips
             assert await honest.get(cid, [victim.peer_id]) == b"still here"
@@ -219,9 +258,11 @@ def test_fifty_concurrent_10_mib_fetches_between_two_nodes_complete():
             await client.connect(server)
             blobs = [os.urandom(10 << 20) for _ in range(10)]
             cids = [await server.put(b) for b in blobs]
-            async with asyncio.timeout(120):
-                results = await asyncio.gather(*(client.get(cids[i % 10], [server.peer_id]) for i in range(50)))
+            with capture_logs() as logs:
+                async with asyncio.timeout(120):
+                    results = await asyncio.gather(*(client.get(cids[i % 10], [server.peer_id]) for i in range(50)))
             assert all(r == blobs[i % 10] for i, r in enumerate(results))
+            assert [e["event"] for e in logs] == []  # no request timed out on the serving side
 
     run(go())
 
@@ -233,16 +274,25 @@ def test_shutdown_with_a_transfer_in_flight_is_orderly():
         a = await net.add_node(key_from_seed(11, "a"))
         b = await net.add_node(key_from_seed(11, "b"))
         await b.connect(a)
-        cid = await a.put(os.urandom(30 << 20))
+        size = 30 << 20
+        cid = await a.put(os.urandom(size))
         fetch = asyncio.create_task(b.get(cid, [a.peer_id]))
-        await asyncio.sleep(0.05)
+        # evidence that the transfer is in flight: its first MiB has arrived, the rest has not
+        await asyncio.wait_for(b.wait_received(1 << 20), 30)
+        assert not fetch.done()
         with capture_logs() as logs:
             fetch.cancel()
-            await net.close()
+            async with asyncio.timeout(15):
+                await net.close()
         with pytest.raises(asyncio.CancelledError):
             await fetch
         assert not net.thread.running
-        assert not [e for e in logs if e.get("log_level") in ("error", "critical")]
+        assert (1 << 20) <= b.bytes_received < size and not b.holds(cid)
+        # the one thing logged: the serving side saw its stream reset by the cancelled client
+        assert [(e["event"], e["peer"], e["error"]) for e in logs] == [("request_failed", b.peer_id, "StreamReset()")]
+        # a closed network says so instead of hanging
+        with pytest.raises(bridge.BridgeClosed):
+            await b.get(cid, [a.peer_id])
 
     run(go())
 
@@ -255,11 +305,17 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
             prober = await net.add_node(key_from_seed(12, "prober"))
             await net.connect_all()
             cid = await author.put(b"my model", task="T", round_=1, only_for=[requester.peer_id])
+            public = await author.put(b"someone's shared model", task="T", round_=1)
             with pytest.raises(BlobUnavailable, match="not found"):
                 await prober.get(cid, [author.peer_id])
+            # the pull fallback does not betray authorship: the restricted blob is listed
+            # only to the peer it is served to
+            assert await prober.ask_held(author.peer_id, "T", 1) == [public]
+            assert await requester.ask_held(author.peer_id, "T", 1) == sorted([cid, public])
             assert await requester.get(cid, [author.peer_id]) == b"my model"
             await author.share(cid)
             assert await prober.get(cid, [author.peer_id]) == b"my model"
+            assert await prober.ask_held(author.peer_id, "T", 1) == sorted([cid, public])
 
             inbox = await requester.serve_messages("/discofl/test-msg/1.0.0")
             await author.send_message(requester.peer_id, "/discofl/test-msg/1.0.0", {"cid": cid})
@@ -275,11 +331,6 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
 
 def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
     """One node per process (`discofl-p2p node`), the same API as the simulations."""
-    import json as _json
-    import signal
-    import subprocess
-    import sys
-
     blob = os.urandom(300_000)
     (tmp_path / "model.bin").write_bytes(blob)
     cmd = [sys.executable, "-m", "discofl_p2p", "node"]
@@ -290,8 +341,8 @@ def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
         text=True,
     )
     try:
-        ident = _json.loads(server.stdout.readline())
-        served = _json.loads(server.stdout.readline())
+        ident = json.loads(server.stdout.readline())
+        served = json.loads(server.stdout.readline())
         assert served["cid"] == cid_of(blob)
         addr = f"{ident['addrs'][0].split('/p2p/')[0]}/p2p/{ident['peer_id']}"
         client = subprocess.run(
@@ -316,8 +367,8 @@ def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
         again = subprocess.run(
             cmd + ["--key", str(tmp_path / "b.key"), "--for", "0.1"], capture_output=True, text=True, timeout=60
         )
-        first_b = _json.loads(client.stdout.splitlines()[0])["peer_id"]
-        assert _json.loads(again.stdout.splitlines()[0])["peer_id"] == first_b != ident["peer_id"]
+        first_b = json.loads(client.stdout.splitlines()[0])["peer_id"]
+        assert json.loads(again.stdout.splitlines()[0])["peer_id"] == first_b != ident["peer_id"]
         bad = subprocess.run(
             cmd + ["--key", str(tmp_path / "c.key"), "--connect", "/ip4/127.0.0.1/tcp/1"],
             capture_output=True,
@@ -330,3 +381,169 @@ def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert '"stopped": true' in out
+
+
+# ---------------------------------------------------------------- hostile clients and gossip
+
+
+def test_requests_that_break_the_protocol_are_refused_with_their_reason():
+    async def go():
+        async with P2PNetwork() as net:
+            victim = await net.add_node(key_from_seed(13, "victim"))
+            attacker = await net.add_node(key_from_seed(13, "attacker"))
+            await attacker.connect(victim)
+            cid = await victim.put(b"still here")
+            cases = [
+                (encode_request({"op": "delete", "cid": cid}), "request must be a JSON object with op 'get' or 'list'"),
+                (encode_request({"op": "get", "cid": 7}), "get request needs a string 'cid'"),
+                (
+                    encode_request({"op": "list", "task": "T", "round": "1"}),
+                    "list request needs a string 'task' and an integer 'round'",
+                ),
+                (encode_request([]), "request must be a JSON object"),  # type: ignore[arg-type]
+            ]
+            with capture_logs() as logs:
+                for frame, _ in cases:
+                    answer = await attacker.send_raw(victim.peer_id, BLOB_PROTOCOL, frame, read_timeout=10)
+                    assert answer == encode_response_header(BAD_REQUEST, 0)
+            assert [(e["event"], e["peer"], e["reason"]) for e in logs] == [
+                ("request_rejected", attacker.peer_id, reason) for _, reason in cases
+            ]
+            with pytest.raises(ValueError, match=f"over {MAX_REQUEST}"):
+                encode_request({"op": "get", "cid": "x" * MAX_REQUEST})
+            assert await attacker.get(cid, [victim.peer_id]) == b"still here"
+
+    run(go())
+
+
+def test_a_silent_client_is_cut_off_by_the_request_timeout_and_frees_its_slot():
+    """A peer that opens a stream and never finishes its request (slowloris) must not
+    hold a serving slot: with one slot per peer, its next honest request still works."""
+
+    async def go():
+        cfg = NodeConfig(request_timeout_s=0.5, transfers_per_peer=1)
+        async with P2PNetwork(cfg) as net:
+            victim = await net.add_node(key_from_seed(14, "victim"))
+            attacker = await net.add_node(key_from_seed(14, "attacker"))
+            await attacker.connect(victim)
+            cid = await victim.put(b"served again")
+            with capture_logs() as logs:
+                # two bytes of a four-byte length, then silence; the client would wait 60 s
+                async with asyncio.timeout(10):
+                    answer = await attacker.send_raw(victim.peer_id, BLOB_PROTOCOL, b"\x00\x00", read_timeout=60)
+            assert answer == b""  # reset by the victim, no response written
+            assert [(e["event"], e["peer"]) for e in logs] == [("request_timed_out", attacker.peer_id)]
+            async with asyncio.timeout(10):
+                assert await attacker.get(cid, [victim.peer_id]) == b"served again"
+
+    run(go())
+
+
+def test_hostile_list_answers_raise_a_protocol_error():
+    answers = iter(
+        [
+            encode_response_header(OK, 9) + b"{not json",
+            encode_response_header(OK, 7) + b'{"a":1}',
+            encode_response_header(OK, 8) + b'["a", 1]',
+            encode_response_header(OK, 1 << 30),
+        ]
+    )
+
+    async def liar(stream):
+        await read_request(stream)
+        await stream.write(next(answers))
+        await stream.close()
+
+    async def go():
+        async with P2PNetwork() as net:
+            client = await net.add_node(key_from_seed(15, "client"))
+            evil = await _evil(net, "liar", liar)
+            await client.connect(evil)
+            for expected in [
+                "list answer is not JSON",
+                "list answer is not a JSON list of strings",
+                "list answer is not a JSON list of strings",
+                f"list: peer announces {1 << 30} bytes, over the cap of {1 << 20}",
+            ]:
+                with pytest.raises(ProtocolError) as ei:
+                    await client.ask_held(evil.peer_id, "T", 1)
+                assert str(ei.value) == expected
+
+    run(go())
+
+
+def test_oversized_and_non_object_announcements_are_dropped():
+    async def go():
+        async with P2PNetwork() as net:
+            victim = await net.add_node(key_from_seed(16, "victim"))
+            attacker = await net.add_node(key_from_seed(16, "attacker"))
+            await net.connect_all()
+            q = await victim.subscribe(TOPIC)
+            await attacker.subscribe(TOPIC)
+            await _wait_mesh(attacker, TOPIC, 1)
+            with pytest.raises(ValueError, match=f"over {MAX_ANNOUNCEMENT}"):
+                await attacker.announce(TOPIC, {"pad": "x" * MAX_ANNOUNCEMENT})
+            try:
+                json.loads(b"{{")
+            except ValueError as e:
+                not_json = str(e)
+            too_big = b'{"pad": "' + b"x" * MAX_ANNOUNCEMENT + b'"}'
+            with capture_logs() as logs:
+                # raw gossip, past announce()'s own checks, as a hostile peer would send it
+                for raw in [too_big, b"[1, 2]", b"{{"]:
+                    await attacker._thread.call(attacker._node.publish, TOPIC, raw)
+                await attacker.announce(TOPIC, {"ok": True})
+                ann = await asyncio.wait_for(q.get(), 10)  # gossip from one peer arrives in order
+            assert ann.payload == {"ok": True} and q.empty()
+            assert [(e["event"], e["peer"], e["reason"]) for e in logs] == [
+                ("announcement_rejected", attacker.peer_id, f"{len(too_big)} bytes, over {MAX_ANNOUNCEMENT}"),
+                ("announcement_rejected", attacker.peer_id, "not a JSON object"),
+                ("announcement_rejected", attacker.peer_id, not_json),
+            ]
+
+    run(go())
+
+
+def test_node_command_exits_3_with_one_line_when_a_fetch_or_a_dial_fails(tmp_path):
+    cmd = [sys.executable, "-m", "discofl_p2p", "node"]
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # run side by side (each process takes seconds to start; libp2p retries a failed dial)
+    nobody = str(ID.from_pubkey(key_from_seed(17, "nobody").public_key))
+    dial = start("--key", str(tmp_path / "c.key"), "--connect", f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}")
+    bad = start("--key", str(tmp_path / "d.key"), "--connect", "/ip4/127.0.0.1/tcp/1/p2p/xyz")
+    server = start("--key", str(tmp_path / "a.key"), "--for", "120")
+    try:
+        ident = json.loads(server.stdout.readline())
+        addr = f"{ident['addrs'][0].split('/p2p/')[0]}/p2p/{ident['peer_id']}"
+        missing = cid_of(b"a model nobody holds")
+        out = tmp_path / "got.bin"
+        fetch = subprocess.run(
+            cmd + ["--key", str(tmp_path / "b.key"), "--connect", addr, "--fetch", missing, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # a CID the connected peer does not hold: exit 3, one line that names the reason
+        assert fetch.returncode == 3, fetch.stderr
+        assert (
+            f"discofl-p2p node: could not fetch {missing}: {ident['peer_id'][:16]}..: "
+            f"blob {missing[:16]}..: peer answered not found\n"
+        ) in fetch.stderr
+        assert "Traceback" not in fetch.stderr and not out.exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+        dial_out, dial_err = dial.communicate(timeout=60)
+        bad_out, bad_err = bad.communicate(timeout=60)
+    assert server.returncode == 0
+
+    # a peer that is not there (nothing listens on port 1): exit 3, no traceback
+    assert dial.returncode == 3, dial_err
+    assert f"discofl-p2p node: cannot connect to {nobody}: " in dial_err
+    assert "Traceback" not in dial_err and '"connected"' not in dial_out
+    # a peer id that is not one is a usage error (2), caught before any node starts
+    assert bad.returncode == 2, bad_err
+    assert "'xyz' is not a peer id" in bad_err and bad_out == ""

@@ -83,6 +83,14 @@ class BlobUnavailable(Exception):
         super().__init__(f"could not fetch {cid}: {detail}")
 
 
+class PeerUnreachable(Exception):
+    """Dialling a peer failed; the message names the peer and libp2p's reason."""
+
+    def __init__(self, peer_id: str, reason: str) -> None:
+        self.peer_id, self.reason = peer_id, reason
+        super().__init__(f"cannot connect to {peer_id}: {reason}")
+
+
 def key_from_seed(seed: int | str, label: str) -> KeyPair:
     """A stable ed25519 peer key for simulations: depends only on (seed, label)."""
     return create_new_key_pair(hashlib.sha256(f"discofl-p2p/peer/{seed}/{label}".encode()).digest())
@@ -139,6 +147,13 @@ class _TrioNode:
         self._client_slots: dict[str, Any] = {}
         self._server_slots: dict[str, Any] = {}
         self._subscribers: dict[str, list[Callable[[Announcement], None]]] = defaultdict(list)
+        self.bytes_received = 0  # blob payload bytes fetched from peers, counted as they arrive
+        self.on_received: Callable[[int], None] | None = None  # asyncio-side watcher of that count
+
+    def _count_received(self, n: int) -> None:
+        self.bytes_received += n
+        if self.on_received is not None:
+            bridge.to_asyncio(self.loop, self.on_received, self.bytes_received)
 
     async def serve(self, task_status: Any = bridge.TASK_STATUS_IGNORED) -> None:
         listen = multiaddr.Multiaddr(f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}")
@@ -196,8 +211,11 @@ class _TrioNode:
                         req = await read_request(stream)
                     except ProtocolError as e:
                         log.warning("request_rejected", peer=peer, reason=str(e))
-                        await stream.write(encode_response_header(BAD_REQUEST, 0))
-                        await stream.reset()
+                        try:
+                            await stream.write(encode_response_header(BAD_REQUEST, 0))
+                        except Exception:  # noqa: BLE001 - the peer may have reset it already
+                            pass
+                        await _reset(stream)
                         return
                 if req["op"] == "get":
                     data = self.blobs.get(req["cid"])
@@ -208,7 +226,7 @@ class _TrioNode:
                         with bridge.fail_after(self.cfg.fetch_timeout_s):
                             await stream.write(encode_response_header(OK, len(data)) + data)
                 else:
-                    body = json.dumps(sorted(self.index.get((req["task"], req["round"]), ()))).encode()
+                    body = json.dumps(self.listed_for(peer, req["task"], req["round"])).encode()
                     await stream.write(encode_response_header(OK, len(body)) + body)
                 await stream.close()
         except bridge.TooSlowError:
@@ -218,11 +236,21 @@ class _TrioNode:
             log.warning("request_failed", peer=peer, error=repr(e))
             await _reset(stream)
 
+    def listed_for(self, peer: str, task: str, round_: int) -> list[str]:
+        """What a `list` request from `peer` is told: the CIDs tagged (task, round) that
+        `peer` may fetch. A blob restricted with `only_for` is listed only to the peers
+        it is served to, so a list never reveals more than a `get` would."""
+        cids = self.index.get((task, round_), ())
+        return sorted(c for c in cids if c not in self.only_for or peer in self.only_for[c])
+
     # ---------------------------------------------------------------- client
 
     async def connect(self, peer_id: str, addrs: Sequence[str]) -> None:
         info = PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
-        await self.host.connect(info)
+        try:
+            await self.host.connect(info)
+        except Exception as e:  # libp2p raises several dial errors
+            raise PeerUnreachable(peer_id, str(e) or type(e).__name__) from e
 
     async def fetch_from(self, cid: str, provider: str, max_bytes: int) -> bytes:
         async with self._slot(self._client_slots, provider):
@@ -230,7 +258,9 @@ class _TrioNode:
                 stream = await self.host.new_stream(ID.from_base58(provider), [TProtocol(BLOB_PROTOCOL)])
                 try:
                     await stream.write(encode_request({"op": "get", "cid": cid}))
-                    data = await read_response(stream, max_bytes, what=f"blob {cid[:16]}..")
+                    data = await read_response(
+                        stream, max_bytes, what=f"blob {cid[:16]}..", progress=self._count_received
+                    )
                 except BaseException:
                     await _reset(stream)
                     raise
@@ -269,7 +299,10 @@ class _TrioNode:
                 await _reset(stream)
                 raise
             await _close(stream)
-        cids = json.loads(body)
+        try:
+            cids = json.loads(body)
+        except ValueError:
+            raise ProtocolError("list answer is not JSON") from None
         if not isinstance(cids, list) or not all(isinstance(c, str) for c in cids):
             raise ProtocolError("list answer is not a JSON list of strings")
         return cids
@@ -380,6 +413,8 @@ class P2PNode:
     _thread: bridge.TrioThread
     _queues: list[asyncio.Queue[Announcement]] = field(default_factory=list)
     _closed: bool = False
+    _received: int = 0
+    _received_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, key: KeyPair, thread: bridge.TrioThread, cfg: NodeConfig = NodeConfig()) -> P2PNode:
@@ -392,6 +427,7 @@ class P2PNode:
         return self._node.cfg
 
     async def connect(self, other: P2PNode | tuple[str, Sequence[str]]) -> None:
+        """Dials a peer; raises PeerUnreachable if no address of it answers."""
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
         await self._thread.call(self._node.connect, peer_id, list(addrs))
 
@@ -451,6 +487,25 @@ class P2PNode:
     async def ask_held(self, peer_id: str, task: str, round_: int) -> list[str]:
         """Pull fallback: asks a peer directly which blobs it holds for (task, round)."""
         return await self._thread.call(self._node.ask_held, peer_id, task, round_)
+
+    @property
+    def bytes_received(self) -> int:
+        """Blob payload bytes fetched from peers so far, counted as they arrive."""
+        return self._node.bytes_received
+
+    async def wait_received(self, n_bytes: int) -> None:
+        """Returns once at least `n_bytes` of blob payload in total have arrived from
+        peers (evidence that a transfer is in flight). Bound it with a timeout."""
+        if self._node.on_received is None:
+            self._node.on_received = self._on_received
+        self._received = max(self._received, self._node.bytes_received)
+        while self._received < n_bytes:
+            self._received_changed.clear()
+            await self._received_changed.wait()
+
+    def _on_received(self, total: int) -> None:
+        self._received = max(self._received, total)
+        self._received_changed.set()
 
     def holds(self, cid: str) -> bool:
         return cid in self._node.blobs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol
 
 BLOB_PROTOCOL = "/discofl/blob/1.0.0"
@@ -32,13 +33,24 @@ class Stream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
-async def read_exact(stream: Stream, n: int, *, what: str) -> bytes:
+async def read_exact(stream: Stream, n: int, *, what: str, progress: Callable[[int], None] | None = None) -> bytes:
+    """Exactly `n` bytes. A stream that ends early, or that the peer resets (libp2p
+    raises EOFError or a stream error), is a ProtocolError that says how far it got.
+    `progress(k)` is called with each chunk's size as it arrives."""
     buf = bytearray()
     while len(buf) < n:
-        chunk = await stream.read(min(n - len(buf), 1 << 20))
+        try:
+            chunk = await stream.read(min(n - len(buf), 1 << 20))
+        except EOFError:
+            chunk = b""
+        except Exception as e:  # a reset or broken stream, named below
+            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ProtocolError(f"{what}: stream failed after {len(buf)} of {n} bytes ({detail})") from e
         if not chunk:
             raise ProtocolError(f"{what}: stream ended after {len(buf)} of {n} bytes")
         buf += chunk
+        if progress is not None:
+            progress(len(chunk))
     return bytes(buf)
 
 
@@ -79,10 +91,13 @@ def encode_response_header(status: int, length: int) -> bytes:
     return struct.pack(">BQ", status, length)
 
 
-async def read_response(stream: Stream, max_bytes: int, *, what: str) -> bytes:
+async def read_response(
+    stream: Stream, max_bytes: int, *, what: str, progress: Callable[[int], None] | None = None
+) -> bytes:
+    """The payload of one response; `progress` sees the payload bytes as they arrive."""
     status, n = struct.unpack(">BQ", await read_exact(stream, 9, what=f"{what} header"))
     if status != OK:
         raise ProtocolError(f"{what}: peer answered {STATUS_NAMES.get(status, f'status {status}')}")
     if n > max_bytes:
         raise ProtocolError(f"{what}: peer announces {n} bytes, over the cap of {max_bytes}")
-    return await read_exact(stream, n, what=what)
+    return await read_exact(stream, n, what=what, progress=progress)
