@@ -84,9 +84,14 @@ class Anvil:
         binary: Path | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 15.0,
+        block_time: float | None = None,
     ) -> None:
+        """`block_time`: mine a block every `block_time` seconds, with whatever
+        transactions wait, instead of one block per transaction (anvil's
+        `--block-time`, interval mining, as a real chain does)."""
         self.binary = binary or find_anvil()
         self.port = port or free_port()
+        self.block_time = block_time
         self._args = [
             str(self.binary),
             "--host",
@@ -96,6 +101,7 @@ class Anvil:
             "--accounts",
             "1",
             "--silent",
+            *(["--block-time", f"{block_time:g}"] if block_time is not None else []),
             *extra_args,
         ]
         self._timeout = startup_timeout

@@ -8,28 +8,67 @@ thousand pending.
 
 Events come from `events()`, an async iterator over decoded contract logs: it
 subscribes to new block headers on its own WebSocket connection and reads each
-new block range's logs, so consumers react to events, never to a clock.
+new block range's logs, so consumers react to events, never to a clock. A task the
+stream owns reads the headers as they come and keeps only the newest, so a consumer
+may pause for any number of blocks; a dropped connection is reopened and the stream
+resumes after the last block it delivered.
+
+Fees come from the chain (priority fee from `eth_maxPriorityFeePerGas`, max fee twice
+the latest base fee plus that), and logs are read at most `LOG_RANGE` blocks a request,
+so the client also works against a node that is not a development chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import logging
 import weakref
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic
 from web3 import AsyncWeb3, WebSocketProvider
-from web3.exceptions import ContractLogicError, TransactionNotFound
+from web3.exceptions import (
+    ContractLogicError,
+    PersistentConnectionClosedOK,
+    ProviderConnectionError,
+    TaskNotRunning,
+    TimeExhausted,
+    TransactionNotFound,
+)
+from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 
 MAX_IN_FLIGHT = 256
 """Transactions a process keeps unconfirmed at once (anvil stalls at about 1000)."""
+
+LOG_RANGE = 2000
+"""Most blocks one eth_getLogs request spans (public RPC providers refuse wider ones)."""
+
+DEFAULT_PRIORITY_FEE = 10**9
+"""The tip (wei per gas) when the chain does not suggest one."""
+
+RECONNECT_DELAY_S = (0.05, 2.0)
+"""First and longest wait between attempts to reopen the event stream's connection."""
+
+_log = logging.getLogger("discofl.chain")
+_T = TypeVar("_T")
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes TimeoutError and ConnectionError
+    WebSocketException,  # includes ConnectionClosed (OK and Error)
+    ProviderConnectionError,
+    PersistentConnectionClosedOK,
+    TaskNotRunning,
+    TimeExhausted,
+)
+"""What a request or subscription on a WebSocket that dropped (or hangs) raises."""
 
 _in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -107,6 +146,164 @@ async def connect(ws_url: str) -> AsyncWeb3:
     w3 = AsyncWeb3(WebSocketProvider(ws_url, max_connection_retries=3))
     await w3.provider.connect()
     return w3
+
+
+async def _close(w3: AsyncWeb3) -> None:
+    """Closes a connection that may already be dead, within a bounded time."""
+    try:
+        await asyncio.wait_for(w3.provider.disconnect(), timeout=5)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a dead connection fails to close in many ways
+        _log.debug("closing the event stream connection failed: %r", e)
+
+
+class _StreamDropped(Exception):
+    """The event stream's connection ended; it is being reopened."""
+
+
+class _Heads:
+    """The chain's latest block number, read from a newHeads subscription.
+
+    `run()`, a task owned by one `events()` stream, reads every header notification as
+    it arrives and keeps only the newest number, so nothing queues up however long the
+    stream's consumer pauses (web3 stops reading the socket altogether once 500
+    notifications wait). When the connection drops it reopens one, with backoff and
+    without giving up, and reads the head afresh. `call()` runs a request on the
+    current connection and turns a drop into `_StreamDropped`.
+    """
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws_url = ws_url
+        self.latest = -1
+        self.connections = 0
+        self._w3: AsyncWeb3 | None = None
+        self._ended = asyncio.Event()  # set when the current connection is over
+        self._changed = asyncio.Event()  # set on a new head, connection or end
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"heads {self.ws_url}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task])  # propagates a cancellation of the caller, not of task
+        if not task.cancelled() and task.exception() is not None:
+            _log.debug("event stream head reader failed: %r", task.exception())
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = RECONNECT_DELAY_S[0]
+        try:
+            while True:
+                try:
+                    w3, head = await self._open()
+                except _CONNECTION_ERRORS as e:
+                    _log.info("event stream cannot connect to %s: %r", self.ws_url, e)
+                else:
+                    started = loop.time()
+                    await self._serve(w3, head)
+                    if loop.time() - started > 1.0:  # a connection that lasted: retry at once
+                        delay = RECONNECT_DELAY_S[0]
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RECONNECT_DELAY_S[1])
+        finally:
+            self._w3 = None
+            self._ended.set()
+            self._changed.set()
+
+    async def _open(self) -> tuple[AsyncWeb3, int]:
+        w3 = AsyncWeb3(
+            WebSocketProvider(
+                self.ws_url,
+                max_connection_retries=1,
+                websocket_kwargs={"ping_interval": 10, "ping_timeout": 30},
+            )
+        )
+        await w3.provider.connect()
+        try:
+            await w3.eth.subscribe("newHeads")
+            head = await w3.eth.block_number  # heads from before the subscription
+        except BaseException:
+            await _close(w3)
+            raise
+        return w3, head
+
+    async def _serve(self, w3: AsyncWeb3, head: int) -> None:
+        """Keeps `latest` current from one connection until it drops or is dropped."""
+        ended = self._ended = asyncio.Event()
+        self._w3, self.latest = w3, head
+        self.connections += 1
+        self._changed.set()
+        pump = asyncio.create_task(self._pump(w3))
+        end = asyncio.create_task(ended.wait())
+        try:
+            await asyncio.wait([pump, end], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._w3 = None
+            ended.set()
+            self._changed.set()
+            pump.cancel()
+            end.cancel()
+            await asyncio.wait([pump, end])
+            await _close(w3)
+        error = None if pump.cancelled() else pump.exception()
+        if error is not None and not isinstance(error, _CONNECTION_ERRORS):
+            raise error
+        _log.info("event stream connection to %s ended (%r); reconnecting", self.ws_url, error)
+
+    async def _pump(self, w3: AsyncWeb3) -> None:
+        async for msg in w3.socket.process_subscriptions():
+            self.latest = int(msg["result"]["number"])
+            self._changed.set()
+        # The stream ends quietly when the server closed the connection cleanly.
+
+    def _check(self) -> None:
+        """Raises what stopped the head reader, if it stopped."""
+        task = self._task
+        if task is None:
+            raise RuntimeError("the event stream's head reader was not started")
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            raise error or RuntimeError("the event stream's head reader stopped")
+
+    async def wait_past(self, block: int) -> int:
+        """Waits until a connection is up and its head is at least `block`; returns the head."""
+        while True:
+            self._check()
+            if self._w3 is not None and self.latest >= block:
+                return self.latest
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def call(self, request: Callable[[AsyncWeb3], Awaitable[_T]]) -> _T:
+        """`request` on the current connection; `_StreamDropped` if that connection
+        fails or ends first (after which the reader reconnects)."""
+        w3, ended = self._w3, self._ended
+        if w3 is None or ended.is_set():
+            raise _StreamDropped
+        req = asyncio.ensure_future(request(w3))
+        end = asyncio.create_task(ended.wait())
+        try:
+            await asyncio.wait([req, end], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            req.cancel()
+            end.cancel()
+            await asyncio.wait([req, end])
+        if req.cancelled():
+            raise _StreamDropped
+        error = req.exception()
+        if error is None:
+            return req.result()
+        if isinstance(error, _CONNECTION_ERRORS):
+            if self._w3 is w3:  # make the reader reopen it, and use it no more
+                self._w3 = None
+                ended.set()
+            raise _StreamDropped from error
+        raise error
 
 
 class TaskClient:
@@ -241,37 +438,47 @@ class TaskClient:
     # -------------------------------------------------------------- events
 
     async def past_events(self, from_block: int = 0, to_block: int | str = "latest") -> list[ChainEvent]:
-        logs = await self.w3.eth.get_logs(
-            {"address": self.address, "fromBlock": from_block, "toBlock": to_block}  # type: ignore[typeddict-item]
-        )
-        return [self._decode(log) for log in logs]
+        """Every event of the contract in [from_block, to_block], in chain order."""
+        if isinstance(to_block, str):
+            to_block = (await self.w3.eth.get_block(to_block))["number"]  # type: ignore[arg-type]
+        out: list[ChainEvent] = []
+        for lo in range(from_block, to_block + 1, LOG_RANGE):
+            out += [self._decode(log) for log in await self._logs(self.w3, lo, min(lo + LOG_RANGE - 1, to_block))]
+        return out
 
     async def events(self, from_block: int = 0) -> AsyncGenerator[ChainEvent, None]:
         """Every event of the contract from `from_block` on, in chain order, forever.
 
         Opens its own WebSocket (a subscription stream must not share a connection
-        with another stream) and closes it when the consumer stops iterating.
+        with another stream) and closes it when the consumer stops iterating
+        (`aclose()`). Block heads are read by a task of the stream's own, so the
+        consumer may pause for any number of blocks; logs are read at most LOG_RANGE
+        blocks at a time; if the connection drops, the stream reconnects and resumes
+        after the last block it delivered, so no event is lost or repeated.
         """
         if not self.ws_url:
             raise ValueError("events() needs the client's ws_url")
-        w3 = await connect(self.ws_url)
+        heads = _Heads(self.ws_url)
+        heads.start()
         try:
-            await w3.eth.subscribe("newHeads")
-            next_block: int = from_block
-            head: int = await w3.eth.block_number
+            next_block = from_block
             while True:
-                if head >= next_block:
-                    logs = await w3.eth.get_logs({"address": self.address, "fromBlock": next_block, "toBlock": head})
-                    for log in logs:
-                        yield self._decode(log)
-                    next_block = head + 1
-                async for msg in w3.socket.process_subscriptions():
-                    head = int(msg["result"]["number"])
-                    break
+                head = await heads.wait_past(next_block)
+                hi = min(head, next_block + LOG_RANGE - 1)
+                try:
+                    logs = await heads.call(functools.partial(self._logs, lo=next_block, hi=hi))
+                except _StreamDropped:
+                    continue  # the same range again, on the next connection
+                for log in logs:
+                    yield self._decode(log)
+                next_block = hi + 1
         finally:
-            await w3.provider.disconnect()
+            await heads.stop()
 
     # -------------------------------------------------------------- internals
+
+    async def _logs(self, w3: AsyncWeb3, lo: int, hi: int) -> list[Any]:
+        return list(await w3.eth.get_logs({"address": self.address, "fromBlock": lo, "toBlock": hi}))
 
     def _decode(self, log: Any) -> ChainEvent:
         name = self._topics[bytes(log["topics"][0])]
@@ -313,17 +520,40 @@ class TaskClient:
                     "gas": gas + gas // 5 + 10_000,
                     "nonce": self._nonce,
                     "chainId": self._chain_id,
-                    "maxFeePerGas": 50 * 10**9,
-                    "maxPriorityFeePerGas": 10**9,
+                    **await self._fees(),
                 }
             )
             signed = self.account.sign_transaction(tx)
-            tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            try:
+                tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except BaseException:
+                # Whatever failed (stale nonce, no gas money, a dropped reply to a send
+                # that went through), the next transaction asks the chain again.
+                self._nonce = None
+                raise
             self._nonce += 1
             receipt = await self._receipt(tx_hash)
         if receipt["status"] != 1:
             raise await self._replay_revert(tx, receipt, name)
         return receipt
+
+    async def _fees(self) -> dict[str, int]:
+        """EIP-1559 fees from the chain: the suggested tip (DEFAULT_PRIORITY_FEE if the
+        node has none) and a max fee of twice the latest base fee plus the tip, which
+        survives six full blocks of base fee rises; a legacy gas price on a chain
+        without base fees."""
+        latest = await self.w3.eth.get_block("latest")
+        base_fee = latest.get("baseFeePerGas")
+        if base_fee is None:
+            return {"gasPrice": await self.w3.eth.gas_price}
+        try:
+            tip = int(await self.w3.eth.max_priority_fee)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - no suggestion (method and fee history both failed)
+            _log.debug("no priority fee suggestion from the chain: %r", e)
+            tip = DEFAULT_PRIORITY_FEE
+        return {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base_fee + tip}
 
     async def _receipt(self, tx_hash: Any) -> Any:
         try:
