@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,6 +29,16 @@ T = TypeVar("T")
 
 OPENING_PROTOCOL = "/discofl/opening/1.0.0"
 """Direct message worker -> requester: the (CID, salt) that opens its commitment."""
+
+
+def derive_seed(seed: int, name: str, *parts: object) -> int:
+    """The seed of one random choice of one participant, derived from the scenario's
+    seed: what it trains on, how it trains, what it submits, how it scores, whom it
+    asks first. The agents and the plain loop use the same seeds, so a scenario's
+    learning replays exactly. Secrets (salts, the published order) never come from
+    here: anyone holding the scenario file could recompute them."""
+    text = "/".join(map(str, (seed, name, *parts)))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 @dataclass
@@ -58,8 +69,6 @@ class SimContext:
     seed: int
     announce_loss: float = 0.0
     round_lr_decay: float = 1.0
-    submission_timeout_s: float = 120.0
-    evaluation_timeout_s: float = 120.0
     cpu: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
     )

@@ -4,21 +4,27 @@ scores contributions off-chain, settles on-chain, builds the final model, closes
 It is one state machine fed by one queue that merges four sources: contract events,
 openings that workers send it directly, results of its own blob checks, and deadline
 timers. Every task it starts belongs to its TaskGroup and ends with it.
+
+Its decisions about openings are pure functions with no I/O, which the agent calls:
+`parse_opening` (is this message an opening, from the right peer, for this task?),
+`place_opening` (does its round take it now, later, or not at all?) and
+`select_openings` (which submissions are published, and why the others are not).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import secrets
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
 from discofl_p2p.agents.jobs import evaluate_job, initial_state
-from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskParams
+from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
 from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, reveal
 from discofl_p2p.ml.aggregation import Candidate
@@ -63,6 +69,106 @@ class _Round:
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
 
 
+class OpeningRejected(ValueError):
+    """An opening the requester does not take; the message says why."""
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A well-formed opening, from the worker's own peer: (CID, salt) for one round."""
+
+    peer: str
+    round: int
+    worker: str
+    cid: str
+    salt: bytes
+
+
+def parse_opening(
+    peer: str, msg: object, *, task_id: str, names: Mapping[str, str], peers: Mapping[str, str]
+) -> Opening:
+    """Checks a direct message as an opening: this task, a known worker, sent by that
+    worker's own peer (so no other peer can pre-empt it with a bogus one), an integer
+    round, a 32-byte salt and a valid CID. Raises OpeningRejected."""
+    if not isinstance(msg, dict):
+        raise OpeningRejected("not a JSON object")
+    try:
+        r, worker, cid, salt = msg["round"], msg["worker"], msg["cid"], bytes.fromhex(msg["salt"])
+    except KeyError as e:
+        raise OpeningRejected(f"missing field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise OpeningRejected(f"bad salt: {e}") from e
+    if msg.get("task") != task_id or not isinstance(worker, str) or worker not in names or len(salt) != 32:
+        raise OpeningRejected("wrong task, unknown worker or bad salt")
+    if peers.get(worker) != peer:
+        raise OpeningRejected(f"sent by a peer that is not {names[worker]}'s")
+    if not isinstance(r, int) or isinstance(r, bool):
+        raise OpeningRejected("the round is not an integer")
+    try:
+        digest_of(cid)
+    except (TypeError, ValueError, CIDError) as e:
+        raise OpeningRejected(f"bad CID: {e}") from e
+    return Opening(peer, r, worker, cid, salt)
+
+
+def place_opening(
+    op: Opening, rounds: Mapping[int, _Round], early: Mapping[int, Sequence[Opening]], last_round: int
+) -> Literal["now", "early"]:
+    """Where an opening goes: "now" when its round is collecting openings and has none
+    from this worker; "early" when its round has not started here yet (a worker can be
+    faster than the requester's event feed), one per worker, so memory stays bounded.
+    Raises OpeningRejected otherwise (a late, repeated or out-of-range opening)."""
+    rnd = rounds.get(op.round)
+    if rnd is None and max(rounds, default=0) < op.round <= last_round:
+        if any(o.worker == op.worker for o in early.get(op.round, ())):
+            raise OpeningRejected("already have an early opening")
+        return "early"
+    if rnd is None or rnd.phase != "submission" or op.worker in rnd.openings:
+        raise OpeningRejected("not accepting an opening for this round")
+    return "now"
+
+
+def select_openings(
+    *,
+    contract: str,
+    round_: int,
+    order: Sequence[str],
+    commitments: Mapping[str, bytes],
+    openings: Mapping[str, tuple[str, bytes]],
+    passed: Collection[str],
+    published_before: Mapping[str, str],
+    names: Mapping[str, str],
+) -> tuple[dict[str, tuple[str, bytes]], dict[str, str]]:
+    """The submissions to publish, as (valid, excluded): valid maps a worker address to
+    its (CID, salt); excluded maps a worker name to why it is left out.
+
+    A submission is valid when its opening matches its on-chain commitment, its model
+    passed the checks against w0 (`passed`), and it is neither a replay of a model in
+    `published_before` (CID -> where it was first seen; w0's weights included) nor a
+    copy of another one this round: the first committer in `order` keeps it."""
+    ok: dict[str, tuple[str, bytes]] = {}
+    excluded: dict[str, str] = {}
+    this_round: dict[str, str] = {}
+    for w in order:
+        name = names[w]
+        if w not in openings:
+            excluded[name] = "no opening received"
+            continue
+        cid, salt = openings[w]
+        if commitment(contract, round_, w, digest_of(cid), salt) != commitments[w]:
+            excluded[name] = "opening does not match the commitment"
+        elif w not in passed:
+            excluded[name] = "model failed the checks against w0"
+        elif cid in published_before:
+            excluded[name] = f"replays {published_before[cid]}"
+        elif cid in this_round:
+            excluded[name] = f"same model as {this_round[cid]}"
+        else:
+            ok[w] = (cid, salt)
+            this_round[cid] = f"{name} (round {round_})"
+    return ok, excluded
+
+
 class RequesterAgent:
     def __init__(
         self,
@@ -88,8 +194,11 @@ class RequesterAgent:
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Openings can arrive before this agent has seen their RoundStarted event.
-        self._early: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-        self._rng = random.Random(ctx.seed)
+        self._early: dict[int, list[Opening]] = {}
+        self._training_requested = False
+        # The published order is a secret (it must not link workers to models), so it
+        # comes from the OS's CSPRNG, never from the scenario's seed.
+        self._rng = secrets.SystemRandom()
         self._last_states: dict[str, StateDict] = {}
         # Every model CID published so far, and w0's weights: a submission that repeats
         # one is a replay (a free rider copying), excluded by content address alone.
@@ -190,7 +299,8 @@ class RequesterAgent:
         a = ev.args
         if ev.name == "WorkerRegistered":
             self.registered.append(a["worker"])
-            if len(self.registered) == len(self.names):
+            if len(self.registered) == len(self.names) and not self._training_requested:
+                self._training_requested = True
                 await self.client.start_training()
         elif ev.name == "RoundStarted":
             r = _Round(a["round"], deadline=a["deadline"])
@@ -198,8 +308,8 @@ class RequesterAgent:
             self.ctx.on_phase(r.number, "submission")
             # Patience in wall-clock seconds: anvil's clock runs ahead under load.
             self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
-            for peer, msg in self._early.pop(r.number, []):
-                self._on_opening(peer, msg)
+            for op in self._early.pop(r.number, []):
+                self._admit(op)
         elif ev.name == "ModelCommitted":
             r = self.rounds[a["round"]]
             r.commitments[a["worker"]] = bytes(a["commitment"])
@@ -226,30 +336,25 @@ class RequesterAgent:
             await self._advance(self.rounds[max(self.rounds)])
         return True
 
-    def _on_opening(self, peer: str, msg: dict[str, Any]) -> None:
+    def _on_opening(self, peer: str, msg: object) -> None:
         try:
-            r, worker, cid, salt = msg["round"], msg["worker"], msg["cid"], bytes.fromhex(msg["salt"])
-            if msg.get("task") != self.ctx.task_id or worker not in self.names or len(salt) != 32:
-                raise ValueError("wrong task, unknown worker or bad salt")
-            if self.peers.get(worker) != peer:
-                raise ValueError(f"sent by a peer that is not {self.names[worker]}'s")
-            digest_of(cid)
-        except (KeyError, TypeError, ValueError, CIDError) as e:
+            op = parse_opening(peer, msg, task_id=self.ctx.task_id, names=self.names, peers=self.peers)
+        except OpeningRejected as e:
             log.warning("opening_rejected", peer=peer, reason=str(e))
             return
-        rnd = self.rounds.get(r)
-        if rnd is None and isinstance(r, int) and r > max(self.rounds, default=0) and r <= self.cfg.rounds:
-            early = self._early.setdefault(r, [])
-            if any(m["worker"] == worker for _, m in early):  # one per worker: bounded memory
-                log.warning("opening_rejected", peer=peer, round=r, reason="already have an early opening")
-                return
-            early.append((peer, msg))
+        self._admit(op)
+
+    def _admit(self, op: Opening) -> None:
+        try:
+            where = place_opening(op, self.rounds, self._early, self.cfg.rounds)
+        except OpeningRejected as e:
+            log.warning("opening_rejected", peer=op.peer, round=op.round, reason=str(e))
             return
-        if rnd is None or rnd.phase != "submission" or worker in rnd.openings:
-            log.warning("opening_rejected", peer=peer, round=r, reason="not accepting an opening for this round")
+        if where == "early":
+            self._early.setdefault(op.round, []).append(op)
             return
-        rnd.openings[worker] = (cid, salt)
-        self._spawn(self._check_blob(r, worker, cid, peer))
+        self.rounds[op.round].openings[op.worker] = (op.cid, op.salt)
+        self._spawn(self._check_blob(op.round, op.worker, op.cid, op.peer))
 
     async def _check_blob(self, r: int, worker: str, cid: str, peer: str) -> None:
         """Fetches the worker's model from it (keeping a copy to re-serve) and checks it
@@ -265,11 +370,20 @@ class RequesterAgent:
 
     async def _on_timer(self, what: str, r: int) -> None:
         if what == "registration_timeout":
-            if len(self.registered) < len(self.names) and not self.rounds:
-                if not self.registered:
-                    raise RuntimeError("no worker registered before the registration timeout")
-                log.warning("registration_incomplete", registered=len(self.registered), expected=len(self.names))
-                await self.client.start_training()
+            if self._training_requested:
+                return
+            # The chain is the truth: registrations mined before now count even if
+            # their events have not reached this agent yet (they precede RoundStarted).
+            st = await self.client.state()
+            if st.phase != Phase.REGISTRATION:
+                return
+            if st.worker_count == 0:
+                raise RuntimeError(
+                    f"no worker registered within the registration timeout ({self.cfg.registration_timeout_s:g} s)"
+                )
+            log.warning("registration_incomplete", registered=st.worker_count, expected=len(self.names))
+            self._training_requested = True
+            await self.client.start_training()
         elif what == "submission_deadline" and r in self.rounds and self.rounds[r].phase == "submission":
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             await self._open(self.rounds[r], forced=True)
@@ -287,35 +401,19 @@ class RequesterAgent:
         elif r.phase == "evaluation" and set(r.scores) >= everyone:
             await self._settle(r, forced=False)
 
-    def _valid_openings(self, r: _Round) -> dict[str, tuple[str, bytes]]:
-        """Openings that match their commitment, whose model passed the checks and is
-        neither a replay of an earlier model nor a copy of another one this round (the
-        first committer keeps it). Why each other submitter is left out: r.excluded."""
-        ok: dict[str, tuple[str, bytes]] = {}
-        this_round: dict[str, str] = {}
-        r.excluded = {}
-        for w in r.order:
-            name = self.names[w]
-            if w not in r.openings:
-                r.excluded[name] = "no opening received"
-                continue
-            cid, salt = r.openings[w]
-            if commitment(self.client.address, r.number, w, digest_of(cid), salt) != r.commitments[w]:
-                r.excluded[name] = "opening does not match the commitment"
-            elif r.checked.get(w) is None:
-                r.excluded[name] = "model failed the checks against w0"
-            elif cid in self._published_cids:
-                r.excluded[name] = f"replays {self._published_cids[cid]}"
-            elif cid in this_round:
-                r.excluded[name] = f"same model as {this_round[cid]}"
-            else:
-                ok[w] = (cid, salt)
-                this_round[cid] = f"{name} (round {r.number})"
-        return ok
-
     async def _open(self, r: _Round, *, forced: bool) -> None:
         r.phase = "opening"
-        ok = r.valid = self._valid_openings(r)
+        ok, r.excluded = select_openings(
+            contract=self.client.address,
+            round_=r.number,
+            order=r.order,
+            commitments=r.commitments,
+            openings=r.openings,
+            passed={w for w, state in r.checked.items() if state is not None},
+            published_before=self._published_cids,
+            names=self.names,
+        )
+        r.valid = ok
         owners = list(ok)
         self._rng.shuffle(owners)
         r.owner_at = owners
@@ -390,7 +488,8 @@ class RequesterAgent:
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking = ranked
         rec.rewards_wei = dict.fromkeys(everyone, 0) | dict(zip(ranked, amounts_by_rank))
-        self._last_states = {self.names[w]: s for w in r.owner_at if (s := r.checked.get(w)) is not None}
+        # By name, not in the secret published order: the final model replays exactly.
+        self._last_states = dict(sorted((self.names[w], s) for w in r.owner_at if (s := r.checked.get(w)) is not None))
         self._last_contrib = contrib
         if forced:
             log.info(

@@ -13,14 +13,14 @@ TaskClosed           stop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
+import secrets
 from dataclasses import dataclass, field
 
 import structlog
 
 from discofl_p2p.agents.behaviors import Behavior
-from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
+from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext, derive_seed
 from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
 from discofl_p2p.chain.client import ChainEvent, TaskClient
 from discofl_p2p.chain.encoding import commitment, encode_scores
@@ -55,8 +55,7 @@ class WorkerAgent:
         return self.client.account.address
 
     def _seed(self, *parts: object) -> int:
-        text = "/".join(map(str, (self.ctx.seed, self.name, *parts)))
-        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+        return derive_seed(self.ctx.seed, self.name, *parts)
 
     async def run(self) -> None:
         """Registers, then follows the task until it is closed (or the worker drops out)."""
@@ -110,10 +109,17 @@ class WorkerAgent:
             self.ctx.add_gas(round_, self.name, res.gas_used)
         return res
 
-    async def _wait_past(self, timeout_s: float) -> None:
-        """A late worker (dropout, mode 'late') acts only after the requester's
-        patience (the scenario's timeout, wall clock) has run out."""
-        await asyncio.sleep(timeout_s + 3)
+    async def _wait_for(self, event: str, r: int) -> None:
+        """A late worker (dropout, mode 'late') acts only once the requester has moved
+        past the phase: after the chain event `event` of round `r`. Its call is then
+        late whatever the deadlines are, and it reverts."""
+        events = self.client.events()
+        try:
+            async for ev in events:
+                if ev.name == event and ev.args.get("round") == r:
+                    return
+        finally:
+            await events.aclose()
 
     # ---------------------------------------------------------------- submission
 
@@ -134,10 +140,10 @@ class WorkerAgent:
         self._own[r] = (cid, state)
         if self.ring and self.behavior.params.get("shares_cids"):
             ctx.ring_channel[self.ring][r].add(cid)
-        salt = random.Random(self._seed("salt", r)).randbytes(32)
+        salt = new_salt()
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
         if self.behavior.late(r):
-            await self._wait_past(ctx.submission_timeout_s)
+            await self._wait_for("EvaluationOpened", r)
         await self.node.send_message(
             self.requester_peer,
             OPENING_PROTOCOL,
@@ -169,29 +175,39 @@ class WorkerAgent:
                 return None
 
         judged = await asyncio.gather(*(judge(c) for c in cids))
-        true_scores = [j[1] if j else None for j in judged]
 
-        # What it keeps for next round's aggregation: its own honest view.
-        self._candidates = [Candidate(j[0], j[1]) for j in judged if j]
-        self._seen = [(j[1], j[0]) for j in judged if j]
+        # What it keeps for next round's aggregation: its own honest view. The published
+        # order is a secret shuffle, so everything that feeds learning goes in CID order:
+        # the same scenario seed then gives the same models.
+        canon = sorted(range(len(cids)), key=lambda i: cids[i])
+        kept: list[tuple[str, StateDict, float]] = [(cids[i], j[0], j[1]) for i in canon if (j := judged[i])]
         if own_cid is not None:
             own_state = self._own[r][1]
             own_score = await ctx.run_cpu(evaluate_job, ctx.w0, own_state, x, y, ctx.metric)
-            self._candidates.append(Candidate(own_state, own_score))
+            kept.append((own_cid, own_state, own_score))
             await self.node.share(own_cid)  # everyone holds every model now: no more secret
+        kept.sort(key=lambda k: k[0])
+        self._candidates = [Candidate(state, s) for _, state, s in kept]
+        self._seen = [(s, state) for c, state, s in kept if c != own_cid]
         for c in cids:
             if self.node.holds(c) or c == own_cid:
                 await self.node.tag(c, ctx.task_id, r)
         if random.Random(self._seed("announce", r)).random() >= ctx.announce_loss:
             await self.node.announce(ctx.topic, {"kind": "holding", "round": r})
 
+        # The behaviour scores the models in CID order too, so that its seeded choices
+        # (a collusion ring's guesses) do not depend on the secret shuffle.
+        true_scores = [j[1] if (j := judged[i]) else None for i in canon]
         ring_positions = None
         if self.ring and self.behavior.params.get("shares_cids"):
             known = ctx.ring_channel[self.ring][r]
-            ring_positions = {i for i, c in enumerate(cids) if c in known}
-        submitted = self.behavior.scores(true_scores, ring_positions, self._seed("scores", r))
+            ring_positions = {k for k, i in enumerate(canon) if cids[i] in known}
+        in_canon = self.behavior.scores(true_scores, ring_positions, self._seed("scores", r))
+        submitted: list[float | None] = [None] * len(cids)
+        for k, i in enumerate(canon):
+            submitted[i] = in_canon[k]
         if self.behavior.late(r):
-            await self._wait_past(ctx.evaluation_timeout_s)
+            await self._wait_for("RoundSettled", r)
         try:
             await self._gas(r, self.client.submit_scores(r, encode_scores(submitted)))
         except ContractRevert as e:
@@ -199,7 +215,14 @@ class WorkerAgent:
 
     def _providers(self, r: int) -> list[str]:
         """The requester first (it re-serves every published model), then peers that
-        announced holding the round, in a random order."""
-        others = [p for p in self._holders.get(r, ()) if p != self.node.peer_id]
-        random.shuffle(others)
+        announced holding the round, in an order seeded from the scenario."""
+        others = sorted(p for p in self._holders.get(r, ()) if p != self.node.peer_id)
+        random.Random(self._seed("providers", r)).shuffle(others)
         return [self.requester_peer, *others]
+
+
+def new_salt() -> bytes:
+    """A commitment's salt: a secret, so from the OS's CSPRNG, never from the scenario
+    seed (anyone holding the scenario file could recompute a seeded salt, then match
+    each commitment to its model and so each worker to its model)."""
+    return secrets.token_bytes(32)

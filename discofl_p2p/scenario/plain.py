@@ -2,7 +2,7 @@
 
 Every worker trains, evaluates every other published model on its validation split,
 and aggregates exactly as the agents do (same behaviours, same jobs, same scoring,
-same final model); the requester's test-set evaluations are done too. It is the
+same final model, the same seeds); the requester's test-set evaluations are done too. It is the
 reference for the overhead of decentralisation (`discofl-p2p bench scenarios`).
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from discofl_p2p.agents.behaviors import Behavior
+from discofl_p2p.agents.context import derive_seed
 from discofl_p2p.agents.jobs import evaluate_job, initial_state, train_job
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.scenario.config import Scenario
@@ -42,17 +43,19 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     contributions = []
     last: dict[str, dict] = {}
     p: dict[str, float] = {}
+    seed = sc.task.seed
     for r in range(1, sc.task.rounds + 1):
         published = {}
-        for i, (n, b) in enumerate(behaviors.items()):
+        for n, b in behaviors.items():
             if b.stopped(r):
                 continue
             base = ctx.aggregate(cands[n]) if cands[n] and b.starts_from_aggregate() else w0
             trained = base
             if b.trains():
-                x, y = b.training_data(ctx.data.x[splits[n].train], ctx.data.y[splits[n].train], r * 1000 + i)
-                trained = train_job(ctx.w0, base, x, y, ctx.train_cfg_for(r), r * 1000 + i)
-            published[n] = b.submission(trained, base, seen[n], r)
+                x, y = ctx.data.x[splits[n].train], ctx.data.y[splits[n].train]
+                x, y = b.training_data(x, y, derive_seed(seed, n, "data", r))
+                trained = train_job(ctx.w0, base, x, y, ctx.train_cfg_for(r), derive_seed(seed, n, "train", r))
+            published[n] = b.submission(trained, base, seen[n], derive_seed(seed, n, "submit", r))
         matrix = {}
         for n, b in behaviors.items():
             if b.stopped(r):
@@ -60,7 +63,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             x, y = ctx.data.x[splits[n].val], ctx.data.y[splits[n].val]
             names = list(published)
             true = [None if m == n else evaluate_job(ctx.w0, published[m], x, y, ctx.metric) for m in names]
-            submitted = b.scores(true, None, r)
+            submitted = b.scores(true, None, derive_seed(seed, n, "scores", r))
             matrix[n] = {m: s for m, s in zip(names, submitted) if s is not None}
             cands[n] = [Candidate(published[m], s) for m, s in zip(names, true) if s is not None]
             seen[n] = [(s, published[m]) for m, s in zip(names, true) if s is not None]

@@ -3,6 +3,9 @@
 Lifetimes, outermost first: anvil (unless an RPC URL is given) > the p2p network >
 one TaskGroup that owns the requester and every worker, under the scenario's
 timeout. Leaving any of them shuts down what it owns.
+
+`assemble` builds one task's agents (accounts funded, nodes meshed, contract
+deployed) without running them; `Simulation.run` runs them; `run_scenario` does both.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 import torch
+from web3 import AsyncWeb3
 
 from discofl_p2p.agents.behaviors import Behavior
 from discofl_p2p.agents.context import SimContext
@@ -33,6 +37,10 @@ from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import Scenario
 
 log = structlog.get_logger("discofl.runner")
+
+
+class RunTimedOut(RuntimeError):
+    """The task did not close within the scenario's `timeout_s`."""
 
 
 @dataclass
@@ -104,17 +112,66 @@ def build_context(sc: Scenario) -> SimContext:
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
         round_lr_decay=sc.model.round_lr_decay,
-        submission_timeout_s=sc.task.submission_timeout_s,
-        evaluation_timeout_s=sc.task.evaluation_timeout_s,
     )
 
 
-async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None) -> RunOutcome:
-    torch.set_num_threads(1)  # one thread per job; the pool runs as many jobs as cores
+@dataclass
+class Simulation:
+    """One task's agents, deployed and wired, ready to run."""
+
+    scenario: Scenario
+    ctx: SimContext
+    requester: RequesterAgent
+    workers: list[WorkerAgent]
+    infos: list[WorkerInfo]
+    chain_id: int
+    deposit_wei: int
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Worker address -> worker name."""
+        return self.requester.names
+
+    async def run(self) -> None:
+        """Runs the requester and every worker until the task is closed."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.requester.run())
+            for w in self.workers:
+                tg.create_task(w.run())
+
+    async def outcome(self) -> RunOutcome:
+        """What the run did, rewards and balances read back from the chain."""
+        client = self.requester.client
+        rewards = await _rewards_from_chain(client, self.names)
+        st = await client.state()
+        return RunOutcome(
+            scenario=self.scenario,
+            contract=client.address,
+            chain_id=self.chain_id,
+            deposit_wei=self.deposit_wei,
+            workers=self.infos,
+            ctx=self.ctx,
+            final_accuracy=self.requester.final_accuracy,
+            rewards_wei=rewards,
+            refunded_wei=st.refunded,
+            held_wei=st.held,
+            wall_s=time.monotonic() - self.started,
+        )
+
+
+async def assemble(
+    sc: Scenario,
+    ctx: SimContext,
+    w3: AsyncWeb3,
+    ws_url: str,
+    net: P2PNetwork,
+    *,
+    registration_timeout_s: float = 60.0,
+) -> Simulation:
+    """Funds every account, starts and meshes one node per agent on `net`, deploys the
+    task and builds the agents; nothing runs yet."""
     started = time.monotonic()
-    ctx = build_context(sc)
-    if on_phase:
-        ctx.on_phase = on_phase
     roster = worker_names(sc)
     ring_sizes: dict[str, int] = {}
     for _, b, p in roster:
@@ -123,75 +180,79 @@ async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, st
     seed = sc.task.seed
     deposit = round(sc.task.deposit_eth * ETH)
 
+    chain_id = await w3.eth.chain_id
+    req_acct = derive_account(seed, f"{ctx.task_id}/requester")
+    accts = {name: derive_account(seed, f"{ctx.task_id}/{name}") for name, _, _ in roster}
+    await fund(w3, req_acct.address, deposit + FUNDING_WEI)
+    await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
+    names: dict[str, str] = {a.address: n for n, a in accts.items()}
+
+    req_node = await net.add_node(key_from_seed(seed, f"{ctx.task_id}/requester"))
+    nodes = {n: await net.add_node(key_from_seed(seed, f"{ctx.task_id}/{n}")) for n, _, _ in roster}
+    await net.connect_all([req_node, *nodes.values()])
+    for topic_node in [req_node, *nodes.values()]:
+        await topic_node.subscribe(ctx.topic)
+
+    cfg = RequesterConfig(
+        rounds=sc.task.rounds,
+        top_k=sc.task.top_k,
+        deposit_wei=deposit,
+        reward_policy=sc.task.reward_policy,
+        quality_floor=sc.task.quality_floor,
+        loyalty_bonus=sc.task.loyalty_bonus,
+        submission_timeout_s=sc.task.submission_timeout_s,
+        evaluation_timeout_s=sc.task.evaluation_timeout_s,
+        registration_timeout_s=registration_timeout_s,
+    )
+    peers: dict[str, str] = {accts[n].address: node.peer_id for n, node in nodes.items()}
+    requester = await RequesterAgent.deploy(
+        lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names, peers
+    )
+    workers = []
+    for i, (name, behavior, params) in enumerate(roster):
+        p = dict(params)
+        if behavior == "collusion":
+            p["_ring_size"] = ring_sizes[params["ring"]]
+        workers.append(
+            WorkerAgent(
+                name=name,
+                behavior=Behavior(behavior, p),
+                client=requester.client.as_account(accts[name]),
+                node=nodes[name],
+                ctx=ctx,
+                split=ctx.partition.workers[i],
+                requester_peer=req_node.peer_id,
+                ring=params.get("ring") if behavior == "collusion" else None,
+            )
+        )
+    infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
+    return Simulation(sc, ctx, requester, workers, infos, chain_id, deposit, started)
+
+
+async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None) -> RunOutcome:
+    torch.set_num_threads(1)  # one thread per job; the pool runs as many jobs as cores
+    started = time.monotonic()
+    ctx = build_context(sc)
+    if on_phase:
+        ctx.on_phase = on_phase
     w3 = await connect(ws_url)
     try:
-        chain_id = await w3.eth.chain_id
-        req_acct = derive_account(seed, f"{ctx.task_id}/requester")
-        accts = {name: derive_account(seed, f"{ctx.task_id}/{name}") for name, _, _ in roster}
-        await fund(w3, req_acct.address, deposit + FUNDING_WEI)
-        await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
-        names: dict[str, str] = {a.address: n for n, a in accts.items()}
-
         async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-            req_node = await net.add_node(key_from_seed(seed, f"{ctx.task_id}/requester"))
-            nodes = {n: await net.add_node(key_from_seed(seed, f"{ctx.task_id}/{n}")) for n, _, _ in roster}
-            await net.connect_all()
-            for topic_node in [req_node, *nodes.values()]:
-                await topic_node.subscribe(ctx.topic)
-
-            cfg = RequesterConfig(
-                rounds=sc.task.rounds,
-                top_k=sc.task.top_k,
-                deposit_wei=deposit,
-                reward_policy=sc.task.reward_policy,
-                quality_floor=sc.task.quality_floor,
-                loyalty_bonus=sc.task.loyalty_bonus,
-                submission_timeout_s=sc.task.submission_timeout_s,
-                evaluation_timeout_s=sc.task.evaluation_timeout_s,
-            )
-            peers: dict[str, str] = {accts[n].address: node.peer_id for n, node in nodes.items()}
-            requester = await RequesterAgent.deploy(
-                lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names, peers
-            )
-            workers = []
-            for i, (name, behavior, params) in enumerate(roster):
-                p = dict(params)
-                if behavior == "collusion":
-                    p["_ring_size"] = ring_sizes[params["ring"]]
-                workers.append(
-                    WorkerAgent(
-                        name=name,
-                        behavior=Behavior(behavior, p),
-                        client=requester.client.as_account(accts[name]),
-                        node=nodes[name],
-                        ctx=ctx,
-                        split=ctx.partition.workers[i],
-                        requester_peer=req_node.peer_id,
-                        ring=params.get("ring") if behavior == "collusion" else None,
-                    )
-                )
-            async with asyncio.timeout(sc.timeout_s):
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(requester.run())
-                    for w in workers:
-                        tg.create_task(w.run())
-
-            rewards = await _rewards_from_chain(requester.client, names)
-            st = await requester.client.state()
-            infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
-            return RunOutcome(
-                scenario=sc,
-                contract=requester.client.address,
-                chain_id=chain_id,
-                deposit_wei=deposit,
-                workers=infos,
-                ctx=ctx,
-                final_accuracy=requester.final_accuracy,
-                rewards_wei=rewards,
-                refunded_wei=st.refunded,
-                held_wei=st.held,
-                wall_s=time.monotonic() - started,
-            )
+            sim = await assemble(sc, ctx, w3, ws_url, net)
+            sim.started = started
+            limit = asyncio.timeout(sc.timeout_s)
+            try:
+                async with limit:
+                    await sim.run()
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                reached = max(ctx.rounds, default=0)
+                raise RunTimedOut(
+                    f"the task did not finish within timeout_s = {sc.timeout_s} s "
+                    f"(it reached round {reached} of {sc.task.rounds})"
+                ) from None
+            return await sim.outcome()
     finally:
         await w3.provider.disconnect()
         ctx.cpu.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,259 @@
+"""The requester: its decisions about openings as pure functions, and its registration
+timeout on a real anvil with real libp2p nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from structlog.testing import capture_logs
+
+from discofl_p2p.agents.requester import (
+    Opening,
+    OpeningRejected,
+    _Round,
+    parse_opening,
+    place_opening,
+    select_openings,
+)
+from discofl_p2p.chain.client import Phase, connect
+from discofl_p2p.chain.encoding import commitment
+from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.p2p.cid import cid_of, digest_of
+from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
+from discofl_p2p.scenario.config import parse_scenario
+from discofl_p2p.scenario.runner import Simulation, assemble, build_context
+from tests.conftest import run
+
+CID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
+NAMES = {"0xW": "w-1", "0xV": "v-1"}
+PEERS = {"0xW": "peer-w", "0xV": "peer-v"}
+GOOD = {"task": "t", "round": 1, "worker": "0xW", "salt": "00" * 32, "cid": CID}
+
+
+def _parse(peer: str, msg: object) -> Opening:
+    return parse_opening(peer, msg, task_id="t", names=NAMES, peers=PEERS)
+
+
+# ---------------------------------------------------------------- parse_opening
+
+
+def test_an_opening_counts_only_from_the_workers_own_peer():
+    """A hostile peer cannot pre-empt a worker's opening, not even with a well-formed one."""
+    with pytest.raises(OpeningRejected, match="not w-1's"):
+        _parse("peer-evil", GOOD)
+    with pytest.raises(OpeningRejected, match="not w-1's"):
+        _parse("peer-v", GOOD)  # another registered worker's peer
+    assert _parse("peer-w", GOOD) == Opening("peer-w", 1, "0xW", CID, bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        ({**GOOD, "task": "other"}, "wrong task"),
+        ({**GOOD, "worker": "0xStranger"}, "unknown worker"),
+        ({**GOOD, "worker": ["0xW"]}, "unknown worker"),
+        ({**GOOD, "salt": "00"}, "bad salt"),
+        ({**GOOD, "salt": "zz" * 32}, "bad salt"),
+        ({**GOOD, "salt": 7}, "bad salt"),
+        ({**GOOD, "cid": "not-a-cid"}, "bad CID"),
+        ({**GOOD, "round": "1"}, "not an integer"),
+        ({**GOOD, "round": True}, "not an integer"),
+        ({k: v for k, v in GOOD.items() if k != "salt"}, "missing field 'salt'"),
+        ({k: v for k, v in GOOD.items() if k != "round"}, "missing field 'round'"),
+        (["not", "a", "dict"], "not a JSON object"),
+    ],
+)
+def test_malformed_openings_are_rejected_with_a_reason(msg, reason):
+    with pytest.raises(OpeningRejected, match=reason):
+        _parse("peer-w", msg)
+
+
+# ---------------------------------------------------------------- place_opening
+
+
+def test_an_opening_is_taken_only_while_its_round_collects_openings():
+    op = _parse("peer-w", GOOD)
+    r1 = _Round(1)
+    assert place_opening(op, {1: r1}, {}, last_round=3) == "now"
+    r1.openings["0xW"] = (CID, bytes(32))
+    with pytest.raises(OpeningRejected, match="not accepting"):  # one opening per worker and round
+        place_opening(op, {1: r1}, {}, last_round=3)
+    with pytest.raises(OpeningRejected, match="not accepting"):  # its round has moved on
+        place_opening(op, {1: _Round(1, phase="evaluation")}, {}, last_round=3)
+    with pytest.raises(OpeningRejected, match="not accepting"):  # an old round
+        place_opening(op, {1: _Round(1, phase="settling"), 2: _Round(2)}, {}, last_round=3)
+
+
+def test_an_opening_ahead_of_its_round_is_kept_once_per_worker():
+    """A worker can see RoundStarted before the requester does: its opening waits, but
+    only one per worker (bounded memory), and never for a round past the last."""
+    rounds = {1: _Round(1, phase="settling")}
+    early_op = _parse("peer-w", {**GOOD, "round": 2})
+    assert place_opening(early_op, rounds, {}, last_round=3) == "early"
+    with pytest.raises(OpeningRejected, match="already have an early opening"):
+        place_opening(early_op, rounds, {2: [early_op]}, last_round=3)
+    other = _parse("peer-v", {**GOOD, "round": 2, "worker": "0xV"})
+    assert place_opening(other, rounds, {2: [early_op]}, last_round=3) == "early"
+    with pytest.raises(OpeningRejected, match="not accepting"):
+        place_opening(_parse("peer-w", {**GOOD, "round": 4}), rounds, {}, last_round=3)
+    with pytest.raises(OpeningRejected, match="not accepting"):
+        place_opening(_parse("peer-w", {**GOOD, "round": 0}), rounds, {}, last_round=3)
+
+
+# ---------------------------------------------------------------- select_openings
+
+CONTRACT = "0x" + "ab" * 20
+WORKERS = ["0x" + f"{i:02x}" * 20 for i in range(1, 7)]
+WNAMES = {w: f"w-{i}" for i, w in enumerate(WORKERS, 1)}
+
+
+def _submit(round_: int, worker: str, blob: bytes, salt: bytes) -> tuple[str, bytes, bytes]:
+    cid = cid_of(blob)
+    return cid, salt, commitment(CONTRACT, round_, worker, digest_of(cid), salt)
+
+
+def test_select_openings_publishes_the_valid_and_says_why_each_other_is_left_out():
+    w1, w2, w3, w4, w5, w6 = WORKERS
+    subs = {
+        w1: _submit(2, w1, b"model one", b"\x01" * 32),
+        w2: _submit(2, w2, b"model two", b"\x02" * 32),
+        w3: _submit(2, w3, b"model three", b"\x03" * 32),
+        w4: _submit(2, w4, b"an old model", b"\x04" * 32),
+        w5: _submit(2, w5, b"model one", b"\x05" * 32),  # w1's model, committed after w1
+        w6: _submit(2, w6, b"model six", b"\x06" * 32),
+    }
+    openings = {w: (cid, salt) for w, (cid, salt, _) in subs.items() if w != w6}
+    # w2 sends a salt that does not open its commitment (a model swapped after committing).
+    openings[w2] = (subs[w2][0], b"\x09" * 32)
+    valid, excluded = select_openings(
+        contract=CONTRACT,
+        round_=2,
+        order=WORKERS,
+        commitments={w: c for w, (_, _, c) in subs.items()},
+        openings=openings,
+        passed={w1, w2, w4, w5, w6},  # w3's model failed the checks against w0
+        published_before={cid_of(b"an old model"): "w-4 (round 1)", cid_of(b"w0"): "w0"},
+        names=WNAMES,
+    )
+    assert valid == {w1: (subs[w1][0], subs[w1][1])}
+    assert excluded == {
+        "w-2": "opening does not match the commitment",
+        "w-3": "model failed the checks against w0",
+        "w-4": "replays w-4 (round 1)",
+        "w-5": "same model as w-1 (round 2)",
+        "w-6": "no opening received",
+    }
+
+
+def test_select_openings_a_commitment_binds_the_contract_the_round_and_the_worker():
+    """An opening is checked against this task, this round and this worker: a
+    commitment made for another round or lifted from another worker does not open."""
+    w1, w2 = WORKERS[:2]
+    cid, salt, c_round1 = _submit(1, w1, b"m", b"\x07" * 32)
+    common = {
+        "contract": CONTRACT,
+        "round_": 2,
+        "openings": {w1: (cid, salt), w2: (cid, salt)},
+        "passed": {w1, w2},
+        "published_before": {},
+        "names": WNAMES,
+    }
+    valid, excluded = select_openings(order=[w1, w2], commitments={w1: c_round1, w2: c_round1}, **common)
+    assert valid == {} and set(excluded.values()) == {"opening does not match the commitment"}
+    c_w1 = commitment(CONTRACT, 2, w1, digest_of(cid), salt)
+    valid, excluded = select_openings(order=[w2, w1], commitments={w1: c_w1, w2: c_w1}, **common)
+    assert valid == {w1: (cid, salt)} and excluded == {"w-2": "opening does not match the commitment"}
+
+
+# ---------------------------------------------------------------- registration timeout
+
+TINY = """\
+timeout_s = 120
+
+[task]
+name = "{name}"
+rounds = 1
+top_k = 3
+submission_timeout_s = 30
+evaluation_timeout_s = 30
+seed = 21
+
+[data]
+samples_per_worker = 100
+
+[model]
+name = "logreg"
+epochs = 1
+
+[[workers]]
+name = "honest"
+count = 3
+"""
+
+
+async def _with_simulation(anvil, name: str, body, *, registration_timeout_s: float = 60.0):
+    """Runs `body(sim)` on a freshly assembled TINY task: real anvil, real libp2p nodes."""
+    sc = parse_scenario(TINY.format(name=name))
+    ctx = build_context(sc)
+    w3 = await connect(anvil.ws_url)
+    try:
+        async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
+            sim = await assemble(sc, ctx, w3, anvil.ws_url, net, registration_timeout_s=registration_timeout_s)
+            return await body(sim)
+    finally:
+        await w3.provider.disconnect()
+        ctx.cpu.shutdown(wait=False, cancel_futures=True)
+
+
+def test_training_starts_with_the_workers_that_registered_in_time(anvil):
+    """Two of three workers register; after the registration timeout the requester
+    starts training with those two, and logs registration_incomplete."""
+
+    async def body(sim: Simulation):
+        client = sim.requester.client
+        for w in sim.workers[:2]:
+            await w.client.register()
+        with capture_logs() as logs:
+            requester = asyncio.create_task(sim.requester.run())
+            events = client.events()
+            try:
+                async with asyncio.timeout(60):
+                    started = [ev async for ev in _until(events, "RoundStarted")]
+            finally:
+                await events.aclose()
+            st = await client.state()
+            with pytest.raises(ContractRevert):  # too late: training has started
+                await sim.workers[2].client.register()
+            requester.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await requester
+        return logs, started, st
+
+    logs, events, st = run(_with_simulation(anvil, "regpart", body, registration_timeout_s=0.5))
+    incomplete = [e for e in logs if e["event"] == "registration_incomplete"]
+    assert incomplete == [{"event": "registration_incomplete", "log_level": "warning", "registered": 2, "expected": 3}]
+    assert [e.args["workers"] for e in events if e.name == "TrainingStarted"] == [2]
+    assert st.phase == Phase.SUBMISSION and st.round == 1 and st.worker_count == 2
+
+
+async def _until(events, name: str):
+    async for ev in events:
+        yield ev
+        if ev.name == name:
+            return
+
+
+def test_nobody_registering_is_a_clear_error(anvil):
+    async def body(sim: Simulation):
+        with pytest.raises(ExceptionGroup) as caught:
+            async with asyncio.timeout(60):
+                await sim.requester.run()
+        return caught.value, await sim.requester.client.state()
+
+    group, st = run(_with_simulation(anvil, "regnone", body, registration_timeout_s=0.5))
+    leaves = group.exceptions
+    assert len(leaves) == 1 and isinstance(leaves[0], RuntimeError)
+    assert str(leaves[0]) == "no worker registered within the registration timeout (0.5 s)"
+    assert st.phase == Phase.REGISTRATION and st.worker_count == 0
