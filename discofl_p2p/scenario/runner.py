@@ -26,7 +26,7 @@ from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account, fund
-from discofl_p2p.chain.limits import ETH, FUNDING_WEI
+from discofl_p2p.chain.limits import FUNDING_WEI
 from discofl_p2p.ml.aggregation import make_aggregator
 from discofl_p2p.ml.datasets import load_dataset
 from discofl_p2p.ml.models import build_model, export_initial_model
@@ -178,7 +178,7 @@ async def assemble(
         if b == "collusion":
             ring_sizes[p["ring"]] = ring_sizes.get(p["ring"], 0) + 1
     seed = sc.task.seed
-    deposit = round(sc.task.deposit_eth * ETH)
+    deposit = sc.task.deposit_wei
 
     chain_id = await w3.eth.chain_id
     req_acct = derive_account(seed, f"{ctx.task_id}/requester")
