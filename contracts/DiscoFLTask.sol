@@ -113,6 +113,9 @@ contract DiscoFLTask {
     uint256 public constant MAX_TOP_K = 64;
     uint256 public constant MAX_WORKERS = 4096;
     uint16 public constant NOT_OPENED = 0xFFFF;
+    /// @dev About 136 years: block time + period always fits the uint64 deadline, so
+    ///      no round can fail to open or start on an overflow (which would lock the deposit).
+    uint64 public constant MAX_PERIOD = type(uint32).max;
 
     address public immutable requester;
     uint32 public immutable rounds;
@@ -156,6 +159,7 @@ contract DiscoFLTask {
         if (maxWorkers_ == 0 || maxWorkers_ > MAX_WORKERS) revert InvalidMaxWorkers();
         if (topK_ == 0 || topK_ > MAX_TOP_K || topK_ > maxWorkers_) revert InvalidTopK();
         if (submissionPeriod_ == 0 || evaluationPeriod_ == 0) revert InvalidPeriod();
+        if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD) revert InvalidPeriod();
         if (msg.value == 0) revert ZeroDeposit();
         if (msg.value > type(uint96).max) revert DepositTooLarge();
         requester = msg.sender;

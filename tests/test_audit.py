@@ -4,6 +4,10 @@ ranks against the scores."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+
+import pytest
 
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.encoding import encode_scores, reveal
@@ -57,3 +61,21 @@ def test_audit_on_chain_accepts_an_honest_requester_and_catches_a_dishonest_one(
         best = max(audit.contribution, key=lambda w: audit.contribution[w].score)
         assert audit.expected_ranking[0] == best
         assert (audit.paid_ranking[0] == best) is (not dishonest)
+
+
+@pytest.mark.parametrize("dishonest", [False, True])
+def test_audit_command_exits_1_on_a_dishonest_settlement_and_0_on_an_honest_one(anvil, dishonest):
+    contract = _play(anvil, dishonest)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p", "audit", "--rpc-url", anvil.rpc_url, "--contract", contract],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    if dishonest:
+        assert proc.returncode == 1, out
+        assert "audit: MISMATCH" in proc.stdout and "DOES NOT MATCH the chain" in proc.stdout, out
+    else:
+        assert proc.returncode == 0, out
+        assert "audit: every settled round matches" in proc.stdout and "MISMATCH" not in proc.stdout, out

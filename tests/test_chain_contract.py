@@ -7,9 +7,13 @@ import json
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.exceptions import ContractLogicError
 
 from discofl_p2p.chain.artifact import load_artifact
 from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, connect
@@ -22,8 +26,8 @@ from discofl_p2p.chain.encoding import (
     encode_scores,
     reveal,
 )
-from discofl_p2p.chain.errors import ContractRevert
-from discofl_p2p.chain.limits import ETH
+from discofl_p2p.chain.errors import ContractRevert, decode_revert
+from discofl_p2p.chain.limits import ETH, MAX_DEPOSIT_WEI, MAX_PERIOD_S, MAX_ROUNDS, MAX_TOP_K, MAX_WORKERS
 from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round
 from discofl_p2p.trust.rewards import round_pot, top_k_rewards
 from tests.conftest import run
@@ -41,6 +45,57 @@ def _reverts(name: str):
     return pytest.raises(ContractRevert, match=rf"\b{name}\(")
 
 
+needs_solc = pytest.mark.skipif(
+    not (ROOT / "node_modules" / "solc").is_dir() or not shutil.which("node"), reason="needs `npm ci` (solc-js)"
+)
+
+# Compiles a standard-JSON input read from stdin with the project's solc-js.
+_SOLC_STDIN = (
+    "const solc = require('solc'); let s = '';"
+    "process.stdin.on('data', (d) => (s += d)).on('end', () => process.stdout.write(solc.compile(s)));"
+)
+
+
+def _compile_test_contract(name: str) -> dict:
+    """ABI and bytecode of tests/contracts/NAME.sol, compiled with the solc-js in node_modules."""
+    source = (ROOT / "tests" / "contracts" / f"{name}.sol").read_text()
+    std = {
+        "language": "Solidity",
+        "sources": {f"{name}.sol": {"content": source}},
+        "settings": {"evmVersion": "cancun", "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}}},
+    }
+    out = subprocess.run(
+        ["node", "-e", _SOLC_STDIN], input=json.dumps(std), cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    res = json.loads(out)
+    errors = [e["formattedMessage"] for e in res.get("errors", []) if e["severity"] == "error"]
+    assert not errors, errors
+    c = res["contracts"][f"{name}.sol"][name]
+    return {"abi": c["abi"], "bytecode": "0x" + c["evm"]["bytecode"]["object"]}
+
+
+async def _send(w3: AsyncWeb3, acct: LocalAccount, fn, name: str):
+    """Signs and sends one call (or constructor) from `acct`; a revert during estimation
+    becomes a ContractRevert named after the DiscoFLTask error it carries."""
+    try:
+        gas = await fn.estimate_gas({"from": acct.address})
+    except ContractLogicError as e:
+        raise decode_revert(e.data if isinstance(e.data, str) else None, function=name) from None
+    tx = await fn.build_transaction(
+        {
+            "from": acct.address,
+            "gas": 2 * gas,
+            "nonce": await w3.eth.get_transaction_count(acct.address, "pending"),
+            "maxFeePerGas": 50 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+        }
+    )
+    tx_hash = await w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
+    receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.02)
+    assert receipt["status"] == 1, name
+    return receipt
+
+
 # ---------------------------------------------------------------- artifact
 
 
@@ -51,9 +106,7 @@ def test_artifact_matches_source_hash():
     )
 
 
-@pytest.mark.skipif(
-    not (ROOT / "node_modules" / "solc").is_dir() or not shutil.which("node"), reason="needs `npm ci` (solc-js)"
-)
+@needs_solc
 def test_artifact_bytecode_matches_a_fresh_compile():
     out = subprocess.run(
         ["node", str(ROOT / "contracts" / "compile.cjs"), "--stdout"], check=True, capture_output=True, text=True
@@ -158,6 +211,10 @@ def test_event_stream_delivers_every_event_in_order(anvil):
         (dict(max_workers=0), "InvalidMaxWorkers"),
         (dict(deposit_wei=0), "ZeroDeposit"),
         (dict(submission_period_s=0), "InvalidPeriod"),
+        (dict(evaluation_period_s=0), "InvalidPeriod"),
+        (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+        (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+        (dict(evaluation_period_s=2**64 - 1), "InvalidPeriod"),
     ],
 )
 def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
@@ -168,6 +225,161 @@ def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
             await fund(w3, acct.address, 100 * ETH)
             with _reverts(error):
                 await TaskClient.deploy(w3, acct, _params(**kw), ws_url=anvil.ws_url)
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boundary(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            acct = derive_account(50, "requester")
+            await fund(w3, acct.address, 2 * MAX_DEPOSIT_WEI + 100 * ETH)  # room for two deposits, and gas
+            at_limit = _params(
+                rounds=MAX_ROUNDS,
+                top_k=MAX_TOP_K,
+                max_workers=MAX_WORKERS,
+                deposit_wei=MAX_DEPOSIT_WEI,
+                submission_period_s=MAX_PERIOD_S,
+                evaluation_period_s=MAX_PERIOD_S,
+            )
+            client, _ = await TaskClient.deploy(w3, acct, at_limit, ws_url=anvil.ws_url)
+            assert await client.view("MAX_TOP_K") == MAX_TOP_K
+            assert await client.view("MAX_WORKERS") == MAX_WORKERS
+            assert await client.view("MAX_PERIOD") == MAX_PERIOD_S
+            assert await client.view("NOT_OPENED") == NOT_OPENED
+            assert await client.view("rounds") == MAX_ROUNDS
+            st = await client.state()
+            assert st.deposit == st.held == MAX_DEPOSIT_WEI
+            for kw, error in [
+                (dict(deposit_wei=MAX_DEPOSIT_WEI + 1), "DepositTooLarge"),
+                (dict(top_k=MAX_TOP_K + 1), "InvalidTopK"),
+                (dict(max_workers=MAX_WORKERS + 1), "InvalidMaxWorkers"),
+                (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+                (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+            ]:
+                with _reverts(error):
+                    await TaskClient.deploy(w3, acct, replace(at_limit, **kw), ws_url=anvil.ws_url)
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_largest_deposit_and_longest_periods_run_a_whole_task(anvil):
+    # Every deadline is block time + period in a uint64, and every credit a uint96: at
+    # the limits a task still runs both rounds and pays out the deposit to the wei.
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(
+                rounds=2,
+                top_k=1,
+                max_workers=1,
+                deposit_wei=MAX_DEPOSIT_WEI,
+                submission_period_s=MAX_PERIOD_S,
+                evaluation_period_s=MAX_PERIOD_S,
+            )
+            task = await deploy_and_register(w3, anvil.ws_url, p, 1, seed=51)
+            req, (w,) = task.requester, task.workers
+            rng = random.Random(9)
+            for r in (1, 2):
+                await play_round(task, r, rng, lambda n: [0])
+            timed = [e for e in await req.past_events() if e.name in ("RoundStarted", "EvaluationOpened")]
+            assert [e.name for e in timed] == ["RoundStarted", "EvaluationOpened"] * 2
+            for e in timed:
+                mined_at = (await w3.eth.get_block(e.block_number))["timestamp"]
+                assert e.args["deadline"] == mined_at + MAX_PERIOD_S
+            st = await req.state()
+            assert st.phase == Phase.FINISHED and st.total_credited == MAX_DEPOSIT_WEI
+            assert await req.credit_of(w.account.address) == MAX_DEPOSIT_WEI
+            res = await w.withdraw()
+            assert res.events[0].args["amount"] == MAX_DEPOSIT_WEI
+            assert (await req.state()).held == 0
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_start_training_without_workers_reverts_no_workers(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(), 0, seed=52, start=False)
+            req = task.requester
+            with _reverts("NoWorkers"):
+                await req.start_training()
+            assert (await req.state()).phase == Phase.REGISTRATION
+            # Registration is still open: one worker later, training starts.
+            late = req.as_account(derive_account(52, "late"))
+            await fund(w3, late.account.address, 10 * ETH)
+            await late.register()
+            await req.start_training()
+            st = await req.state()
+            assert (st.phase, st.round, st.worker_count) == (Phase.SUBMISSION, 1, 1)
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+@pytest.fixture(scope="module")
+def rejecting_worker_artifact() -> dict:
+    return _compile_test_contract("RejectingWorker")
+
+
+@needs_solc
+def test_withdraw_to_a_worker_that_rejects_eth_reverts_transfer_failed_and_keeps_the_credit(
+    anvil, rejecting_worker_artifact
+):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(rounds=1, top_k=1, max_workers=1)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 0, seed=53, start=False)
+            req = task.requester
+            operator = derive_account(53, "operator")
+            await fund(w3, operator.address, 10 * ETH)
+            art = rejecting_worker_artifact
+            ctor = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"]).constructor()
+            worker_addr = (await _send(w3, operator, ctor, "constructor"))["contractAddress"]
+            worker = w3.eth.contract(address=worker_addr, abi=art["abi"])
+
+            async def as_worker(fn: str, *args):
+                data = req.contract.encode_abi(fn, list(args))
+                return await _send(w3, operator, worker.functions.forward(req.address, data), fn)
+
+            await as_worker("register")
+            await req.start_training()
+            digest, salt = b"\x0a" * 32, b"\x0b" * 32
+            c = commitment(req.address, 1, worker_addr, digest, salt)
+            await as_worker("submitModel", 1, c)
+            await req.open_evaluation(1, [digest])
+            await as_worker("submitScores", 1, encode_scores([None]))
+            sub = [Submission(worker_addr, c, digest, salt)]
+            await req.settle_round(1, [digest], *reveal(req.address, 1, sub, [digest]), [0])
+            assert await req.credit_of(worker_addr) == p.deposit_wei
+
+            with _reverts("TransferFailed"):
+                await as_worker("withdraw")
+            # The failed transfer undid everything: the credit is intact and nothing left.
+            st = await req.state()
+            assert await req.credit_of(worker_addr) == p.deposit_wei
+            assert (st.total_withdrawn, st.held) == (0, p.deposit_wei)
+            assert await w3.eth.get_balance(worker_addr) == 0
+
+            # Once the worker accepts ETH, the same withdraw pays exactly the credit.
+            await _send(w3, operator, worker.functions.setAccepting(True), "setAccepting")
+            receipt = await as_worker("withdraw")
+            (paid,) = req.contract.events.Withdrawn().process_receipt(receipt)
+            assert (paid["args"]["worker"], paid["args"]["amount"]) == (worker_addr, p.deposit_wei)
+            assert await w3.eth.get_balance(worker_addr) == p.deposit_wei
+            st = await req.state()
+            assert (st.total_withdrawn, st.held) == (p.deposit_wei, 0)
+            assert await req.credit_of(worker_addr) == 0
         finally:
             await w3.provider.disconnect()
 
@@ -436,6 +648,14 @@ def test_on_chain_top_k_split_equals_python_reference_to_the_wei(anvil):
     run(go())
 
 
+CALL_OF_EVENT = {
+    "ModelCommitted": "submitModel",
+    "EvaluationOpened": "openEvaluation",
+    "ScoresSubmitted": "submitScores",
+    "RoundSettled": "settleRound",
+}
+
+
 @pytest.mark.parametrize("workers, top_k", [(1, 1), (2, 2), (5, 5), (7, 6)])
 def test_settlement_credits_the_python_reference(anvil, workers, top_k):
     async def go():
@@ -448,9 +668,19 @@ def test_settlement_credits_the_python_reference(anvil, workers, top_k):
             expected = {w.account.address: 0 for w in task.workers}
             for r in (1, 2, 3):
                 ranking = rng.sample(range(workers), rng.randint(0, top_k))
-                res_gas = await play_round(task, r, rng, lambda n, ranking=ranking: ranking)
-                assert res_gas
-                ev = [e for e in await task.requester.past_events() if e.name == "RoundSettled"][-1]
+                gas = await play_round(task, r, rng, lambda n, ranking=ranking: ranking)
+                # play_round reports, per call, the gas the chain charged (max over workers).
+                of_round = [e for e in await task.requester.past_events() if e.args.get("round") == r]
+                charged: dict[str, int] = {}
+                for e in of_round:
+                    if e.name in CALL_OF_EVENT:
+                        used = (await w3.eth.get_transaction_receipt(e.tx_hash))["gasUsed"]
+                        call = CALL_OF_EVENT[e.name]
+                        charged[call] = max(charged.get(call, 0), used)
+                assert gas == charged
+                assert set(gas) == set(CALL_OF_EVENT.values()) and min(gas.values()) > 21_000
+                assert [e.name for e in of_round].count("ModelCommitted") == workers
+                ev = next(e for e in of_round if e.name == "RoundSettled")
                 want = top_k_rewards(round_pot(deposit, 3, r), len(ranking))
                 assert ev.args["rewards"] == want
                 for who, amount in zip(ev.args["rankedOwners"], want):

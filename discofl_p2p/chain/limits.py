@@ -23,3 +23,7 @@ MAX_ROUNDS = 2**32 - 1
 
 MAX_DEPOSIT_WEI = 2**96 - 1
 """Credits are uint96: a larger deposit reverts with `DepositTooLarge`."""
+
+MAX_PERIOD_S = 2**32 - 1
+"""`MAX_PERIOD`: the longest submission or evaluation period, in seconds (about 136
+years), so that block time + period always fits the uint64 deadline."""
