@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
@@ -12,7 +16,7 @@ from discofl_p2p.agents.worker import new_salt
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import decode_scores
-from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
+from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.runner import RunOutcome, assemble, build_context, run_scenario
 from tests.conftest import run
@@ -48,7 +52,8 @@ def test_a_model_the_worker_cannot_fetch_is_abstained_on_and_the_round_still_set
     assert sorted(e["cid"] for e in unusable) == sorted(rec.models[n] for n in ("honest-2", "honest-3"))
     assert {e["worker"] for e in unusable} == {"honest-1"}
     assert all("could not fetch" in e["reason"] for e in unusable)
-    # It abstained on every model (its own too); the others scored theirs.
+    # It abstained on every model (its own too: a lone score would name it); the others
+    # scored theirs, and their own with a decoy the requester leaves out.
     assert rec.scores["honest-1"] == {}
     assert {n: sorted(s) for n, s in rec.scores.items() if n != "honest-1"} == {
         "honest-2": ["honest-1", "honest-3"],
@@ -60,6 +65,7 @@ def test_a_model_the_worker_cannot_fetch_is_abstained_on_and_the_round_still_set
     assert not [e for e in logs if e["event"] == "evaluation_deadline_passed"]  # no waiting on anyone
     submitted = run(_scores_on_chain(anvil, outcome))
     assert submitted["honest-1"] == [None, None, None]
+    assert all(s is not None for n in ("honest-2", "honest-3") for s in submitted[n])
 
 
 async def _scores_on_chain(anvil, outcome: RunOutcome) -> dict[str, list[float | None]]:
@@ -115,3 +121,119 @@ def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
     salts_a, salts_b = run(_salts_on_chain(anvil, a)), run(_salts_on_chain(anvil, b))
     assert set(salts_a) == set(salts_b) and len(salts_a) == 6
     assert all(salts_a[k] != salts_b[k] for k in salts_a)
+
+
+# ---------------------------------------------------------------- holding announcements
+
+
+def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
+    """honest-1 listens to the round's gossip. honest-2 registered on-chain: its
+    "holding" makes it a provider. A stranger on the mesh, and honest-3 (whose peer is
+    known but which never registered), are ignored: neither is ever asked for a model."""
+    sc = parse_scenario(TINY.format(name="holders"))
+    ctx = build_context(sc)
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
+                sim = await assemble(sc, ctx, w3, anvil.ws_url, net)
+                listener, member, unregistered = sim.workers
+                stranger = await net.add_node(key_from_seed(21, "stranger"))
+                await stranger.connect(listener.node)
+                for w in (listener, member):
+                    await w.client.register()
+                for ev in await listener.client.past_events():  # what its event feed delivers first
+                    await listener._on_event(ev)
+                queue = await listener.node.subscribe(ctx.topic)
+                task = asyncio.create_task(listener._listen(queue))
+                await stranger.subscribe(ctx.topic)
+                with capture_logs() as logs:
+                    async with asyncio.timeout(30):
+                        for node in (stranger, unregistered.node, member.node):
+                            while await node.topic_peers(ctx.topic) < 1:  # gossip drops what precedes the mesh
+                                await asyncio.sleep(0.05)
+                            await node.announce(ctx.topic, {"kind": "holding", "round": 1})
+
+                        def settled() -> bool:
+                            ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
+                            holders = listener._holders.get(1, set())
+                            return member.node.peer_id in holders and (
+                                len(ignored) == 2 or bool(holders & {stranger.peer_id, unregistered.node.peer_id})
+                            )
+
+                        while not settled():
+                            await asyncio.sleep(0.05)
+                task.cancel()
+                return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
+        finally:
+            await w3.provider.disconnect()
+            ctx.cpu.shutdown(wait=False, cancel_futures=True)
+
+    listener, logs, (stranger, unregistered, member) = run(go())
+    assert listener._holders == {1: {member}}
+    assert listener._providers(1) == [listener.requester_peer, member]
+    ignored = [(e["peer"], e["reason"]) for e in logs if e["event"] == "announcement_ignored"]
+    assert sorted(ignored) == sorted(
+        [(stranger, "not a registered worker's peer"), (unregistered, "not a registered worker's peer")]
+    )
+
+
+# ---------------------------------------------------------------- the log
+
+
+def _timeline(events: list[dict], agent: str, round_: int) -> list[str]:
+    return [e["event"] for e in events if e.get("agent") == agent and e.get("round") == round_]
+
+
+def _before(timeline: list[str], *steps: str) -> None:
+    """Each step happens, and the first of each comes before the next one's."""
+    missing = [s for s in steps if s not in timeline]
+    assert not missing, f"missing {missing} in {timeline}"
+    at = [timeline.index(s) for s in steps]
+    assert at == sorted(at), f"{steps} out of order in {timeline}"
+
+
+def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, anvil):
+    """A one-round run through the command: its log.jsonl tells, per agent, what it did
+    and when, in order, with the figures (seconds, bytes, gas, CIDs, providers)."""
+    f = tmp_path / "s.toml"
+    f.write_text(TINY.format(name="timeline"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "discofl_p2p", "scenario", str(f), "--out", str(out), "--rpc-url", anvil.rpc_url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    lifecycle = [e for e in events if "elapsed_s" in e]
+    assert all(e["level"] == "info" and e["elapsed_s"] >= 0 and e["timestamp"] for e in lifecycle)
+    workers = ["honest-1", "honest-2", "honest-3"]
+    assert {e["agent"] for e in lifecycle} == {"requester", *workers}
+
+    req = _timeline(events, "requester", 1)
+    _before(req, "round_started", "opening_accepted", "model_checked", "evaluation_opened", "scores_received")
+    _before(req, "scores_received", "round_settled", "task_closed")
+    by = {(e["agent"], e["event"], e.get("worker") or e.get("evaluator")): e for e in events if "agent" in e}
+    for w in workers:
+        assert by[("requester", "opening_accepted", w)]["cid"] == by[(w, "blob_stored", None)]["cid"]
+        assert by[("requester", "model_checked", w)]["ok"] is True
+        assert by[("requester", "scores_received", w)]["scored"] == 3
+    opened = by[("requester", "evaluation_opened", None)]
+    assert (opened["published"], opened["excluded"]) == (3, 0) and opened["gas"] > 0
+    settled = by[("requester", "round_settled", None)]
+    assert sorted(settled["ranking"]) == workers and settled["gas"] > 0
+
+    stored = {w: by[(w, "blob_stored", None)] for w in workers}
+    for w in workers:
+        mine = _timeline(events, w, 1)
+        _before(mine, "round_started", "model_trained", "blob_stored", "opening_sent", "model_committed")
+        _before(mine, "model_committed", "model_fetched", "scores_submitted")
+        assert by[(w, "model_trained", None)]["samples"] == 80 and by[(w, "model_trained", None)]["seconds"] >= 0
+        assert stored[w]["bytes"] > 0 and by[(w, "model_committed", None)]["gas"] > 0
+        fetched = [e for e in events if e.get("agent") == w and e["event"] == "model_fetched"]
+        assert sorted(e["cid"] for e in fetched) == sorted(stored[o]["cid"] for o in workers if o != w)
+        assert all(e["bytes"] == stored[w]["bytes"] and e["provider"] and e["seconds"] >= 0 for e in fetched)
+        submitted = by[(w, "scores_submitted", None)]
+        assert (submitted["scored"], submitted["abstained"]) == (3, 0) and submitted["gas"] > 0
+    withdrawn = [e for e in events if e.get("event") == "withdrawn"]
+    assert withdrawn and {e["agent"] for e in withdrawn} <= set(settled["ranking"])
+    assert all(e["amount"] > 0 and e["round"] == 1 for e in withdrawn)

@@ -18,10 +18,25 @@ A collusion ring under anonymity cannot tell its members' models apart from the
 others: with `shares_cids = false` it guesses (scores a random set of ring-size - 1
 models 1.0); with `shares_cids = true` its members tell each other their CIDs out of
 band and score exactly.
+
+Every evaluator also scores its own model (`self_score`), so that its on-chain row has
+no abstention that points at it; the rules ignore self-scores. What it puts there must
+not stand out in its row either (docs/scenarios.md, "Anonymity in practice"):
+
+| behaviour        | its own position                                                    |
+| ---------------- | ------------------------------------------------------------------- |
+| honest (and every behaviour that scores honestly) | `decoy_score`: a random rank among its other scores |
+| biased_scorer, lazy_evaluator | its constant, like every other position                |
+| collusion        | 1.0, like every other model it believes is its ring's               |
+
+A worker that scored no other model abstains on its own too: one score in a row of
+abstentions would name its model.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,8 +104,9 @@ class Behavior:
         ring_positions: set[int] | None,
         seed: int,
     ) -> list[float | None]:
-        """What the worker submits, per published position. None = abstain (its own
-        model, or one it could not fetch). `ring_positions`: the positions a collusion
+        """What the worker submits, per published position, from its true scores of
+        the other models. None = abstain (a model it could not fetch; its own model,
+        which `self_score` then fills). `ring_positions`: the positions a collusion
         ring knows to be its members' (None: it does not know them)."""
         out = list(true_scores)
         others = [i for i, s in enumerate(true_scores) if s is not None]
@@ -104,6 +120,21 @@ class Behavior:
             return [None if s is None else (1.0 if i in ring_positions else 0.0) for i, s in enumerate(true_scores)]
         return out
 
+    def self_score(self, row: Sequence[float | None], own: int, rng: random.Random, grid: int | None) -> float | None:
+        """What goes at position `own` (its own model) of the `row` that `scores`
+        returned: a value that does not single that position out. `rng` must be
+        secret (anyone who could replay it could tell the decoy from the real scores);
+        `grid` is the size of the validation split when every honest score is a
+        multiple of 1/grid (accuracy), None otherwise."""
+        others = [s for i, s in enumerate(row) if i != own and s is not None]
+        if not others:
+            return None  # a lone score among abstentions would name its model
+        if self.name in ("biased_scorer", "lazy_evaluator"):
+            return float(self.params.get("value", 0.05 if self.name == "biased_scorer" else 0.5))
+        if self.name == "collusion":
+            return 1.0  # its own model is its ring's, which it scores 1.0
+        return decoy_score(others, rng, grid)
+
     # ---------------------------------------------------------------- participation
 
     def stopped(self, round_: int) -> bool:
@@ -115,3 +146,44 @@ class Behavior:
 
     def late(self, round_: int) -> bool:
         return self.name == "dropout" and self.params.get("mode") == "late" and round_ >= self.params.get("round", 1)
+
+
+def decoy_score(others: Sequence[float], rng: random.Random, grid: int | None = None) -> float:
+    """An honest evaluator's score for its own model, made to look like one more score
+    of another model (docs/scenarios.md, "Anonymity in practice"). Its true score
+    would not do: its model, trained on the evaluator's own data, usually tops its row
+    (always on non-IID data). Nor would the median of its other scores (it is the
+    row's median, or repeats a score) or a copy of one of them (it repeats a value).
+
+    Sort the `others` (n values, mean spacing d); of the n + 1 gaps around them (the
+    outer two counted d wide) pick one with probability proportional to the square
+    root of its width, then a uniform value inside it (an outer one reaches 2d past
+    the extreme, within [0, 1]: a real score lies on average d beyond it). Picking
+    every gap equally often puts the decoy in narrow gaps too often, closer to a
+    neighbour than a real score would be; picking in proportion to the width puts it
+    in the wide gaps between clusters and too rarely at either end. The square root
+    measured closest to chance for every observer strategy in simulations.
+
+    With `grid` (accuracy on a validation split of that size: every true score is a
+    multiple of 1/grid) the decoy is such a multiple too, computed in float32 as the
+    metric is, and strictly inside its gap when the gap has room (otherwise it would
+    repeat a neighbour more often than real scores do). A value off that lattice would
+    give it away."""
+    if not others:
+        raise ValueError("a decoy needs at least one other score")
+    n = len(others)
+    top = grid or 1
+    s = sorted(round(v * grid) for v in others) if grid else sorted(others)
+    d = (s[-1] - s[0]) / (n - 1) if n > 1 else 0.0
+    gaps = [(max(0.0, s[0] - d), s[0]), *itertools.pairwise(s), (s[-1], min(top, s[-1] + d))]
+    j = rng.choices(range(n + 1), weights=[math.sqrt(max(0.0, b - a) / top) + 1e-9 for a, b in gaps])[0]
+    lo, hi = gaps[j]
+    if j == 0:
+        lo = max(0.0, s[0] - 2 * d)
+    if j == n:
+        hi = min(top, s[-1] + 2 * d)
+    if not grid:
+        return rng.uniform(lo, hi)
+    lo_k, hi_k = math.ceil(lo), math.floor(hi)
+    k = rng.randint(lo_k + 1, hi_k - 1) if hi_k - lo_k >= 2 else rng.randint(lo_k, max(lo_k, hi_k))
+    return float(torch.tensor(float(k), dtype=torch.float32) / grid)

@@ -74,6 +74,10 @@ class SimContext:
     )
     # ring name -> round -> CIDs its members told each other (the out-of-band channel)
     ring_channel: dict[str, dict[int, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
+    # worker address -> its libp2p peer id. A deployment would bind them at registration;
+    # a simulation knows the binding (the requester records it here). Openings and
+    # "holding" announcements count only from a registered worker's own peer.
+    peers: dict[str, str] = field(default_factory=dict)
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
     on_phase: Callable[[int, str], None] = lambda r, phase: None
 

@@ -9,6 +9,11 @@ Its decisions about openings are pure functions with no I/O, which the agent cal
 `parse_opening` (is this message an opening, from the right peer, for this task?),
 `place_opening` (does its round take it now, later, or not at all?) and
 `select_openings` (which submissions are published, and why the others are not).
+
+It logs each round's lifecycle as info events (agent "requester", round, seconds
+since the round started): round_started, opening_accepted, model_checked (ok or
+not, seconds), evaluation_opened (published and excluded counts, gas),
+scores_received, round_settled (ranking, gas), and task_closed.
 """
 
 from __future__ import annotations
@@ -185,6 +190,7 @@ class RequesterAgent:
         # no other peer can pre-empt a worker's opening with a bogus one. (A simulation
         # knows the binding; a deployment would bind it at registration.)
         self.peers = peers
+        ctx.peers.update(peers)  # the binding, as a deployment would publish it at registration
         self.registered: list[str] = []
         self.rounds: dict[int, _Round] = {}
         self.streaks: dict[str, int] = {}
@@ -293,6 +299,12 @@ class RequesterAgent:
             await self._advance(self.rounds[max(self.rounds)])
         return True
 
+    def _log(self, event: str, round_: int, **kw: object) -> None:
+        """An info event of the round's lifecycle: agent, round, seconds into the round."""
+        r = self.rounds.get(round_)
+        since = time.monotonic() - r.started if r else 0.0
+        log.info(event, agent="requester", round=round_, elapsed_s=round(since, 3), **kw)
+
     # ---------------------------------------------------------------- events
 
     async def _on_event(self, ev: ChainEvent) -> bool:
@@ -305,6 +317,7 @@ class RequesterAgent:
         elif ev.name == "RoundStarted":
             r = _Round(a["round"], deadline=a["deadline"])
             self.rounds[r.number] = r
+            self._log("round_started", r.number, deadline=r.deadline)
             self.ctx.on_phase(r.number, "submission")
             # Patience in wall-clock seconds: anvil's clock runs ahead under load.
             self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
@@ -323,7 +336,14 @@ class RequesterAgent:
             r.accuracy = self._spawn(self._test_accuracy(r))
         elif ev.name == "ScoresSubmitted":
             r = self.rounds[a["round"]]
-            r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
+            row = r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
+            self._log(
+                "scores_received",
+                r.number,
+                evaluator=self.names.get(a["evaluator"], a["evaluator"]),
+                scored=sum(v is not None for v in row),
+                received=len(r.scores),
+            )
         elif ev.name == "RoundSettled":
             rec = self.ctx.record(a["round"])
             rec.wall_s = time.monotonic() - self.rounds[a["round"]].started
@@ -354,11 +374,14 @@ class RequesterAgent:
             self._early.setdefault(op.round, []).append(op)
             return
         self.rounds[op.round].openings[op.worker] = (op.cid, op.salt)
+        self._log("opening_accepted", op.round, worker=self.names[op.worker], cid=op.cid)
         self._spawn(self._check_blob(op.round, op.worker, op.cid, op.peer))
 
     async def _check_blob(self, r: int, worker: str, cid: str, peer: str) -> None:
         """Fetches the worker's model from it (keeping a copy to re-serve) and checks it
         against w0. An unusable model is left out of the published list."""
+        t0 = time.monotonic()
+        state: StateDict | None
         try:
             blob = await self.node.get(cid, [peer], keep=True, max_bytes=self.ctx.max_model_bytes)
             state = await self.ctx.run_cpu(decode_state, blob, self.ctx.spec)
@@ -366,6 +389,8 @@ class RequesterAgent:
         except Exception as e:  # noqa: BLE001 - a bad model excludes its author this round
             log.warning("model_rejected", worker=self.names[worker], round=r, reason=str(e))
             state = None
+        seconds = round(time.monotonic() - t0, 3)
+        self._log("model_checked", r, worker=self.names[worker], ok=state is not None, seconds=seconds)
         await self._queue.put(("checked", (r, worker, state)))
 
     async def _on_timer(self, what: str, r: int) -> None:
@@ -432,7 +457,8 @@ class RequesterAgent:
                 published=len(owners),
                 missing=sorted(self.names[w] for w in set(self.registered) - set(r.commitments)),
             )
-        await self.client.open_evaluation(r.number, r.published)
+        res = await self.client.open_evaluation(r.number, r.published)
+        self._log("evaluation_opened", r.number, published=len(owners), excluded=len(r.excluded), gas=res.gas_used)
         r.phase = "evaluation"
 
     async def _test_accuracy(self, r: _Round) -> None:
@@ -482,7 +508,8 @@ class RequesterAgent:
             for w in r.order
         ]
         args = reveal(self.client.address, r.number, submissions, r.published)
-        await self.client.settle_round(r.number, r.published, *args, positions, explicit)
+        res = await self.client.settle_round(r.number, r.published, *args, positions, explicit)
+        self._log("round_settled", r.number, ranking=ranked, gas=res.gas_used)
         rec = self.ctx.record(r.number)
         rec.scores = matrix
         rec.contribution = {n: c.score for n, c in contrib.items()}
@@ -516,4 +543,6 @@ class RequesterAgent:
             )
         res = await self.client.close_task()
         self.refund_wei = res.events[0].args["refund"]
+        last = max(self.rounds, default=0)
+        self._log("task_closed", last, refund=self.refund_wei, gas=res.gas_used, final_accuracy=self.final_accuracy)
         self.ctx.on_phase(self.cfg.rounds, "closed")
