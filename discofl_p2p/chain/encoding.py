@@ -1,9 +1,10 @@
 """The contract's wire formats, as pure functions: commitments and packed scores.
 
 Scores travel as one big-endian uint16 per published model: basis points in
-[0, 10000], or ABSTAIN (0xFFFF) for a model the evaluator did not score (one it could
-not fetch; its own model gets a decoy score, see docs/scenarios.md). Values above 10000 other than ABSTAIN are invalid; the
-contract does not spend gas checking them, so readers treat them as abstentions.
+[0, 10000], or ABSTAIN (0xFFFF) for a model the evaluator did not score (one it
+could not fetch; its own model gets a decoy score, see docs/scenarios.md). Values
+above 10000 other than ABSTAIN are invalid; the contract does not spend gas checking
+them, so readers treat them as abstentions.
 """
 
 from __future__ import annotations

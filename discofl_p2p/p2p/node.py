@@ -16,15 +16,16 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import multiaddr
 import structlog
-from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
@@ -46,6 +47,7 @@ from discofl_p2p.p2p.protocol import (
     ProtocolError,
     encode_request,
     encode_response_header,
+    parse_json,
     read_request,
     read_request_json,
     read_response,
@@ -58,13 +60,27 @@ MAX_ANNOUNCEMENT = 4096
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """A node's settings. Every bound on what a peer can make us hold or wait for is
+    here (docs/p2p.md, "Hostile input", lists them with their defaults)."""
+
     host: str = "127.0.0.1"
     port: int = 0
     max_blob_bytes: int = 256 << 20
-    fetch_timeout_s: float = 30.0
+    fetch_timeout_s: float = 30.0  # one provider's transfer
+    get_deadline_s: float = 120.0  # one get(), all its providers together
     request_timeout_s: float = 10.0
     transfers_per_peer: int = 8  # yamux hangs past about 16 concurrent large streams
+    serving_total: int = 32  # blob and list answers in flight to all peers together
+    inbox_per_peer: int = 64  # direct messages waiting to be read, per sender
+    keep_rounds: int | None = None  # tagging round r forgets the task's rounds <= r - keep_rounds
     gossip_heartbeat_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("transfers_per_peer", "serving_total", "inbox_per_peer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.keep_rounds is not None and self.keep_rounds < 1:
+            raise ValueError("keep_rounds must be at least 1 (or None: keep every round)")
 
 
 @dataclass(frozen=True)
@@ -112,20 +128,122 @@ def load_or_create_key(path: Path) -> KeyPair:
 
 
 class GuardedPubsub(Pubsub):
-    """Pubsub whose read loop survives a malformed RPC from a peer.
+    """Pubsub that survives whatever a peer sends.
 
-    py-libp2p 0.8.1 lets protobuf's DecodeError escape `continuously_read_stream`,
-    which takes the whole process down. We drop that peer's stream instead."""
+    py-libp2p 0.8.1 lets an exception escape two places that a peer's bytes reach, and
+    either takes the whole trio thread down (every node of the process):
+    - `continuously_read_stream`, the per-peer read loop: protobuf's DecodeError for an
+      RPC that does not decode, or any error while handling a decoded one. We reset
+      that peer's stream instead (`pubsub_rpc_rejected`).
+    - `push_msg`, spawned per published message as its own task: a message whose `key`
+      is not a serialized public key raises DecodeError in the signature check. We drop
+      the message instead (`pubsub_message_rejected`)."""
 
     async def continuously_read_stream(self, stream: Any) -> None:
         try:
             await super().continuously_read_stream(stream)
-        except DecodeError as e:
-            log.warning("pubsub_rpc_rejected", peer=str(stream.muxed_conn.peer_id), error=str(e))
-            try:
-                await stream.reset()
-            except Exception:  # noqa: BLE001 - the stream may already be gone
-                pass
+        except Exception as e:  # noqa: BLE001 - a peer must never crash the node
+            log.warning("pubsub_rpc_rejected", peer=str(stream.muxed_conn.peer_id), error=str(e) or repr(e))
+            await _reset(stream)
+
+    async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as e:  # noqa: BLE001 - a peer must never crash the node
+            log.warning("pubsub_message_rejected", peer=str(msg_forwarder), error=str(e) or repr(e))
+
+
+class GuardedGossipSub(GossipSub):
+    """GossipSub that ignores peer exchange (PX). py-libp2p 0.8.1 follows the peers
+    listed in any PRUNE (16 at most), whatever `do_px` says: it dials the addresses of
+    their signed records, and does so inside the sender's read loop. A hostile peer
+    could make the node dial any address it likes. Our nodes dial only the peers they
+    are told to."""
+
+    async def _do_px(self, px_peers: list[Any]) -> None:
+        if px_peers:
+            log.info("pubsub_px_ignored", peers=len(px_peers))
+
+
+class Inbox(asyncio.Queue[tuple[str, dict[str, Any]]]):
+    """Direct messages as (sender peer id, payload). At most `per_peer` messages of
+    one sender wait here unread; beyond that the node refuses the sender's messages
+    (`message_dropped`, stream reset, so the sender's `send_message` fails) until the
+    reader catches up. Shared by the trio thread (admit) and asyncio (get)."""
+
+    def __init__(self, per_peer: int) -> None:
+        super().__init__()
+        self.per_peer = per_peer
+        self._lock = threading.Lock()
+        self._waiting: dict[str, int] = {}
+
+    def admit(self, peer: str) -> bool:
+        """Reserves a place for one more message of `peer` (trio thread)."""
+        with self._lock:
+            n = self._waiting.get(peer, 0)
+            if n >= self.per_peer:
+                return False
+            self._waiting[peer] = n + 1
+            return True
+
+    def release(self, peer: str) -> None:
+        """Gives back a place: its message was read, or never delivered."""
+        with self._lock:
+            n = self._waiting.get(peer, 0) - 1
+            if n > 0:
+                self._waiting[peer] = n
+            else:
+                self._waiting.pop(peer, None)
+
+    def waiting(self, peer: str) -> int:
+        """Messages of `peer` admitted and not read yet."""
+        with self._lock:
+            return self._waiting.get(peer, 0)
+
+    def _get(self) -> tuple[str, dict[str, Any]]:
+        item: tuple[str, dict[str, Any]] = super()._get()
+        self.release(item[0])
+        return item
+
+
+class _Slots:
+    """At most `per_peer` concurrent holders per peer. A peer's entry exists only
+    while someone holds or waits for it, so peers that come and go leave nothing."""
+
+    def __init__(self, per_peer: int) -> None:
+        self.per_peer = per_peer
+        self._peers: dict[str, tuple[Any, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, peer: str) -> AsyncIterator[None]:
+        entry = self._peers.get(peer)
+        if entry is None:
+            entry = self._peers[peer] = (bridge.Semaphore(self.per_peer), [0])
+        sem, users = entry
+        users[0] += 1
+        try:
+            async with sem:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._peers[peer]
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+
+def _guarded_handler(protocol: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """A stream handler whose exceptions end its stream, not the node."""
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await handler(stream)
+        except Exception as e:  # noqa: BLE001 - a peer must never crash the node
+            log.warning("handler_failed", protocol=protocol, peer=str(stream.muxed_conn.peer_id), error=repr(e))
+            await _reset(stream)
+
+    return guarded
 
 
 # ---------------------------------------------------------------------- trio side
@@ -144,8 +262,9 @@ class _TrioNode:
         self._nursery: Any = None
         self._stop: Any = None
         self._done = bridge.Event()
-        self._client_slots: dict[str, Any] = {}
-        self._server_slots: dict[str, Any] = {}
+        self._client_slots = _Slots(cfg.transfers_per_peer)
+        self._server_slots = _Slots(cfg.transfers_per_peer)
+        self._serving = bridge.Semaphore(cfg.serving_total)
         self._subscribers: dict[str, list[Callable[[Announcement], None]]] = defaultdict(list)
         self.bytes_received = 0  # blob payload bytes fetched from peers, counted as they arrive
         self.on_received: Callable[[int], None] | None = None  # asyncio-side watcher of that count
@@ -160,10 +279,7 @@ class _TrioNode:
         self.host = new_host(
             key_pair=self.key,
             listen_addrs=[listen],
-            # One connection per peer: no 250 ms happy-eyeballs delay per dial. No
-            # connection targets: the auto-connector would otherwise redial every
-            # known peer to reach 50 connections.
-            connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0),
+            connection_config=connection_config(),
         )
         self._stop = bridge.Event()
         try:
@@ -173,7 +289,7 @@ class _TrioNode:
 
     async def _serve(self, listen: Any, task_status: Any) -> None:
         async with self.host.run([listen]):
-            router = GossipSub([PROTOCOL_ID_V11], 6, 4, 12, heartbeat_interval=self.cfg.gossip_heartbeat_s)
+            router = GuardedGossipSub([PROTOCOL_ID_V11], 6, 4, 12, heartbeat_interval=self.cfg.gossip_heartbeat_s)
             self.pubsub = GuardedPubsub(self.host, router)
             async with background_trio_service(self.pubsub), background_trio_service(router):
                 await self.pubsub.wait_until_ready()
@@ -195,17 +311,46 @@ class _TrioNode:
             with bridge.move_on_after(10):
                 await self._done.wait()
 
-    # ---------------------------------------------------------------- serving
+    # ---------------------------------------------------------------- storing
 
-    def _slot(self, table: dict[str, Any], peer: str) -> Any:
-        if peer not in table:
-            table[peer] = bridge.Semaphore(self.cfg.transfers_per_peer)
-        return table[peer]
+    async def store(
+        self, cid: str, data: bytes, task: str | None, round_: int | None, only_for: Sequence[str] | None
+    ) -> None:
+        self.blobs[cid] = data
+        if only_for is not None:
+            self.only_for[cid] = frozenset(only_for)
+        if task is not None and round_ is not None:
+            await self.tag(cid, task, round_)
+
+    async def tag(self, cid: str, task: str, round_: int) -> None:
+        self.index[(task, round_)].add(cid)
+        if self.cfg.keep_rounds is not None:
+            await self.forget(task, lambda r: r <= round_ - self.cfg.keep_rounds)  # type: ignore[operator]
+
+    async def forget(self, task: str, which: Callable[[int], bool]) -> int:
+        """Drops the blobs tagged with `task` and a round `which` accepts, unless a
+        round it keeps is tagged with them too; returns how many were dropped."""
+        keys = [k for k in self.index if k[0] == task and which(k[1])]
+        released: set[str] = set()
+        for k in keys:
+            released |= self.index.pop(k)
+        still_tagged = set().union(*self.index.values())
+        dropped = 0
+        for cid in released - still_tagged:
+            if self.blobs.pop(cid, None) is not None:
+                dropped += 1
+            self.only_for.pop(cid, None)
+        return dropped
+
+    async def lift_restriction(self, cid: str) -> None:
+        self.only_for.pop(cid, None)
+
+    # ---------------------------------------------------------------- serving
 
     async def _handle(self, stream: Any) -> None:
         peer = str(stream.muxed_conn.peer_id)
         try:
-            async with self._slot(self._server_slots, peer):
+            async with self._server_slots.hold(peer):
                 with bridge.fail_after(self.cfg.request_timeout_s):
                     try:
                         req = await read_request(stream)
@@ -217,18 +362,23 @@ class _TrioNode:
                             pass
                         await _reset(stream)
                         return
-                if req["op"] == "get":
-                    data = self.blobs.get(req["cid"])
-                    allowed = self.only_for.get(req["cid"])
-                    if data is None or (allowed is not None and peer not in allowed):
-                        await stream.write(encode_response_header(NOT_FOUND, 0))
+                # The answer holds one of `serving_total` places. The blob is written
+                # as it is stored: a transfer copies none of it.
+                async with self._serving:
+                    if req["op"] == "get":
+                        data = self.blobs.get(req["cid"])
+                        allowed = self.only_for.get(req["cid"])
+                        if data is None or (allowed is not None and peer not in allowed):
+                            await stream.write(encode_response_header(NOT_FOUND, 0))
+                        else:
+                            with bridge.fail_after(self.cfg.fetch_timeout_s):
+                                await stream.write(encode_response_header(OK, len(data)))
+                                await stream.write(data)
                     else:
-                        with bridge.fail_after(self.cfg.fetch_timeout_s):
-                            await stream.write(encode_response_header(OK, len(data)) + data)
-                else:
-                    body = json.dumps(self.listed_for(peer, req["task"], req["round"])).encode()
-                    await stream.write(encode_response_header(OK, len(body)) + body)
-                await stream.close()
+                        body = json.dumps(self.listed_for(peer, req["task"], req["round"])).encode()
+                        with bridge.fail_after(self.cfg.request_timeout_s):
+                            await stream.write(encode_response_header(OK, len(body)) + body)
+                    await stream.close()
         except bridge.TooSlowError:
             log.warning("request_timed_out", peer=peer)
             await _reset(stream)
@@ -253,7 +403,7 @@ class _TrioNode:
             raise PeerUnreachable(peer_id, str(e) or type(e).__name__) from e
 
     async def fetch_from(self, cid: str, provider: str, max_bytes: int) -> bytes:
-        async with self._slot(self._client_slots, provider):
+        async with self._client_slots.hold(provider):
             with bridge.fail_after(self.cfg.fetch_timeout_s):
                 stream = await self.host.new_stream(ID.from_base58(provider), [TProtocol(BLOB_PROTOCOL)])
                 try:
@@ -269,24 +419,35 @@ class _TrioNode:
             raise ProtocolError(f"blob of {len(data)} bytes does not match its CID")
         return data
 
-    async def get(self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool) -> bytes:
+    async def get(self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool, deadline_s: float) -> bytes:
+        """The first provider's bytes that match `cid`, trying providers in order, all
+        within `deadline_s` (each one also within `fetch_timeout_s`)."""
         if cid in self.blobs:
             return self.blobs[cid]
+        me = self.host.get_id().to_base58()
+        candidates = [p for p in dict.fromkeys(providers) if p != me]
         reasons: dict[str, str] = {}
-        for provider in providers:
-            if provider == self.host.get_id().to_base58():
-                continue
-            try:
-                data = await self.fetch_from(cid, provider, max_bytes)
-            except bridge.TooSlowError:
-                reasons[provider] = f"timed out after {self.cfg.fetch_timeout_s} s"
-            except Exception as e:  # noqa: BLE001 - try the next provider
-                reasons[provider] = str(e) or type(e).__name__
-            else:
-                if keep:
-                    self.blobs[cid] = data
-                return data
-            log.warning("fetch_failed", cid=cid, provider=provider, reason=reasons[provider])
+        trying: str | None = None
+        with bridge.move_on_after(deadline_s):
+            for provider in candidates:
+                trying = provider
+                try:
+                    data = await self.fetch_from(cid, provider, max_bytes)
+                except bridge.TooSlowError:
+                    reasons[provider] = f"timed out after {self.cfg.fetch_timeout_s} s"
+                except Exception as e:  # noqa: BLE001 - try the next provider
+                    reasons[provider] = str(e) or type(e).__name__
+                else:
+                    if keep:
+                        self.blobs[cid] = data
+                    return data
+                trying = None
+                log.warning("fetch_failed", cid=cid, provider=provider, reason=reasons[provider])
+        if trying is not None:  # the deadline cut this provider's transfer short
+            reasons[trying] = f"the deadline of {deadline_s} s for this get passed during the transfer"
+            log.warning("fetch_failed", cid=cid, provider=trying, reason=reasons[trying])
+        for provider in candidates:
+            reasons.setdefault(provider, f"not tried: the deadline of {deadline_s} s for this get passed")
         raise BlobUnavailable(cid, reasons)
 
     async def ask_held(self, peer: str, task: str, round_: int) -> list[str]:
@@ -300,18 +461,25 @@ class _TrioNode:
                 raise
             await _close(stream)
         try:
-            cids = json.loads(body)
+            cids = parse_json(body)
         except ValueError:
             raise ProtocolError("list answer is not JSON") from None
         if not isinstance(cids, list) or not all(isinstance(c, str) for c in cids):
             raise ProtocolError("list answer is not a JSON list of strings")
         return cids
 
-    async def send_raw(self, peer: str, protocol: str, data: bytes, read_timeout: float) -> bytes:
-        """Writes raw bytes on a new stream and reads until EOF or timeout (testing aid)."""
+    async def send_raw(self, peer: str, protocol: str, data: bytes, read_timeout: float, close: bool) -> bytes:
+        """Writes raw bytes on a new stream (then closes our side if `close`) and reads
+        until EOF or timeout (testing aid)."""
         stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
-        await stream.write(data)
         out = bytearray()
+        try:
+            await stream.write(data)
+            if close:
+                await stream.close()
+        except Exception:  # noqa: BLE001 - the peer reset already: nothing to read
+            await _reset(stream)
+            return b""
         with bridge.move_on_after(read_timeout):
             try:
                 while chunk := await stream.read(65536):
@@ -321,21 +489,37 @@ class _TrioNode:
         await _reset(stream)
         return bytes(out)
 
+    def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        self.host.set_stream_handler(TProtocol(protocol), _guarded_handler(protocol, handler))
+
     # ---------------------------------------------------------------- direct messages
 
-    async def serve_messages(self, protocol: str, deliver: Callable[[str, dict[str, Any]], None]) -> None:
+    async def serve_messages(self, protocol: str, inbox: Inbox) -> None:
         async def handler(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
             try:
                 with bridge.fail_after(self.cfg.request_timeout_s):
                     payload = await read_request_json(stream)
-                    await stream.write(encode_response_header(OK, 0))
-                    await stream.close()
+                    if not inbox.admit(peer):
+                        log.warning(
+                            "message_dropped",
+                            peer=peer,
+                            protocol=protocol,
+                            reason=f"{inbox.per_peer} messages of this peer wait unread",
+                        )
+                        await _reset(stream)
+                        return
+                    try:
+                        await stream.write(encode_response_header(OK, 0))
+                        await stream.close()
+                    except BaseException:
+                        inbox.release(peer)
+                        raise
             except Exception as e:  # noqa: BLE001 - a peer must never crash the node
                 log.warning("message_rejected", peer=peer, protocol=protocol, reason=str(e) or repr(e))
                 await _reset(stream)
                 return
-            bridge.to_asyncio(self.loop, deliver, peer, payload)
+            bridge.to_asyncio(self.loop, inbox.put_nowait, (peer, payload))
 
         self.host.set_stream_handler(TProtocol(protocol), handler)
 
@@ -369,11 +553,11 @@ class _TrioNode:
             try:
                 if len(msg.data) > MAX_ANNOUNCEMENT:
                     raise ValueError(f"{len(msg.data)} bytes, over {MAX_ANNOUNCEMENT}")
-                payload = json.loads(msg.data)
+                payload = parse_json(msg.data)
                 if not isinstance(payload, dict):
                     raise ValueError("not a JSON object")
-            except ValueError as e:
-                log.warning("announcement_rejected", topic=topic, peer=sender, reason=str(e))
+            except Exception as e:  # noqa: BLE001 - a peer must never crash the node
+                log.warning("announcement_rejected", topic=topic, peer=sender, reason=str(e) or repr(e))
                 continue
             ann = Announcement(topic, sender, payload)
             for deliver in self._subscribers[topic]:
@@ -384,6 +568,21 @@ class _TrioNode:
 
     async def peers_in_topic(self, topic: str) -> int:
         return len(self.pubsub.peer_topics.get(topic, ()))  # type: ignore[union-attr]
+
+
+def connection_config() -> ConnectionConfig:
+    """py-libp2p's connection manager, set so that a node dials only when asked to.
+
+    One connection per peer: no 250 ms happy-eyeballs delay per dial. The auto-connector
+    aims for (low_watermark + high_watermark) // 2 connections (py-libp2p 0.8.1,
+    `AutoConnector.maybe_connect`) and dials peers from the peerstore to get there: with
+    the default high_watermark of 300 and low_watermark 0 that is 150, so a node
+    re-dialled every peer it had ever seen, one that hung up included, every 30 s. With
+    both watermarks at 0 the target is 0: it never dials on its own. The pruner (which
+    closes connections above high_watermark) spares connections younger than
+    grace_period (20 s) and connections with open streams; ours always carry gossipsub
+    streams, so only a peer that keeps an idle connection open gets it closed."""
+    return ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0, high_watermark=0)
 
 
 async def _reset(stream: Any) -> None:
@@ -405,12 +604,17 @@ async def _close(stream: Any) -> None:
 
 @dataclass
 class P2PNode:
-    """The asyncio API of one libp2p node."""
+    """The asyncio API of one libp2p node.
+
+    Each node is its own error boundary in the shared trio thread: if something ends
+    it (a bug, never a peer's input), its calls in flight and every later call raise
+    `bridge.BridgeClosed` with the cause, and the other nodes of the thread run on."""
 
     peer_id: str
     addrs: list[str]
     _node: _TrioNode
     _thread: bridge.TrioThread
+    _boundary: bridge.Boundary
     _queues: list[asyncio.Queue[Announcement]] = field(default_factory=list)
     _closed: bool = False
     _received: int = 0
@@ -419,17 +623,26 @@ class P2PNode:
     @classmethod
     async def start(cls, key: KeyPair, thread: bridge.TrioThread, cfg: NodeConfig = NodeConfig()) -> P2PNode:
         node = _TrioNode(key, cfg, asyncio.get_running_loop())
-        peer_id, addrs = await thread.start_service(node.serve)
-        return cls(peer_id, addrs, node, thread)
+        boundary = bridge.Boundary(f"p2p node {ID.from_pubkey(key.public_key).to_base58()}")
+        peer_id, addrs = await thread.start_service(node.serve, boundary=boundary)
+        return cls(peer_id, addrs, node, thread, boundary)
+
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await self._thread.call(fn, *args, boundary=self._boundary)
 
     @property
     def config(self) -> NodeConfig:
         return self._node.cfg
 
+    @property
+    def failed(self) -> BaseException | None:
+        """What ended this node, if something did."""
+        return self._boundary.error
+
     async def connect(self, other: P2PNode | tuple[str, Sequence[str]]) -> None:
         """Dials a peer; raises PeerUnreachable if no address of it answers."""
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
-        await self._thread.call(self._node.connect, peer_id, list(addrs))
+        await self._call(self._node.connect, peer_id, list(addrs))
 
     async def put(
         self,
@@ -443,50 +656,66 @@ class P2PNode:
         `only_for` serves it to those peers only, until `share()` (anonymity: nobody
         else can probe which peer holds a model)."""
         cid = cid_of(data)
-        self._thread.run_sync_soon(lambda: self._store(cid, data, task, round_, only_for))
+        await self._call(self._node.store, cid, data, task, round_, None if only_for is None else list(only_for))
         return cid
-
-    def _store(
-        self, cid: str, data: bytes, task: str | None, round_: int | None, only_for: Sequence[str] | None
-    ) -> None:
-        self._node.blobs[cid] = data
-        if only_for is not None:
-            self._node.only_for[cid] = frozenset(only_for)
-        if task is not None and round_ is not None:
-            self._node.index[(task, round_)].add(cid)
 
     async def share(self, cid: str) -> None:
         """Lifts an `only_for` restriction: the blob is served to every peer."""
-        self._thread.run_sync_soon(lambda: self._lift_restriction(cid))
+        await self._call(self._node.lift_restriction, cid)
 
-    def _lift_restriction(self, cid: str) -> None:
-        self._node.only_for.pop(cid, None)
+    async def forget(self, task: str, round_: int) -> int:
+        """Drops the blobs tagged (task, round_), except those also tagged with a
+        round still kept; returns how many blobs were dropped. Stored blobs are what
+        a node holds longest: forget the rounds no longer needed (or set
+        `NodeConfig.keep_rounds`)."""
+        return int(await self._call(self._node.forget, task, lambda r: r == round_))
 
-    async def serve_messages(self, protocol: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+    async def forget_before(self, task: str, round_: int) -> int:
+        """`forget` for every round of `task` before `round_`."""
+        return int(await self._call(self._node.forget, task, lambda r: r < round_))
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the blobs this node holds."""
+        return sum(len(b) for b in list(self._node.blobs.values()))
+
+    async def serve_messages(self, protocol: str) -> Inbox:
         """Direct messages on `protocol`: small JSON objects, acknowledged on receipt,
-        delivered here as (sender peer id, payload)."""
-        q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        await self._thread.call(self._node.serve_messages, protocol, lambda p, m: q.put_nowait((p, m)))
-        return q
+        delivered here as (sender peer id, payload). At most
+        `NodeConfig.inbox_per_peer` messages per sender wait unread; the node refuses
+        a sender's messages beyond that (`message_dropped`)."""
+        inbox = Inbox(self.config.inbox_per_peer)
+        await self._call(self._node.serve_messages, protocol, inbox)
+        return inbox
 
     async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
-        await self._thread.call(self._node.send_message, peer_id, protocol, payload)
+        await self._call(self._node.send_message, peer_id, protocol, payload)
 
     async def get(
-        self, cid: str, providers: Sequence[str], *, keep: bool = False, max_bytes: int | None = None
+        self,
+        cid: str,
+        providers: Sequence[str],
+        *,
+        keep: bool = False,
+        max_bytes: int | None = None,
+        deadline_s: float | None = None,
     ) -> bytes:
         """Fetches a blob from the first provider that delivers bytes matching `cid`;
-        `keep` stores and re-serves it (replication). Raises BlobUnavailable."""
+        `keep` stores and re-serves it (replication). The whole get, every provider
+        tried, ends within `deadline_s` (`NodeConfig.get_deadline_s` by default); each
+        provider also within `fetch_timeout_s`. Raises BlobUnavailable with a reason
+        per provider (untried ones included)."""
         cap = self.config.max_blob_bytes if max_bytes is None else max_bytes
-        return await self._thread.call(self._node.get, cid, list(providers), cap, keep)
+        deadline = self.config.get_deadline_s if deadline_s is None else deadline_s
+        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline))
 
     async def tag(self, cid: str, task: str, round_: int) -> None:
         """Lists an already held blob under (task, round) for `ask_held`."""
-        self._thread.run_sync_soon(lambda: self._node.index[(task, round_)].add(cid))
+        await self._call(self._node.tag, cid, task, round_)
 
     async def ask_held(self, peer_id: str, task: str, round_: int) -> list[str]:
         """Pull fallback: asks a peer directly which blobs it holds for (task, round)."""
-        return await self._thread.call(self._node.ask_held, peer_id, task, round_)
+        return list(await self._call(self._node.ask_held, peer_id, task, round_))
 
     @property
     def bytes_received(self) -> int:
@@ -519,7 +748,7 @@ class P2PNode:
                 return
             q.put_nowait(ann)
 
-        await self._thread.call(self._node.subscribe, topic, deliver)
+        await self._call(self._node.subscribe, topic, deliver)
         self._queues.append(q)
         return q
 
@@ -527,23 +756,29 @@ class P2PNode:
         data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         if len(data) > MAX_ANNOUNCEMENT:
             raise ValueError(f"announcement of {len(data)} bytes is over {MAX_ANNOUNCEMENT}")
-        await self._thread.call(self._node.publish, topic, data)
+        await self._call(self._node.publish, topic, data)
 
     async def topic_peers(self, topic: str) -> int:
-        return await self._thread.call(self._node.peers_in_topic, topic)
+        return int(await self._call(self._node.peers_in_topic, topic))
 
-    async def send_raw(self, peer_id: str, protocol: str, data: bytes, *, read_timeout: float = 1.0) -> bytes:
-        return await self._thread.call(self._node.send_raw, peer_id, protocol, data, read_timeout)
+    async def send_raw(
+        self, peer_id: str, protocol: str, data: bytes, *, read_timeout: float = 1.0, close: bool = False
+    ) -> bytes:
+        """Testing aid: raw bytes on a new stream (our side closed after them if
+        `close`), and what comes back before EOF or `read_timeout`."""
+        return bytes(await self._call(self._node.send_raw, peer_id, protocol, data, read_timeout, close))
 
     def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
-        """Serves `protocol` with `handler(stream)`, which runs in the trio thread."""
-        self._thread.run_sync_soon(lambda: self._node.host.set_stream_handler(TProtocol(protocol), handler))
+        """Serves `protocol` with `handler(stream)`, which runs in the trio thread. An
+        exception it raises resets its stream (`handler_failed`), nothing more."""
+        self._thread.run_sync_soon(lambda: self._node.set_stream_handler(protocol, handler))
 
     async def close(self) -> None:
-        if self._closed:
-            return
+        if self._closed or self._boundary.error is not None:
+            self._closed = True
+            return  # a node that failed has already closed its host
         self._closed = True
-        await self._thread.call(self._node.stop)
+        await self._call(self._node.stop)
 
 
 class P2PNetwork:

@@ -13,12 +13,14 @@ with libp2p's `read(n)` / `write(data)`; they never parse payload bytes.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
 BLOB_PROTOCOL = "/discofl/blob/1.0.0"
 MAX_REQUEST = 4096
+MAX_JSON_DEPTH = 32  # our requests, messages and announcements nest two levels at most
 
 OK, NOT_FOUND, BAD_REQUEST = 0, 1, 2
 STATUS_NAMES = {OK: "ok", NOT_FOUND: "not found", BAD_REQUEST: "bad request"}
@@ -54,6 +56,42 @@ async def read_exact(stream: Stream, n: int, *, what: str, progress: Callable[[i
     return bytes(buf)
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}()")
+
+
+def nesting_within(data: bytes, limit: int) -> bool:
+    """Whether `json.loads(data)` stays within `limit` levels of nesting (for invalid
+    JSON: within 2 * limit before it fails), decided without recursion and in C-speed
+    passes: strings removed, brackets reduced to `(` and `)`, then innermost pairs
+    removed `limit` times. What remains is unmatched, and its openers add depth."""
+    s = _JSON_STRING.sub(b"", data).translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        shorter = s.replace(b"()", b"")
+        if len(shorter) == len(s):
+            break
+        s = shorter
+    else:
+        if b"()" in s:
+            return False  # a pair nested deeper than `limit`
+    return s.count(b"(") <= limit
+
+
+def parse_json(data: bytes) -> Any:
+    """JSON from a peer; ValueError for anything that is not JSON or nests deeper than
+    MAX_JSON_DEPTH. The depth is bounded before parsing: `json.loads` recurses per level
+    in C. With Python's default recursion limit a 3 KB `[[[...]]]` makes it raise
+    RecursionError (not a ValueError); where the limit is raised (py_ecc, imported with
+    web3, sets 100,000), a 1 MB one overflows the C stack and kills the process."""
+    if not nesting_within(data, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data)
+    except RecursionError:  # unreachable after the check; kept as a second line
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
 def encode_request(req: dict[str, Any]) -> bytes:
     body = json.dumps(req, separators=(",", ":")).encode()
     if len(body) > MAX_REQUEST:
@@ -68,7 +106,7 @@ async def read_request_json(stream: Stream) -> dict[str, Any]:
         raise ProtocolError(f"request frame claims {n} bytes, over the cap of {MAX_REQUEST}")
     body = await read_exact(stream, n, what="request body")
     try:
-        req = json.loads(body)
+        req = parse_json(body)
     except ValueError as e:
         raise ProtocolError(f"request is not JSON: {e}") from None
     if not isinstance(req, dict):
