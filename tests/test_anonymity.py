@@ -32,7 +32,7 @@ from discofl_p2p.chain.encoding import NOT_OPENED, SCORE_SCALE, decode_scores
 from discofl_p2p.commands.audit import audit_task
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import assemble, build_context
+from discofl_p2p.scenario.runner import assemble, build_setup
 from tests.conftest import run
 
 Row = Sequence[int | None]  # one evaluator's scores in basis points, None = abstained
@@ -258,13 +258,13 @@ async def _observe(ws_url: str, contract: str) -> tuple[dict, dict, dict]:
 @pytest.mark.slow
 def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
     sc = parse_scenario(ANON)
-    ctx = build_context(sc)
+    ctx, w0 = build_setup(sc)
 
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
             async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-                sim = await assemble(sc, ctx, w3, anvil.ws_url, net)
+                sim = await assemble(sc, ctx, w0, w3, anvil.ws_url, net)
                 async with asyncio.timeout(sc.timeout_s):
                     await sim.run()
                 return sim
@@ -306,7 +306,7 @@ def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
         rnd = sim.requester.rounds[r]
         split = workers[evaluator].split
         x, y = ctx.data.x[split.val], ctx.data.y[split.val]
-        true = [evaluate_job(ctx.w0, rnd.checked[w], x, y, "accuracy") for w in rnd.owner_at]
+        true = [evaluate_job(w0, rnd.checked[w], x, y, "accuracy") for w in rnd.owner_at]
         own = truth[(r, evaluator)]
         assert [round(t * SCORE_SCALE) for i, t in enumerate(true) if i != own] == [
             round(v * SCORE_SCALE) for i, v in enumerate(row) if i != own and v is not None
@@ -316,7 +316,7 @@ def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
 
     # The rules ignore self-scores: not in the requester's matrix, and the audit, which
     # recomputes every round from the chain, agrees with what the contract paid.
-    for rec in sim.ctx.rounds.values():
+    for rec in sim.recorder.rounds.values():
         assert all(e not in row for e, row in rec.scores.items()) and len(rec.scores) == n_models
     audits, _ = run(audit_task(anvil.ws_url, contract))
     assert len(audits) == n_rounds and all(a.ok for a in audits)

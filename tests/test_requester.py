@@ -9,6 +9,7 @@ import contextlib
 import pytest
 from structlog.testing import capture_logs
 
+from discofl_p2p.agents.identity import sign_binding
 from discofl_p2p.agents.requester import (
     Opening,
     OpeningRejected,
@@ -18,34 +19,63 @@ from discofl_p2p.agents.requester import (
     select_openings,
 )
 from discofl_p2p.chain.client import Phase, connect
+from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import commitment
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import Simulation, assemble, build_context
+from discofl_p2p.scenario.runner import Simulation, assemble, build_setup
 from tests.conftest import run
 
 CID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
-NAMES = {"0xW": "w-1", "0xV": "v-1"}
-PEERS = {"0xW": "peer-w", "0xV": "peer-v"}
-GOOD = {"task": "t", "round": 1, "worker": "0xW", "salt": "00" * 32, "cid": CID}
+TASK = "0x" + "cd" * 20  # the task contract the bindings name
+ACCT_W, ACCT_V = derive_account(0, "opening/w"), derive_account(0, "opening/v")
+W, V = ACCT_W.address, ACCT_V.address
+NAMES = {W: "w-1", V: "v-1"}
+BIND = {
+    ("peer-w", W): sign_binding(ACCT_W, TASK, "peer-w"),
+    ("peer-v", V): sign_binding(ACCT_V, TASK, "peer-v"),
+    ("peer-w2", W): sign_binding(ACCT_W, TASK, "peer-w2"),
+}
+GOOD = {"task": "t", "round": 1, "worker": W, "salt": "00" * 32, "cid": CID, "binding": BIND[("peer-w", W)]}
 
 
-def _parse(peer: str, msg: object) -> Opening:
-    return parse_opening(peer, msg, task_id="t", names=NAMES, peers=PEERS)
+def _parse(peer: str, msg: object, bound: dict[str, str] | None = None) -> Opening:
+    return parse_opening(peer, msg, task_id="t", contract=TASK, names=NAMES, bound=bound or {})
 
 
 # ---------------------------------------------------------------- parse_opening
 
 
-def test_an_opening_counts_only_from_the_workers_own_peer():
-    """A hostile peer cannot pre-empt a worker's opening, not even with a well-formed one."""
-    with pytest.raises(OpeningRejected, match="not w-1's"):
-        _parse("peer-evil", GOOD)
-    with pytest.raises(OpeningRejected, match="not w-1's"):
-        _parse("peer-v", GOOD)  # another registered worker's peer
-    assert _parse("peer-w", GOOD) == Opening("peer-w", 1, "0xW", CID, bytes(32))
+def test_an_opening_counts_only_from_a_peer_that_can_sign_for_the_workers_address():
+    """A hostile peer cannot pre-empt a worker's opening, not even with a well-formed
+    one: the binding (the worker's signature of contract, address and peer id) does
+    not verify for any other peer, and it cannot sign one itself."""
+    with pytest.raises(OpeningRejected, match="cannot sign for w-1's address"):
+        _parse("peer-evil", GOOD)  # w-1's binding, lifted from its message
+    with pytest.raises(OpeningRejected, match="cannot sign for w-1's address"):
+        _parse("peer-v", {**GOOD, "binding": BIND[("peer-v", V)]})  # another worker's own binding
+    evil = derive_account(0, "opening/evil")
+    with pytest.raises(OpeningRejected, match="cannot sign for w-1's address"):
+        _parse("peer-evil", {**GOOD, "binding": sign_binding(evil, TASK, "peer-evil")})
+    other_task = sign_binding(ACCT_W, "0x" + "ee" * 20, "peer-w")
+    with pytest.raises(OpeningRejected, match="cannot sign for w-1's address"):
+        _parse("peer-w", {**GOOD, "binding": other_task})  # replayed from another task
+    for junk in (None, 7, "0x00", "zz" * 65, ["0x"]):
+        with pytest.raises(OpeningRejected, match="cannot sign"):
+            _parse("peer-w", {**GOOD, "binding": junk})
+    assert _parse("peer-w", GOOD) == Opening("peer-w", 1, W, CID, bytes(32))
+
+
+def test_once_bound_a_worker_speaks_only_through_its_first_peer():
+    """The first peer that proved control of the address is the worker's; another
+    peer, even with a valid binding of its own, is refused from then on."""
+    second = {**GOOD, "binding": BIND[("peer-w2", W)]}
+    assert _parse("peer-w2", second).peer == "peer-w2"  # before any binding: accepted
+    with pytest.raises(OpeningRejected, match="w-1 is bound to another peer"):
+        _parse("peer-w2", second, bound={W: "peer-w"})
+    assert _parse("peer-w", GOOD, bound={W: "peer-w"}).peer == "peer-w"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +83,7 @@ def test_an_opening_counts_only_from_the_workers_own_peer():
     [
         ({**GOOD, "task": "other"}, "wrong task"),
         ({**GOOD, "worker": "0xStranger"}, "unknown worker"),
-        ({**GOOD, "worker": ["0xW"]}, "unknown worker"),
+        ({**GOOD, "worker": [W]}, "unknown worker"),
         ({**GOOD, "salt": "00"}, "bad salt"),
         ({**GOOD, "salt": "zz" * 32}, "bad salt"),
         ({**GOOD, "salt": 7}, "bad salt"),
@@ -77,7 +107,7 @@ def test_an_opening_is_taken_only_while_its_round_collects_openings():
     op = _parse("peer-w", GOOD)
     r1 = _Round(1)
     assert place_opening(op, {1: r1}, {}, last_round=3) == "now"
-    r1.openings["0xW"] = (CID, bytes(32))
+    r1.openings[W] = (CID, bytes(32))
     with pytest.raises(OpeningRejected, match="not accepting"):  # one opening per worker and round
         place_opening(op, {1: r1}, {}, last_round=3)
     with pytest.raises(OpeningRejected, match="not accepting"):  # its round has moved on
@@ -94,7 +124,7 @@ def test_an_opening_ahead_of_its_round_is_kept_once_per_worker():
     assert place_opening(early_op, rounds, {}, last_round=3) == "early"
     with pytest.raises(OpeningRejected, match="already have an early opening"):
         place_opening(early_op, rounds, {2: [early_op]}, last_round=3)
-    other = _parse("peer-v", {**GOOD, "round": 2, "worker": "0xV"})
+    other = _parse("peer-v", {**GOOD, "round": 2, "worker": V, "binding": BIND[("peer-v", V)]})
     assert place_opening(other, rounds, {2: [early_op]}, last_round=3) == "early"
     with pytest.raises(OpeningRejected, match="not accepting"):
         place_opening(_parse("peer-w", {**GOOD, "round": 4}), rounds, {}, last_round=3)
@@ -196,15 +226,15 @@ count = 3
 async def _with_simulation(anvil, name: str, body, *, registration_timeout_s: float = 60.0):
     """Runs `body(sim)` on a freshly assembled TINY task: real anvil, real libp2p nodes."""
     sc = parse_scenario(TINY.format(name=name))
-    ctx = build_context(sc)
+    setup, w0 = build_setup(sc)
     w3 = await connect(anvil.ws_url)
     try:
-        async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-            sim = await assemble(sc, ctx, w3, anvil.ws_url, net, registration_timeout_s=registration_timeout_s)
+        async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
+            sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net, registration_timeout_s=registration_timeout_s)
             return await body(sim)
     finally:
         await w3.provider.disconnect()
-        ctx.cpu.shutdown(wait=False, cancel_futures=True)
+        setup.cpu.shutdown(wait=False, cancel_futures=True)
 
 
 def test_training_starts_with_the_workers_that_registered_in_time(anvil):

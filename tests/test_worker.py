@@ -12,13 +12,14 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from discofl_p2p.agents.identity import sign_binding
 from discofl_p2p.agents.worker import new_salt
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import decode_scores
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import RunOutcome, assemble, build_context, run_scenario
+from discofl_p2p.scenario.runner import RunOutcome, assemble, build_setup, run_scenario
 from tests.conftest import run
 from tests.test_requester import TINY
 
@@ -28,25 +29,25 @@ def test_a_model_the_worker_cannot_fetch_is_abstained_on_and_the_round_still_set
     it cannot fetch the other two models, abstains on them, logs model_unusable, and
     the round settles with everyone's scores."""
     sc = parse_scenario(TINY.format(name="unusable"))
-    ctx = build_context(sc)
+    setup, w0 = build_setup(sc)
 
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-                sim = await assemble(sc, ctx, w3, anvil.ws_url, net)
+            async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
+                sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net)
                 picky = sim.workers[0]
-                picky.ctx = dataclasses.replace(ctx, max_model_bytes=256)
+                picky.setup = dataclasses.replace(setup, max_model_bytes=256)
                 with capture_logs() as logs:
                     async with asyncio.timeout(120):
                         await sim.run()
                 return logs, await sim.outcome()
         finally:
             await w3.provider.disconnect()
-            ctx.cpu.shutdown(wait=False, cancel_futures=True)
+            setup.cpu.shutdown(wait=False, cancel_futures=True)
 
     logs, outcome = run(go())
-    rec = ctx.rounds[1]
+    rec = outcome.rounds[1]
     assert sorted(rec.models) == ["honest-1", "honest-2", "honest-3"] and rec.excluded == {}
     unusable = [e for e in logs if e["event"] == "model_unusable"]
     assert sorted(e["cid"] for e in unusable) == sorted(rec.models[n] for n in ("honest-2", "honest-3"))
@@ -115,8 +116,8 @@ def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
     b = asyncio.run(run_scenario(sc, anvil.ws_url))
     assert a.contract != b.contract
     for r in (1, 2):
-        assert a.ctx.rounds[r].models == b.ctx.rounds[r].models and len(a.ctx.rounds[r].models) == 3
-    assert a.ctx.rounds[1].models != a.ctx.rounds[2].models
+        assert a.rounds[r].models == b.rounds[r].models and len(a.rounds[r].models) == 3
+    assert a.rounds[1].models != a.rounds[2].models
     assert a.final_accuracy == b.final_accuracy is not None
     salts_a, salts_b = run(_salts_on_chain(anvil, a)), run(_salts_on_chain(anvil, b))
     assert set(salts_a) == set(salts_b) and len(salts_a) == 6
@@ -127,17 +128,19 @@ def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
 
 
 def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
-    """honest-1 listens to the round's gossip. honest-2 registered on-chain: its
-    "holding" makes it a provider. A stranger on the mesh, and honest-3 (whose peer is
-    known but which never registered), are ignored: neither is ever asked for a model."""
+    """honest-1 listens to the round's gossip. honest-2 registered on-chain and signs
+    its peer binding: its "holding" makes it a provider. A stranger on the mesh that
+    replays honest-2's binding (it cannot sign one for its own peer), and honest-3
+    (whose binding is valid but which never registered), are ignored: neither is ever
+    asked for a model."""
     sc = parse_scenario(TINY.format(name="holders"))
-    ctx = build_context(sc)
+    setup, w0 = build_setup(sc)
 
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-                sim = await assemble(sc, ctx, w3, anvil.ws_url, net)
+            async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
+                sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net)
                 listener, member, unregistered = sim.workers
                 stranger = await net.add_node(key_from_seed(21, "stranger"))
                 await stranger.connect(listener.node)
@@ -145,15 +148,26 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
                     await w.client.register()
                 for ev in await listener.client.past_events():  # what its event feed delivers first
                     await listener._on_event(ev)
-                queue = await listener.node.subscribe(ctx.topic)
+                queue = await listener.node.subscribe(setup.topic)
                 task = asyncio.create_task(listener._listen(queue))
-                await stranger.subscribe(ctx.topic)
+                await stranger.subscribe(setup.topic)
+                contract = listener.client.address
+
+                def holding(w, peer: str) -> dict[str, object]:
+                    binding = sign_binding(w.client.account, contract, peer)
+                    return {"kind": "holding", "round": 1, "worker": w.address, "binding": binding}
+
+                sent = [
+                    (stranger, holding(member, member.node.peer_id)),  # lifted from honest-2
+                    (unregistered.node, holding(unregistered, unregistered.node.peer_id)),
+                    (member.node, holding(member, member.node.peer_id)),
+                ]
                 with capture_logs() as logs:
                     async with asyncio.timeout(30):
-                        for node in (stranger, unregistered.node, member.node):
-                            while await node.topic_peers(ctx.topic) < 1:  # gossip drops what precedes the mesh
+                        for node, payload in sent:
+                            while await node.topic_peers(setup.topic) < 1:  # gossip drops what precedes the mesh
                                 await asyncio.sleep(0.05)
-                            await node.announce(ctx.topic, {"kind": "holding", "round": 1})
+                            await node.announce(setup.topic, payload)
 
                         def settled() -> bool:
                             ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
@@ -168,7 +182,7 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
                 return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
         finally:
             await w3.provider.disconnect()
-            ctx.cpu.shutdown(wait=False, cancel_futures=True)
+            setup.cpu.shutdown(wait=False, cancel_futures=True)
 
     listener, logs, (stranger, unregistered, member) = run(go())
     assert listener._holders == {1: {member}}

@@ -1,5 +1,14 @@
-"""What the agents of one simulated task share: data, w0's spec, the CPU executor,
-the out-of-band channel of collusion rings, and the record they write into.
+"""What the agents of one simulated task are given, and what they record.
+
+`TaskSetup` is the task's public setup, frozen: the data set and its split, the
+model's spec, training and scoring settings, the CPU executor. It holds nothing that
+agents exchange: w0 is the requester's (workers fetch it over the network and check it
+against the contract), peer ids are bound by signed statements (`agents/identity.py`),
+and colluders talk over their own direct messages.
+
+`Recorder` is the measurement side: the per-round records the agents write (models,
+scores, rewards, gas, timings) and the phase callback of the progress display. It is
+an instrument, never read back by an agent to decide anything.
 
 CPU-bound torch work runs in a bounded thread pool sized to the cores (`cpu`), so the
 event loop keeps serving the chain and the network while models train; torch's own
@@ -14,7 +23,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,7 +36,11 @@ from discofl_p2p.ml.weights import Spec
 T = TypeVar("T")
 
 OPENING_PROTOCOL = "/discofl/opening/1.0.0"
-"""Direct message worker -> requester: the (CID, salt) that opens its commitment."""
+"""Direct message worker -> requester: the (CID, salt) that opens its commitment,
+with the worker's signed peer binding."""
+
+RING_PROTOCOL = "/discofl/ring/1.0.0"
+"""Direct message colluder -> colluder: the CID of its model this round."""
 
 
 def derive_seed(seed: int, name: str, *parts: object) -> int:
@@ -56,12 +68,28 @@ class RoundRecord:
 
 
 @dataclass
-class SimContext:
+class Recorder:
+    """The per-round records of one run, written by the agents."""
+
+    rounds: dict[int, RoundRecord] = field(default_factory=dict)
+    on_phase: Callable[[int, str], None] = lambda r, phase: None
+
+    def record(self, round_: int) -> RoundRecord:
+        if round_ not in self.rounds:
+            self.rounds[round_] = RoundRecord(round_)
+        return self.rounds[round_]
+
+    def add_gas(self, round_: int, worker: str, gas: int) -> None:
+        rec = self.record(round_)
+        rec.gas[worker] = rec.gas.get(worker, 0) + gas
+
+
+@dataclass(frozen=True)
+class TaskSetup:
     task_id: str
     data: Dataset
     partition: Partition
     spec: Spec
-    w0: bytes
     train_cfg: TrainConfig
     metric: str
     aggregate: AggregationRule
@@ -72,14 +100,6 @@ class SimContext:
     cpu: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
     )
-    # ring name -> round -> CIDs its members told each other (the out-of-band channel)
-    ring_channel: dict[str, dict[int, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
-    # worker address -> its libp2p peer id. A deployment would bind them at registration;
-    # a simulation knows the binding (the requester records it here). Openings and
-    # "holding" announcements count only from a registered worker's own peer.
-    peers: dict[str, str] = field(default_factory=dict)
-    rounds: dict[int, RoundRecord] = field(default_factory=dict)
-    on_phase: Callable[[int, str], None] = lambda r, phase: None
 
     @property
     def topic(self) -> str:
@@ -93,15 +113,6 @@ class SimContext:
     def train_cfg_for(self, round_: int) -> TrainConfig:
         """Local training decays the learning rate across rounds as well as epochs."""
         return dataclasses.replace(self.train_cfg, lr=self.train_cfg.lr * self.round_lr_decay ** (round_ - 1))
-
-    def record(self, round_: int) -> RoundRecord:
-        if round_ not in self.rounds:
-            self.rounds[round_] = RoundRecord(round_)
-        return self.rounds[round_]
-
-    def add_gas(self, round_: int, worker: str, gas: int) -> None:
-        rec = self.record(round_)
-        rec.gas[worker] = rec.gas.get(worker, 0) + gas
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)

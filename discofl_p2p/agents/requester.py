@@ -6,7 +6,8 @@ openings that workers send it directly, results of its own blob checks, and dead
 timers. Every task it starts belongs to its TaskGroup and ends with it.
 
 Its decisions about openings are pure functions with no I/O, which the agent calls:
-`parse_opening` (is this message an opening, from the right peer, for this task?),
+`parse_opening` (is this message an opening for this task, from a peer that proves,
+by the worker's signed binding, that it speaks for the worker's address?),
 `place_opening` (does its round take it now, later, or not at all?) and
 `select_openings` (which submissions are published, and why the others are not).
 
@@ -27,7 +28,8 @@ from typing import Any, Literal
 
 import structlog
 
-from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext
+from discofl_p2p.agents.context import OPENING_PROTOCOL, Recorder, TaskSetup
+from discofl_p2p.agents.identity import verify_binding
 from discofl_p2p.agents.jobs import evaluate_job, initial_state
 from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
@@ -35,7 +37,7 @@ from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, re
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
-from discofl_p2p.p2p.node import P2PNode
+from discofl_p2p.p2p.node import Inbox, P2PNode
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
 from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, round_pot, top_k_rewards
 
@@ -54,6 +56,7 @@ class RequesterConfig:
     evaluation_timeout_s: int
     registration_timeout_s: float = 60.0
     final_keep_ratio: float = 0.5  # the final model leaves out models with p < this x max p
+    queue_size: int = 64  # items waiting for the state machine; its feeders wait beyond that
 
 
 @dataclass
@@ -90,11 +93,20 @@ class Opening:
 
 
 def parse_opening(
-    peer: str, msg: object, *, task_id: str, names: Mapping[str, str], peers: Mapping[str, str]
+    peer: str,
+    msg: object,
+    *,
+    task_id: str,
+    contract: str,
+    names: Mapping[str, str],
+    bound: Mapping[str, str],
 ) -> Opening:
-    """Checks a direct message as an opening: this task, a known worker, sent by that
-    worker's own peer (so no other peer can pre-empt it with a bogus one), an integer
-    round, a 32-byte salt and a valid CID. Raises OpeningRejected."""
+    """Checks a direct message as an opening: this task, a known worker, sent by a peer
+    that proves control of the worker's address (its `binding`: the worker's signature
+    of (contract, address, this peer id), `identity.py`), and that peer only once the
+    first proof bound it (`bound`: address -> peer); so no other peer can pre-empt a
+    worker's opening with a bogus one. Then an integer round, a 32-byte salt and a
+    valid CID. Raises OpeningRejected."""
     if not isinstance(msg, dict):
         raise OpeningRejected("not a JSON object")
     try:
@@ -105,8 +117,10 @@ def parse_opening(
         raise OpeningRejected(f"bad salt: {e}") from e
     if msg.get("task") != task_id or not isinstance(worker, str) or worker not in names or len(salt) != 32:
         raise OpeningRejected("wrong task, unknown worker or bad salt")
-    if peers.get(worker) != peer:
-        raise OpeningRejected(f"sent by a peer that is not {names[worker]}'s")
+    if not verify_binding(msg.get("binding"), contract, worker, peer):
+        raise OpeningRejected(f"sent by a peer that cannot sign for {names[worker]}'s address")
+    if bound.get(worker, peer) != peer:
+        raise OpeningRejected(f"{names[worker]} is bound to another peer")
     if not isinstance(r, int) or isinstance(r, bool):
         raise OpeningRejected("the round is not an integer")
     try:
@@ -179,24 +193,27 @@ class RequesterAgent:
         self,
         client: TaskClient,
         node: P2PNode,
-        ctx: SimContext,
+        setup: TaskSetup,
+        recorder: Recorder,
         cfg: RequesterConfig,
         names: dict[str, str],
-        peers: dict[str, str],
+        w0: bytes,
     ) -> None:
-        self.client, self.node, self.ctx, self.cfg = client, node, ctx, cfg
+        self.client, self.node, self.setup, self.recorder, self.cfg = client, node, setup, recorder, cfg
+        self.w0 = w0
         self.names = names  # worker address -> worker name
-        # worker address -> its libp2p peer id: an opening counts only from that peer, so
-        # no other peer can pre-empt a worker's opening with a bogus one. (A simulation
-        # knows the binding; a deployment would bind it at registration.)
-        self.peers = peers
-        ctx.peers.update(peers)  # the binding, as a deployment would publish it at registration
+        # worker address -> its libp2p peer id: the first peer that proved, with an
+        # opening signed for the address, that it speaks for the worker. Later openings
+        # count only from that peer (parse_opening).
+        self.bound: dict[str, str] = {}
         self.registered: list[str] = []
         self.rounds: dict[int, _Round] = {}
         self.streaks: dict[str, int] = {}
         self.final_accuracy: float | None = None
         self.refund_wei: int = 0
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # Bounded: when the state machine falls behind, its feeders wait, and direct
+        # messages stay in the node's per-peer Inbox, which refuses a flooding peer.
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=cfg.queue_size)
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Openings can arrive before this agent has seen their RoundStarted event.
@@ -218,13 +235,15 @@ class RequesterAgent:
         cls,
         client_factory,
         node: P2PNode,
-        ctx: SimContext,
+        setup: TaskSetup,
+        recorder: Recorder,
         cfg: RequesterConfig,
         names: dict[str, str],
-        peers: dict[str, str],
+        w0: bytes,
     ) -> RequesterAgent:
-        """Publishes w0 on the network and deploys the task contract."""
-        w0_cid = await node.put(ctx.w0)
+        """Publishes w0 on the network (kept for the task's whole life: workers fetch
+        it by the contract's `initialModel`) and deploys the task contract."""
+        w0_cid = await node.put(w0)
         rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
         params = TaskParams(
             rounds=cfg.rounds,
@@ -238,8 +257,8 @@ class RequesterAgent:
         )
         client, res = await client_factory(params)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
-        agent = cls(client, node, ctx, cfg, names, peers)
-        w0_weights = await ctx.run_cpu(lambda: cid_of(encode_state(initial_state(ctx.w0))))
+        agent = cls(client, node, setup, recorder, cfg, names, w0)
+        w0_weights = await setup.run_cpu(lambda: cid_of(encode_state(initial_state(w0))))
         agent._published_cids[w0_weights] = "w0"
         return agent
 
@@ -268,7 +287,9 @@ class RequesterAgent:
         finally:
             await events.aclose()
 
-    async def _feed_inbox(self, inbox: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+    async def _feed_inbox(self, inbox: Inbox) -> None:
+        """Moves one message at a time, as the bounded queue has room: the node's
+        per-peer bound on unread messages holds (the Inbox releases a place on read)."""
         while True:
             await self._queue.put(("opening", await inbox.get()))
 
@@ -318,7 +339,7 @@ class RequesterAgent:
             r = _Round(a["round"], deadline=a["deadline"])
             self.rounds[r.number] = r
             self._log("round_started", r.number, deadline=r.deadline)
-            self.ctx.on_phase(r.number, "submission")
+            self.recorder.on_phase(r.number, "submission")
             # Patience in wall-clock seconds: anvil's clock runs ahead under load.
             self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
             for op in self._early.pop(r.number, []):
@@ -330,7 +351,7 @@ class RequesterAgent:
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
             r.phase = "evaluation"
-            self.ctx.on_phase(r.number, "evaluation")
+            self.recorder.on_phase(r.number, "evaluation")
             r.deadline = a["deadline"]
             self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
             r.accuracy = self._spawn(self._test_accuracy(r))
@@ -345,9 +366,9 @@ class RequesterAgent:
                 received=len(r.scores),
             )
         elif ev.name == "RoundSettled":
-            rec = self.ctx.record(a["round"])
+            rec = self.recorder.record(a["round"])
             rec.wall_s = time.monotonic() - self.rounds[a["round"]].started
-            self.ctx.on_phase(a["round"], "settled")
+            self.recorder.on_phase(a["round"], "settled")
         elif ev.name == "TrainingFinished":
             await self._finish()
         elif ev.name == "TaskClosed":
@@ -358,10 +379,15 @@ class RequesterAgent:
 
     def _on_opening(self, peer: str, msg: object) -> None:
         try:
-            op = parse_opening(peer, msg, task_id=self.ctx.task_id, names=self.names, peers=self.peers)
+            op = parse_opening(
+                peer, msg, task_id=self.setup.task_id, contract=self.client.address, names=self.names, bound=self.bound
+            )
         except OpeningRejected as e:
             log.warning("opening_rejected", peer=peer, reason=str(e))
             return
+        if op.worker not in self.bound:
+            self.bound[op.worker] = op.peer
+            log.info("peer_bound", worker=self.names[op.worker], peer=op.peer)
         self._admit(op)
 
     def _admit(self, op: Opening) -> None:
@@ -378,14 +404,15 @@ class RequesterAgent:
         self._spawn(self._check_blob(op.round, op.worker, op.cid, op.peer))
 
     async def _check_blob(self, r: int, worker: str, cid: str, peer: str) -> None:
-        """Fetches the worker's model from it (keeping a copy to re-serve) and checks it
-        against w0. An unusable model is left out of the published list."""
+        """Fetches the worker's model from it and checks it against w0; only a valid
+        model is kept (re-served to the evaluators, tagged with its round). An unusable
+        model is left out of the published list."""
         t0 = time.monotonic()
         state: StateDict | None
         try:
-            blob = await self.node.get(cid, [peer], keep=True, max_bytes=self.ctx.max_model_bytes)
-            state = await self.ctx.run_cpu(decode_state, blob, self.ctx.spec)
-            await self.node.tag(cid, self.ctx.task_id, r)
+            blob = await self.node.get(cid, [peer], max_bytes=self.setup.max_model_bytes)
+            state = await self.setup.run_cpu(decode_state, blob, self.setup.spec)
+            await self.node.put(blob, task=self.setup.task_id, round_=r)
         except Exception as e:  # noqa: BLE001 - a bad model excludes its author this round
             log.warning("model_rejected", worker=self.names[worker], round=r, reason=str(e))
             state = None
@@ -443,7 +470,7 @@ class RequesterAgent:
         self._rng.shuffle(owners)
         r.owner_at = owners
         r.published = [digest_of(ok[w][0]) for w in owners]
-        rec = self.ctx.record(r.number)
+        rec = self.recorder.record(r.number)
         rec.models = {self.names[w]: ok[w][0] for w in owners}
         rec.excluded = dict(sorted(r.excluded.items()))
         for name, why in r.excluded.items():
@@ -462,18 +489,18 @@ class RequesterAgent:
         r.phase = "evaluation"
 
     async def _test_accuracy(self, r: _Round) -> None:
-        x, y = self.ctx.test_set
-        rec = self.ctx.record(r.number)
+        x, y = self.setup.test_set
+        rec = self.recorder.record(r.number)
         for w in r.owner_at:
             state = r.checked[w]
             if state is not None:
-                rec.test_accuracy[self.names[w]] = await self.ctx.run_cpu(
-                    evaluate_job, self.ctx.w0, state, x, y, "accuracy"
+                rec.test_accuracy[self.names[w]] = await self.setup.run_cpu(
+                    evaluate_job, self.w0, state, x, y, "accuracy"
                 )
 
     async def _settle(self, r: _Round, *, forced: bool) -> None:
         r.phase = "settling"
-        self.ctx.on_phase(r.number, "settling")
+        self.recorder.on_phase(r.number, "settling")
         if r.accuracy is not None:
             await r.accuracy  # measured while workers evaluated; recorded with the round
         name_at = [self.names[w] for w in r.owner_at]
@@ -510,7 +537,10 @@ class RequesterAgent:
         args = reveal(self.client.address, r.number, submissions, r.published)
         res = await self.client.settle_round(r.number, r.published, *args, positions, explicit)
         self._log("round_settled", r.number, ranking=ranked, gas=res.gas_used)
-        rec = self.ctx.record(r.number)
+        # Earlier rounds' models are fetched by nobody any more; this round's states are
+        # kept for the final model.
+        await self.node.forget_before(self.setup.task_id, r.number)
+        rec = self.recorder.record(r.number)
         rec.scores = matrix
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking = ranked
@@ -537,12 +567,12 @@ class RequesterAgent:
             if self._last_contrib[n].score >= self.cfg.final_keep_ratio * best
         ]
         if cands:
-            final = await self.ctx.run_cpu(self.ctx.aggregate, cands)
-            self.final_accuracy = await self.ctx.run_cpu(
-                evaluate_job, self.ctx.w0, final, *self.ctx.test_set, "accuracy"
+            final = await self.setup.run_cpu(self.setup.aggregate, cands)
+            self.final_accuracy = await self.setup.run_cpu(
+                evaluate_job, self.w0, final, *self.setup.test_set, "accuracy"
             )
         res = await self.client.close_task()
         self.refund_wei = res.events[0].args["refund"]
         last = max(self.rounds, default=0)
         self._log("task_closed", last, refund=self.refund_wei, gas=res.gas_used, final_accuracy=self.final_accuracy)
-        self.ctx.on_phase(self.cfg.rounds, "closed")
+        self.recorder.on_phase(self.cfg.rounds, "closed")

@@ -1,19 +1,23 @@
 """The worker agent: reacts to contract events, never to a clock.
 
+Start                fetch w0 from the requester by the contract's `initialModel`
+                     digest (the bytes must match it); refuse the task otherwise.
 WorkerRegistered     note the worker: only registered workers' peers are believed when
                      they announce holding a round.
 RoundStarted(r)      aggregate the last round's models with its own scores, train,
                      publish the blob (served to the requester only), hand the
-                     opening (CID, salt) to the requester, commit on-chain.
+                     opening (CID, salt) to the requester with its signed peer
+                     binding (`identity.py`), commit on-chain.
 EvaluationOpened(r)  fetch every published model (requester first, then peers that
                      hold the round), verify it against w0, score it on the validation
                      split, score its own model with a decoy (behaviors.self_score),
-                     submit the scores; then serve the round's models itself.
+                     submit the scores; then serve the round's models itself and
+                     forget the earlier rounds' (nobody fetches them any more).
 TrainingFinished     withdraw its credit.
 TaskClosed           stop.
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
-round start): round_started, model_trained, blob_stored, opening_sent,
+round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
 model_committed, model_fetched (one per model), scores_submitted, withdrawn.
 """
 
@@ -29,18 +33,31 @@ from dataclasses import dataclass, field
 import structlog
 
 from discofl_p2p.agents.behaviors import Behavior
-from discofl_p2p.agents.context import OPENING_PROTOCOL, SimContext, derive_seed
+from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
+from discofl_p2p.agents.identity import sign_binding, verify_binding
 from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
 from discofl_p2p.chain.encoding import commitment, encode_scores
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
-from discofl_p2p.ml.weights import StateDict, encode_state
-from discofl_p2p.p2p.cid import cid_from_digest, digest_of
-from discofl_p2p.p2p.node import Announcement, BlobUnavailable, P2PNode
+from discofl_p2p.ml.weights import Spec, StateDict, encode_state, spec_of
+from discofl_p2p.p2p.cid import cid_from_digest, cid_of, digest_of
+from discofl_p2p.p2p.node import Announcement, BlobUnavailable, Inbox, P2PNode
 
 log = structlog.get_logger("discofl.worker")
+
+
+MAX_W0_BYTES = 64 * 2**20
+"""The largest w0 (a TorchScript archive) a worker fetches."""
+
+
+class W0Rejected(Exception):
+    """w0 could not be fetched from the requester, or does not match the contract."""
+
+
+def _w0_spec(w0: bytes) -> Spec:
+    return spec_of(initial_state(w0))
 
 
 @dataclass
@@ -49,11 +66,19 @@ class WorkerAgent:
     behavior: Behavior
     client: TaskClient
     node: P2PNode
-    ctx: SimContext
+    setup: TaskSetup
+    recorder: Recorder
     split: WorkerSplit
     requester_peer: str
     ring: str | None = None
+    # The peers of its ring's other members: what colluders agreed on out of band. They
+    # tell each other their CIDs over their own direct messages (RING_PROTOCOL).
+    ring_peers: tuple[str, ...] = ()
     withdrawn_wei: int = 0
+    w0: bytes | None = None  # fetched from the requester, checked against the contract
+    _spec: Spec | None = None
+    _binding: str = ""  # its signed peer binding (identity.py)
+    _ring_known: dict[int, set[str]] = field(default_factory=dict)  # round -> ring CIDs
     _own: dict[int, tuple[str, StateDict]] = field(default_factory=dict)
     _candidates: list[Candidate] = field(default_factory=list)
     _seen: list[tuple[float, StateDict]] = field(default_factory=list)
@@ -68,15 +93,53 @@ class WorkerAgent:
         return self.client.account.address
 
     def _seed(self, *parts: object) -> int:
-        return derive_seed(self.ctx.seed, self.name, *parts)
+        return derive_seed(self.setup.seed, self.name, *parts)
+
+    async def fetch_w0(self) -> bytes:
+        """w0 from the requester, named by the contract's `initialModel` digest: bytes
+        that do not match it are refused (by the node, then checked again here)."""
+        digest = bytes(await self.client.view("initialModel"))
+        cid = cid_from_digest(digest)
+        t0 = time.monotonic()
+        try:
+            w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
+        except BlobUnavailable as e:
+            raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
+        if digest_of(cid_of(w0)) != digest:
+            raise W0Rejected(f"w0 does not match the contract's initialModel {digest.hex()}")
+        try:
+            self._spec = await self.setup.run_cpu(_w0_spec, w0)
+        except Exception as e:  # the requester committed to an unusable w0
+            raise W0Rejected(f"w0 is not a loadable model: {e}") from e
+        self.w0 = w0
+        log.info(
+            "w0_fetched",
+            agent=self.name,
+            round=0,
+            elapsed_s=0.0,
+            cid=cid,
+            bytes=len(w0),
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        return w0
 
     async def run(self) -> None:
-        """Registers, then follows the task until it is closed (or the worker drops out)."""
-        announcements = await self.node.subscribe(self.ctx.topic)
+        """Fetches and checks w0, registers, then follows the task until it is closed
+        (or the worker drops out). A worker that cannot get the contract's w0 refuses
+        the task: it logs w0_rejected and never registers."""
+        try:
+            await self.fetch_w0()
+        except W0Rejected as e:
+            log.warning("w0_rejected", agent=self.name, reason=str(e))
+            return
+        self._binding = sign_binding(self.client.account, self.client.address, self.node.peer_id)
+        announcements = await self.node.subscribe(self.setup.topic)
+        ring_inbox = await self.node.serve_messages(RING_PROTOCOL) if self.ring_peers else None
         events = self.client.events()
         try:
             async with asyncio.TaskGroup() as tg:
                 listener = tg.create_task(self._listen(announcements))
+                ring = tg.create_task(self._listen_ring(ring_inbox)) if ring_inbox else None
                 await self._gas(0, self.client.register())
                 try:
                     async for ev in events:
@@ -84,6 +147,8 @@ class WorkerAgent:
                             break
                 finally:
                     listener.cancel()
+                    if ring:
+                        ring.cancel()
         finally:
             await events.aclose()
 
@@ -99,16 +164,37 @@ class WorkerAgent:
 
     def _on_announcement(self, ann: Announcement) -> None:
         """Takes a "holding" announcement only from the peer of a registered worker:
-        registered on-chain (WorkerRegistered), bound to that peer (`ctx.peers`).
-        Anyone else could name itself a provider of every round, and be asked first."""
+        registered on-chain (WorkerRegistered), and bound to the sending peer by the
+        worker's signature (`identity.verify_binding`). Anyone else could name itself
+        a provider of every round, and be asked first."""
         p = ann.payload
         if p.get("kind") != "holding" or not isinstance(p.get("round"), int):
             return
-        if ann.sender not in {self.ctx.peers.get(w) for w in self._registered}:
+        worker = p.get("worker")
+        if worker not in self._registered or not verify_binding(
+            p.get("binding"), self.client.address, worker, ann.sender
+        ):
             why = "not a registered worker's peer"
             log.warning("announcement_ignored", agent=self.name, peer=ann.sender, reason=why)
             return
-        self._holders.setdefault(p["round"], set()).add(ann.sender)
+        current = max(self._started, default=0)
+        if current - 1 <= p["round"] <= current + 1:  # bounded: the rounds it may still fetch
+            self._holders.setdefault(p["round"], set()).add(ann.sender)
+
+    async def _listen_ring(self, inbox: Inbox) -> None:
+        """Its ring mates' CIDs, from their own peers only; one per mate and round."""
+        while True:
+            peer, msg = await inbox.get()
+            r, cid = msg.get("round"), msg.get("cid")
+            if peer not in self.ring_peers or msg.get("ring") != self.ring:
+                log.warning("ring_message_ignored", agent=self.name, peer=peer)
+                continue
+            current = max(self._started, default=0)
+            if not isinstance(r, int) or not current - 1 <= r <= current + 1 or not isinstance(cid, str):
+                continue  # bounded: the rounds it may still score, one CID per member
+            known = self._ring_known.setdefault(r, set())
+            if len(known) <= len(self.ring_peers):
+                known.add(cid)
 
     async def _on_event(self, ev: ChainEvent) -> bool:
         a = ev.args
@@ -140,7 +226,7 @@ class WorkerAgent:
     async def _gas(self, round_: int, call: Awaitable[TxResult]) -> TxResult:
         res = await call
         if round_:
-            self.ctx.add_gas(round_, self.name, res.gas_used)
+            self.recorder.add_gas(round_, self.name, res.gas_used)
         return res
 
     async def _wait_for(self, event: str, r: int) -> None:
@@ -158,34 +244,33 @@ class WorkerAgent:
     # ---------------------------------------------------------------- submission
 
     async def _submit(self, r: int) -> None:
-        ctx = self.ctx
+        setup, w0 = self.setup, self._w0()
         if r == 1 or not self._candidates or not self.behavior.starts_from_aggregate():
-            base = await ctx.run_cpu(initial_state, ctx.w0)
+            base = await setup.run_cpu(initial_state, w0)
         else:
-            base = await ctx.run_cpu(ctx.aggregate, self._candidates)
+            base = await setup.run_cpu(setup.aggregate, self._candidates)
         trained = base
         if self.behavior.trains():
-            x, y = ctx.data.x[self.split.train], ctx.data.y[self.split.train]
+            x, y = setup.data.x[self.split.train], setup.data.y[self.split.train]
             x, y = self.behavior.training_data(x, y, self._seed("data", r))
             t0 = time.monotonic()
-            trained = await ctx.run_cpu(train_job, ctx.w0, base, x, y, ctx.train_cfg_for(r), self._seed("train", r))
+            cfg = setup.train_cfg_for(r)
+            trained = await setup.run_cpu(train_job, w0, base, x, y, cfg, self._seed("train", r))
             self._log("model_trained", r, seconds=round(time.monotonic() - t0, 3), samples=len(y))
         state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r))
         blob = encode_state(state)
-        cid = await self.node.put(blob, only_for=[self.requester_peer])
+        # Tagged with its round, so that it is forgotten with it.
+        cid = await self.node.put(blob, task=setup.task_id, round_=r, only_for=[self.requester_peer])
         self._log("blob_stored", r, cid=cid, bytes=len(blob))
         self._own[r] = (cid, state)
-        if self.ring and self.behavior.params.get("shares_cids"):
-            ctx.ring_channel[self.ring][r].add(cid)
+        if self.ring_peers and self.behavior.params.get("shares_cids"):
+            await self._tell_ring(r, cid)
         salt = new_salt()
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
-        await self.node.send_message(
-            self.requester_peer,
-            OPENING_PROTOCOL,
-            {"task": ctx.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()},
-        )
+        opening = {"task": setup.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()}
+        await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening | {"binding": self._binding})
         self._log("opening_sent", r, cid=cid)
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
@@ -193,25 +278,44 @@ class WorkerAgent:
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
 
+    async def _tell_ring(self, r: int, cid: str) -> None:
+        """Tells its ring mates its CID over their direct messages (a mate that is
+        gone is skipped)."""
+        self._ring_known.setdefault(r, set()).add(cid)
+        for peer in self.ring_peers:
+            try:
+                await self.node.send_message(peer, RING_PROTOCOL, {"ring": self.ring, "round": r, "cid": cid})
+            except Exception as e:  # noqa: BLE001 - a mate offline does not stop the worker
+                log.warning("ring_message_failed", agent=self.name, peer=peer, reason=str(e))
+
+    def _w0(self) -> bytes:
+        if self.w0 is None:
+            raise W0Rejected("w0 was not fetched")
+        return self.w0
+
     # ---------------------------------------------------------------- evaluation
 
     async def _evaluate(self, r: int, digests: list[bytes]) -> None:
-        ctx = self.ctx
+        setup, w0 = self.setup, self._w0()
         cids = [cid_from_digest(bytes(d)) for d in digests]
         own_cid = self._own.get(r, (None, None))[0]
-        x, y = ctx.data.x[self.split.val], ctx.data.y[self.split.val]
+        x, y = setup.data.x[self.split.val], setup.data.y[self.split.val]
 
         async def judge(cid: str) -> tuple[StateDict, float] | None:
             if cid == own_cid:
                 return None
             try:
                 blob = await self._fetch(r, cid)
-                return await ctx.run_cpu(
-                    decode_and_evaluate, ctx.w0, blob, ctx.spec, ctx.max_model_bytes, x, y, ctx.metric
+                spec = self._spec or setup.spec
+                judged = await setup.run_cpu(
+                    decode_and_evaluate, w0, blob, spec, setup.max_model_bytes, x, y, setup.metric
                 )
             except Exception as e:  # noqa: BLE001 - an unusable model is abstained on
                 log.warning("model_unusable", worker=self.name, round=r, cid=cid, reason=str(e))
                 return None
+            # Validated: now it keeps the bytes and re-serves them (same CID).
+            await self.node.put(blob, task=setup.task_id, round_=r)
+            return judged
 
         judged = await asyncio.gather(*(judge(c) for c in cids))
 
@@ -222,31 +326,35 @@ class WorkerAgent:
         kept: list[tuple[str, StateDict, float]] = [(cids[i], j[0], j[1]) for i in canon if (j := judged[i])]
         if own_cid is not None:
             own_state = self._own[r][1]
-            own_score = await ctx.run_cpu(evaluate_job, ctx.w0, own_state, x, y, ctx.metric)
+            own_score = await setup.run_cpu(evaluate_job, w0, own_state, x, y, setup.metric)
             kept.append((own_cid, own_state, own_score))
             await self.node.share(own_cid)  # everyone holds every model now: no more secret
         kept.sort(key=lambda k: k[0])
         self._candidates = [Candidate(state, s) for _, state, s in kept]
         self._seen = [(s, state) for c, state, s in kept if c != own_cid]
-        for c in cids:
-            if self.node.holds(c) or c == own_cid:
-                await self.node.tag(c, ctx.task_id, r)
-        if random.Random(self._seed("announce", r)).random() >= ctx.announce_loss:
-            await self.node.announce(ctx.topic, {"kind": "holding", "round": r})
+        # Earlier rounds' models are fetched by nobody any more; this round's models
+        # (decoded above) are all it needs to aggregate next round.
+        await self.node.forget_before(setup.task_id, r)
+        self._own = {k: v for k, v in self._own.items() if k >= r}
+        self._holders = {k: v for k, v in self._holders.items() if k >= r}
+        if random.Random(self._seed("announce", r)).random() >= setup.announce_loss:
+            holding = {"kind": "holding", "round": r, "worker": self.address, "binding": self._binding}
+            await self.node.announce(setup.topic, holding)
 
         # The behaviour scores the models in CID order too, so that its seeded choices
         # (a collusion ring's guesses) do not depend on the secret shuffle.
         true_scores = [j[1] if (j := judged[i]) else None for i in canon]
         ring_positions = None
-        if self.ring and self.behavior.params.get("shares_cids"):
-            known = ctx.ring_channel[self.ring][r]
+        if self.ring_peers and self.behavior.params.get("shares_cids"):
+            known = self._ring_known.get(r, set())
             ring_positions = {k for k, i in enumerate(canon) if cids[i] in known}
+        self._ring_known = {k: v for k, v in self._ring_known.items() if k > r}
         in_canon = self.behavior.scores(true_scores, ring_positions, self._seed("scores", r))
         # Its own model gets a score too, so that no abstention points at it; the rules
         # ignore self-scores. On accuracy, every honest score is a multiple of 1/|val|.
         own_k = next((k for k, i in enumerate(canon) if cids[i] == own_cid), None)
         if own_k is not None:
-            grid = len(y) if ctx.metric == "accuracy" else None
+            grid = len(y) if setup.metric == "accuracy" else None
             in_canon[own_k] = self.behavior.self_score(in_canon, own_k, self._secret_rng, grid)
         submitted: list[float | None] = [None] * len(cids)
         for k, i in enumerate(canon):
@@ -262,14 +370,15 @@ class WorkerAgent:
 
     async def _fetch(self, r: int, cid: str) -> bytes:
         """One published model, from the first of `_providers` that delivers it (or
-        from its own store); logs which provider served it, the size and the time."""
+        from its own store); logs which provider served it, the size and the time.
+        Fetched without keeping: the caller keeps it once it has validated it."""
         if self.node.holds(cid):
             return await self.node.get(cid, [])
         reasons: dict[str, str] = {}
         for provider in self._providers(r):
             t0 = time.monotonic()
             try:
-                blob = await self.node.get(cid, [provider], keep=True, max_bytes=self.ctx.max_model_bytes)
+                blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes)
             except BlobUnavailable as e:
                 reasons.update(e.reasons)
                 continue

@@ -52,7 +52,7 @@ def check_expectations(out: RunOutcome) -> list[Expectation]:
 def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, Any]:
     sc = out.scenario
     rounds = []
-    for r, rec in sorted(out.ctx.rounds.items()):
+    for r, rec in sorted(out.rounds.items()):
         rounds.append(
             {
                 "round": r,

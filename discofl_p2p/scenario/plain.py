@@ -19,7 +19,7 @@ from discofl_p2p.agents.context import derive_seed
 from discofl_p2p.agents.jobs import evaluate_job, initial_state, train_job
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.scenario.config import Scenario
-from discofl_p2p.scenario.runner import build_context, worker_names
+from discofl_p2p.scenario.runner import build_setup, worker_names
 from discofl_p2p.trust.blockflow import contribution_scores
 
 
@@ -33,11 +33,11 @@ class PlainOutcome:
 def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.monotonic()
-    ctx = build_context(sc)
+    ctx, w0_model = build_setup(sc)
     roster = worker_names(sc)
     behaviors = {n: Behavior(b, dict(p)) for n, b, p in roster}
     splits = {n: ctx.partition.workers[i] for i, (n, _, _) in enumerate(roster)}
-    w0 = initial_state(ctx.w0)
+    w0 = initial_state(w0_model)
     cands: dict[str, list[Candidate]] = {n: [] for n in behaviors}
     seen: dict[str, list[tuple[float, dict]]] = {n: [] for n in behaviors}
     contributions = []
@@ -54,7 +54,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             if b.trains():
                 x, y = ctx.data.x[splits[n].train], ctx.data.y[splits[n].train]
                 x, y = b.training_data(x, y, derive_seed(seed, n, "data", r))
-                trained = train_job(ctx.w0, base, x, y, ctx.train_cfg_for(r), derive_seed(seed, n, "train", r))
+                trained = train_job(w0_model, base, x, y, ctx.train_cfg_for(r), derive_seed(seed, n, "train", r))
             published[n] = b.submission(trained, base, seen[n], derive_seed(seed, n, "submit", r))
         matrix = {}
         for n, b in behaviors.items():
@@ -62,15 +62,15 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
                 continue
             x, y = ctx.data.x[splits[n].val], ctx.data.y[splits[n].val]
             names = list(published)
-            true = [None if m == n else evaluate_job(ctx.w0, published[m], x, y, ctx.metric) for m in names]
+            true = [None if m == n else evaluate_job(w0_model, published[m], x, y, ctx.metric) for m in names]
             submitted = b.scores(true, None, derive_seed(seed, n, "scores", r))
             matrix[n] = {m: s for m, s in zip(names, submitted) if s is not None}
             cands[n] = [Candidate(published[m], s) for m, s in zip(names, true) if s is not None]
             seen[n] = [(s, published[m]) for m, s in zip(names, true) if s is not None]
             if n in published:
-                cands[n].append(Candidate(published[n], evaluate_job(ctx.w0, published[n], x, y, ctx.metric)))
+                cands[n].append(Candidate(published[n], evaluate_job(w0_model, published[n], x, y, ctx.metric)))
         for state in published.values():
-            evaluate_job(ctx.w0, state, *ctx.test_set, "accuracy")
+            evaluate_job(w0_model, state, *ctx.test_set, "accuracy")
         contrib = contribution_scores(matrix, list(behaviors))
         p = {n: c.score for n, c in contrib.items()}
         contributions.append(p)
@@ -79,5 +79,5 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     final_c = [Candidate(s, p[n]) for n, s in last.items() if p[n] >= final_keep_ratio * best]
     acc = None
     if final_c:
-        acc = evaluate_job(ctx.w0, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
+        acc = evaluate_job(w0_model, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
     return PlainOutcome(acc, time.monotonic() - started, contributions)

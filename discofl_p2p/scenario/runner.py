@@ -6,6 +6,14 @@ timeout. Leaving any of them shuts down what it owns.
 
 `assemble` builds one task's agents (accounts funded, nodes meshed, contract
 deployed) without running them; `Simulation.run` runs them; `run_scenario` does both.
+
+What the runner hands each agent is its own: its account, its node, its data split
+and the task's public setup (`TaskSetup`, frozen). w0 goes to the requester only
+(workers fetch it over the network and check it against the contract); peer ids are
+bound to addresses by the workers' signatures, not by the runner; a collusion ring's
+members are given each other's peer ids (their out-of-band agreement) and talk over
+their own direct messages. The agents write their records into one `Recorder`, which
+`RunOutcome.rounds` carries.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 from web3 import AsyncWeb3
 
 from discofl_p2p.agents.behaviors import Behavior
-from discofl_p2p.agents.context import SimContext
+from discofl_p2p.agents.context import Recorder, RoundRecord, TaskSetup
 from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
 from discofl_p2p.chain.client import TaskClient, connect
@@ -59,7 +67,7 @@ class RunOutcome:
     chain_id: int
     deposit_wei: int
     workers: list[WorkerInfo]
-    ctx: SimContext
+    rounds: dict[int, RoundRecord]
     final_accuracy: float | None
     rewards_wei: dict[str, int]
     refunded_wei: int
@@ -80,7 +88,8 @@ def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def build_context(sc: Scenario) -> SimContext:
+def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
+    """The task's public setup, and w0 (the requester's: its TorchScript archive)."""
     data = load_dataset(sc.data.dataset, sc.data.directory or None)
     part = partition(
         data.y,
@@ -93,12 +102,11 @@ def build_context(sc: Scenario) -> SimContext:
     )
     model = build_model(sc.model.name, seed=sc.task.seed)
     state = model.state_dict()
-    return SimContext(
+    setup = TaskSetup(
         task_id=f"{sc.task.name}-{sc.task.seed}",
         data=data,
         partition=part,
         spec=spec_of(state),
-        w0=export_initial_model(model),
         train_cfg=TrainConfig(
             epochs=sc.model.epochs,
             batch_size=sc.model.batch_size,
@@ -113,6 +121,7 @@ def build_context(sc: Scenario) -> SimContext:
         announce_loss=sc.faults.announce_loss,
         round_lr_decay=sc.model.round_lr_decay,
     )
+    return setup, export_initial_model(model)
 
 
 @dataclass
@@ -120,7 +129,8 @@ class Simulation:
     """One task's agents, deployed and wired, ready to run."""
 
     scenario: Scenario
-    ctx: SimContext
+    setup: TaskSetup
+    recorder: Recorder
     requester: RequesterAgent
     workers: list[WorkerAgent]
     infos: list[WorkerInfo]
@@ -151,7 +161,7 @@ class Simulation:
             chain_id=self.chain_id,
             deposit_wei=self.deposit_wei,
             workers=self.infos,
-            ctx=self.ctx,
+            rounds=self.recorder.rounds,
             final_accuracy=self.requester.final_accuracy,
             rewards_wei=rewards,
             refunded_wei=st.refunded,
@@ -162,15 +172,18 @@ class Simulation:
 
 async def assemble(
     sc: Scenario,
-    ctx: SimContext,
+    setup: TaskSetup,
+    w0: bytes,
     w3: AsyncWeb3,
     ws_url: str,
     net: P2PNetwork,
     *,
+    recorder: Recorder | None = None,
     registration_timeout_s: float = 60.0,
 ) -> Simulation:
     """Funds every account, starts and meshes one node per agent on `net`, deploys the
     task and builds the agents; nothing runs yet."""
+    recorder = recorder or Recorder()
     started = time.monotonic()
     roster = worker_names(sc)
     ring_sizes: dict[str, int] = {}
@@ -181,17 +194,17 @@ async def assemble(
     deposit = sc.task.deposit_wei
 
     chain_id = await w3.eth.chain_id
-    req_acct = derive_account(seed, f"{ctx.task_id}/requester")
-    accts = {name: derive_account(seed, f"{ctx.task_id}/{name}") for name, _, _ in roster}
+    req_acct = derive_account(seed, f"{setup.task_id}/requester")
+    accts = {name: derive_account(seed, f"{setup.task_id}/{name}") for name, _, _ in roster}
     await fund(w3, req_acct.address, deposit + FUNDING_WEI)
     await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
     names: dict[str, str] = {a.address: n for n, a in accts.items()}
 
-    req_node = await net.add_node(key_from_seed(seed, f"{ctx.task_id}/requester"))
-    nodes = {n: await net.add_node(key_from_seed(seed, f"{ctx.task_id}/{n}")) for n, _, _ in roster}
+    req_node = await net.add_node(key_from_seed(seed, f"{setup.task_id}/requester"))
+    nodes = {n: await net.add_node(key_from_seed(seed, f"{setup.task_id}/{n}")) for n, _, _ in roster}
     await net.connect_all([req_node, *nodes.values()])
     for topic_node in [req_node, *nodes.values()]:
-        await topic_node.subscribe(ctx.topic)
+        await topic_node.subscribe(setup.topic)
 
     cfg = RequesterConfig(
         rounds=sc.task.rounds,
@@ -204,41 +217,46 @@ async def assemble(
         evaluation_timeout_s=sc.task.evaluation_timeout_s,
         registration_timeout_s=registration_timeout_s,
     )
-    peers: dict[str, str] = {accts[n].address: node.peer_id for n, node in nodes.items()}
     requester = await RequesterAgent.deploy(
-        lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, ctx, cfg, names, peers
+        lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, setup, recorder, cfg, names, w0
     )
+    rings: dict[str, list[str]] = {}  # ring -> its members' peer ids
+    for name, b, p in roster:
+        if b == "collusion":
+            rings.setdefault(p["ring"], []).append(nodes[name].peer_id)
     workers = []
     for i, (name, behavior, params) in enumerate(roster):
         p = dict(params)
-        if behavior == "collusion":
-            p["_ring_size"] = ring_sizes[params["ring"]]
+        ring = params.get("ring") if behavior == "collusion" else None
+        if ring is not None:
+            p["_ring_size"] = ring_sizes[ring]
         workers.append(
             WorkerAgent(
                 name=name,
                 behavior=Behavior(behavior, p),
                 client=requester.client.as_account(accts[name]),
                 node=nodes[name],
-                ctx=ctx,
-                split=ctx.partition.workers[i],
+                setup=setup,
+                recorder=recorder,
+                split=setup.partition.workers[i],
                 requester_peer=req_node.peer_id,
-                ring=params.get("ring") if behavior == "collusion" else None,
+                ring=ring,
+                ring_peers=tuple(q for q in rings.get(ring or "", []) if q != nodes[name].peer_id),
             )
         )
     infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
-    return Simulation(sc, ctx, requester, workers, infos, chain_id, deposit, started)
+    return Simulation(sc, setup, recorder, requester, workers, infos, chain_id, deposit, started)
 
 
 async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, str], None] | None = None) -> RunOutcome:
     torch.set_num_threads(1)  # one thread per job; the pool runs as many jobs as cores
     started = time.monotonic()
-    ctx = build_context(sc)
-    if on_phase:
-        ctx.on_phase = on_phase
+    setup, w0 = build_setup(sc)
+    recorder = Recorder(on_phase=on_phase) if on_phase else Recorder()
     w3 = await connect(ws_url)
     try:
-        async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-            sim = await assemble(sc, ctx, w3, ws_url, net)
+        async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
+            sim = await assemble(sc, setup, w0, w3, ws_url, net, recorder=recorder)
             sim.started = started
             limit = asyncio.timeout(sc.timeout_s)
             try:
@@ -247,7 +265,7 @@ async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, st
             except TimeoutError:
                 if not limit.expired():
                     raise
-                reached = max(ctx.rounds, default=0)
+                reached = max(recorder.rounds, default=0)
                 raise RunTimedOut(
                     f"the task did not finish within timeout_s = {sc.timeout_s} s "
                     f"(it reached round {reached} of {sc.task.rounds})"
@@ -255,7 +273,7 @@ async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, st
             return await sim.outcome()
     finally:
         await w3.provider.disconnect()
-        ctx.cpu.shutdown(wait=False, cancel_futures=True)
+        setup.cpu.shutdown(wait=False, cancel_futures=True)
 
 
 async def _rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
