@@ -20,6 +20,13 @@ pragma solidity ^0.8.24;
 ///         settlement cheap for many workers.
 ///      During evaluation the chain holds only hiding commitments and a shuffled list,
 ///      so nobody but the requester can tell from the chain who submitted which model.
+/// @dev Liveness: if the requester lets a deadline pass by more than the grace period
+///      without opening evaluation or settling, anyone may end the task
+///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
+///      that committed at least one model, as pull credits. A finished task that the
+///      requester does not close may be closed by anyone after the grace period.
+/// @dev Registration is open to anyone by default; a task deployed allowlistOnly takes
+///      only addresses the requester allowed (at deployment or with allowWorkers).
 contract DiscoFLTask {
     // ------------------------------------------------------------------ types
 
@@ -28,7 +35,8 @@ contract DiscoFLTask {
         Submission,
         Evaluation,
         Finished,
-        Closed
+        Closed,
+        Abandoned // the requester stalled; ended by endAbandonedTask
     }
 
     enum RewardRule {
@@ -44,6 +52,7 @@ contract DiscoFLTask {
         uint32 submittedRound;
         uint32 scoredRound;
         uint96 credit; // withdrawable wei
+        bool shareClaimed; // its share of an abandoned task was added to a withdrawal
     }
 
     // ------------------------------------------------------------------ errors
@@ -52,6 +61,7 @@ contract DiscoFLTask {
     error InvalidTopK();
     error InvalidMaxWorkers();
     error InvalidPeriod();
+    error InvalidGracePeriod();
     error ZeroDeposit();
     error DepositTooLarge();
     error NotRequester();
@@ -61,6 +71,9 @@ contract DiscoFLTask {
     error AlreadyRegistered();
     error RegistrationFull();
     error RequesterCannotRegister();
+    error NotAllowed();
+    error AllowlistDisabled();
+    error GracePeriodNotOver(uint256 until);
     error NoWorkers();
     error AlreadySubmitted();
     error AlreadyScored();
@@ -86,8 +99,11 @@ contract DiscoFLTask {
         uint32 maxWorkers,
         uint256 deposit,
         bytes32 initialModel,
-        RewardRule rule
+        RewardRule rule,
+        uint64 gracePeriod,
+        bool allowlistOnly
     );
+    event WorkerAllowed(address indexed worker);
     event WorkerRegistered(address indexed worker, uint16 index);
     event TrainingStarted(uint32 workers);
     event RoundStarted(uint32 indexed round, uint64 deadline);
@@ -106,16 +122,28 @@ contract DiscoFLTask {
     event TrainingFinished(uint32 rounds);
     event Withdrawn(address indexed worker, uint256 amount);
     event TaskClosed(uint256 refund);
+    /// @dev Anyone ended the task after the requester stalled in `phase` of `round`:
+    ///      each of the `participants` (workers that committed a model) may withdraw
+    ///      `share` on top of its credit; the rounding remainder is credited to the
+    ///      requester (all of it when nobody took part).
+    event TaskAbandoned(Phase phase, uint32 round, uint32 participants, uint256 share, uint256 requesterCredit);
 
     // ------------------------------------------------------------------ state
 
     uint256 public constant SCORE_SCALE = 10000; // scores are basis points; 0xFFFF = abstain
     uint256 public constant MAX_TOP_K = 64;
-    uint256 public constant MAX_WORKERS = 4096;
+    /// @dev What one settleRound transaction carries: 128 calldata bytes per submitter,
+    ///      so at 768 (and MAX_TOP_K) about 103 kB, within 80 % of the 128 KiB that
+    ///      geth's and reth's pools accept, and about 3.0M gas, under a fifth of EIP-7825's
+    ///      16,777,216 cap. See docs/contract.md.
+    uint256 public constant MAX_WORKERS = 768;
     uint16 public constant NOT_OPENED = 0xFFFF;
     /// @dev About 136 years: block time + period always fits the uint64 deadline, so
     ///      no round can fail to open or start on an overflow (which would lock the deposit).
     uint64 public constant MAX_PERIOD = type(uint32).max;
+    /// @dev The shortest grace period: a slow requester (BlockFlow over many workers, a
+    ///      congested chain) must not lose its task to the first impatient caller.
+    uint64 public constant MIN_GRACE_PERIOD = 1 hours;
 
     address public immutable requester;
     uint32 public immutable rounds;
@@ -126,6 +154,8 @@ contract DiscoFLTask {
     uint256 public immutable deposit;
     bytes32 public immutable initialModel;
     RewardRule public immutable rule;
+    uint64 public immutable gracePeriod;
+    bool public immutable allowlistOnly;
 
     Phase public phase;
     uint32 public currentRound;
@@ -134,12 +164,16 @@ contract DiscoFLTask {
     uint32 public submittedCount;
     uint32 public scoredCount;
     uint32 public modelCount;
+    uint16 public participantCount; // workers that committed a model; packed with the above
     bytes32 public modelListHash;
     bytes32 public commitmentAccumulator;
 
     uint256 public totalCredited;
     uint256 public totalWithdrawn;
     uint256 public refunded;
+    uint256 public abandonShare; // each participant's share once abandoned
+
+    mapping(address => bool) public allowed;
 
     mapping(address => Worker) public workers;
     address[] public workerList;
@@ -153,13 +187,18 @@ contract DiscoFLTask {
         uint64 submissionPeriod_,
         uint64 evaluationPeriod_,
         bytes32 initialModel_,
-        RewardRule rule_
+        RewardRule rule_,
+        uint64 gracePeriod_,
+        bool allowlistOnly_,
+        address[] memory allowed_
     ) payable {
         if (rounds_ == 0) revert InvalidRounds();
         if (maxWorkers_ == 0 || maxWorkers_ > MAX_WORKERS) revert InvalidMaxWorkers();
         if (topK_ == 0 || topK_ > MAX_TOP_K || topK_ > maxWorkers_) revert InvalidTopK();
         if (submissionPeriod_ == 0 || evaluationPeriod_ == 0) revert InvalidPeriod();
         if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD) revert InvalidPeriod();
+        if (gracePeriod_ < MIN_GRACE_PERIOD || gracePeriod_ > MAX_PERIOD) revert InvalidGracePeriod();
+        if (allowed_.length != 0 && !allowlistOnly_) revert AllowlistDisabled();
         if (msg.value == 0) revert ZeroDeposit();
         if (msg.value > type(uint96).max) revert DepositTooLarge();
         requester = msg.sender;
@@ -171,7 +210,20 @@ contract DiscoFLTask {
         deposit = msg.value;
         initialModel = initialModel_;
         rule = rule_;
-        emit TaskCreated(msg.sender, rounds_, topK_, maxWorkers_, msg.value, initialModel_, rule_);
+        gracePeriod = gracePeriod_;
+        allowlistOnly = allowlistOnly_;
+        for (uint256 i = 0; i < allowed_.length; i++) _allow(allowed_[i]);
+        emit TaskCreated(
+            msg.sender,
+            rounds_,
+            topK_,
+            maxWorkers_,
+            msg.value,
+            initialModel_,
+            rule_,
+            gracePeriod_,
+            allowlistOnly_
+        );
     }
 
     modifier onlyRequester() {
@@ -187,9 +239,23 @@ contract DiscoFLTask {
         if (round != currentRound) revert WrongRound(currentRound, round);
     }
 
+    /// @notice Lets these addresses register (a task deployed allowlistOnly), before
+    ///         training starts.
+    function allowWorkers(address[] calldata who) external onlyRequester {
+        if (!allowlistOnly) revert AllowlistDisabled();
+        _inPhase(Phase.Registration);
+        for (uint256 i = 0; i < who.length; i++) _allow(who[i]);
+    }
+
+    function _allow(address who) private {
+        allowed[who] = true;
+        emit WorkerAllowed(who);
+    }
+
     function register() external {
         _inPhase(Phase.Registration);
         if (msg.sender == requester) revert RequesterCannotRegister();
+        if (allowlistOnly && !allowed[msg.sender]) revert NotAllowed();
         Worker storage w = workers[msg.sender];
         if (w.registered) revert AlreadyRegistered();
         uint32 n = workerCount;
@@ -216,10 +282,12 @@ contract DiscoFLTask {
         if (block.timestamp > deadline) revert DeadlinePassed(deadline);
         Worker storage w = workers[msg.sender];
         if (!w.registered) revert NotRegistered();
-        if (w.submittedRound == round) revert AlreadySubmitted();
+        uint32 last = w.submittedRound;
+        if (last == round) revert AlreadySubmitted();
         w.submittedRound = round;
         commitmentAccumulator = _fold(commitmentAccumulator, msg.sender, commitment);
         submittedCount += 1;
+        if (last == 0) participantCount += 1; // its first model: it takes part
         emit ModelCommitted(round, msg.sender, commitment);
     }
 
@@ -340,6 +408,7 @@ contract DiscoFLTask {
 
         if (round == rounds) {
             phase = Phase.Finished;
+            deadline = uint64(block.timestamp); // the grace period to close runs from here
             emit TrainingFinished(rounds);
         } else {
             _startRound(round + 1);
@@ -348,9 +417,15 @@ contract DiscoFLTask {
 
     // ------------------------------------------------------------------ money
 
+    /// @notice Pays the caller its credit and, once the task was abandoned, its share
+    ///         (if it committed a model; once).
     function withdraw() external {
         Worker storage w = workers[msg.sender];
         uint256 amount = w.credit;
+        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) {
+            w.shareClaimed = true;
+            amount += abandonShare;
+        }
         if (amount == 0) revert NothingToWithdraw();
         w.credit = 0;
         totalWithdrawn += amount;
@@ -361,9 +436,16 @@ contract DiscoFLTask {
 
     /// @notice Ends the task: before training starts (a cancellation) or after the last
     ///         round. Everything not credited to a worker goes back to the requester.
-    function closeTask() external onlyRequester {
-        if (phase != Phase.Registration && phase != Phase.Finished) {
-            revert WrongPhase(Phase.Finished, phase);
+    ///         Only the requester may cancel; anyone may close a finished task once
+    ///         its grace period is over (every round was settled, so what is left is
+    ///         the requester's all the same).
+    function closeTask() external {
+        Phase p = phase;
+        if (p != Phase.Registration && p != Phase.Finished) revert WrongPhase(Phase.Finished, p);
+        if (msg.sender != requester) {
+            if (p == Phase.Registration) revert NotRequester();
+            uint256 until = graceEnd();
+            if (block.timestamp <= until) revert GracePeriodNotOver(until);
         }
         phase = Phase.Closed;
         uint256 refund = deposit - totalCredited;
@@ -375,7 +457,48 @@ contract DiscoFLTask {
         }
     }
 
+    /// @notice Anyone ends a task whose requester stalled: it did not open evaluation
+    ///         (or settle) within the grace period after the submission (or evaluation)
+    ///         deadline. The rest of the deposit (deposit - totalCredited) is shared
+    ///         equally by the participants, the registered workers that committed at
+    ///         least one model in any round; each withdraws its share with withdraw().
+    ///         The remainder of the division (fewer wei than participants), or the
+    ///         whole rest if nobody took part, is credited to the requester. Credits
+    ///         from settled rounds stay as they are.
+    function endAbandonedTask() external {
+        Phase p = phase;
+        if (p != Phase.Submission && p != Phase.Evaluation) revert WrongPhase(Phase.Evaluation, p);
+        uint256 until = graceEnd();
+        if (block.timestamp <= until) revert GracePeriodNotOver(until);
+        phase = Phase.Abandoned;
+        uint256 rest = deposit - totalCredited;
+        uint256 n = participantCount;
+        uint256 share = n == 0 ? 0 : rest / n;
+        uint256 toRequester = rest - share * n;
+        abandonShare = share;
+        if (toRequester != 0) workers[requester].credit += uint96(toRequester);
+        totalCredited = deposit;
+        emit TaskAbandoned(p, currentRound, uint32(n), share, toRequester);
+    }
+
     // ------------------------------------------------------------------ views
+
+    /// @notice When the grace period of the current phase ends: the submission or
+    ///         evaluation deadline (or the time the last round settled) plus
+    ///         gracePeriod; 0 where none runs (registration, closed, abandoned).
+    function graceEnd() public view returns (uint256) {
+        Phase p = phase;
+        if (p != Phase.Submission && p != Phase.Evaluation && p != Phase.Finished) return 0;
+        return uint256(deadline) + gracePeriod;
+    }
+
+    /// @notice What withdraw() would pay `who` now.
+    function withdrawable(address who) external view returns (uint256) {
+        Worker storage w = workers[who];
+        uint256 amount = w.credit;
+        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) amount += abandonShare;
+        return amount;
+    }
 
     /// @notice The pot of a round: deposit / rounds; the last round also takes the
     ///         remainder, so that fully settled rounds pay out the whole deposit.

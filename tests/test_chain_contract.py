@@ -27,7 +27,15 @@ from discofl_p2p.chain.encoding import (
     reveal,
 )
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
-from discofl_p2p.chain.limits import ETH, MAX_DEPOSIT_WEI, MAX_PERIOD_S, MAX_ROUNDS, MAX_TOP_K, MAX_WORKERS
+from discofl_p2p.chain.limits import (
+    ETH,
+    MAX_DEPOSIT_WEI,
+    MAX_PERIOD_S,
+    MAX_ROUNDS,
+    MAX_TOP_K,
+    MAX_WORKERS,
+    MIN_GRACE_PERIOD_S,
+)
 from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round
 from discofl_p2p.trust.rewards import round_pot, top_k_rewards
 from tests.conftest import run
@@ -244,11 +252,13 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 deposit_wei=MAX_DEPOSIT_WEI,
                 submission_period_s=MAX_PERIOD_S,
                 evaluation_period_s=MAX_PERIOD_S,
+                grace_period_s=MAX_PERIOD_S,
             )
             client, _ = await TaskClient.deploy(w3, acct, at_limit, ws_url=anvil.ws_url)
             assert await client.view("MAX_TOP_K") == MAX_TOP_K
             assert await client.view("MAX_WORKERS") == MAX_WORKERS
             assert await client.view("MAX_PERIOD") == MAX_PERIOD_S
+            assert await client.view("MIN_GRACE_PERIOD") == MIN_GRACE_PERIOD_S
             assert await client.view("NOT_OPENED") == NOT_OPENED
             assert await client.view("rounds") == MAX_ROUNDS
             st = await client.state()
@@ -259,6 +269,8 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 (dict(max_workers=MAX_WORKERS + 1), "InvalidMaxWorkers"),
                 (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
                 (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+                (dict(grace_period_s=MAX_PERIOD_S + 1), "InvalidGracePeriod"),
+                (dict(grace_period_s=MIN_GRACE_PERIOD_S - 1), "InvalidGracePeriod"),
             ]:
                 with _reverts(error):
                     await TaskClient.deploy(w3, acct, replace(at_limit, **kw), ws_url=anvil.ws_url)
@@ -432,6 +444,10 @@ def test_access_rules(anvil):
                 await w1.submit_scores(1, encode_scores([None]))
             with _reverts("WrongPhase"):
                 await req.close_task()  # training is running
+            with _reverts("WrongPhase"):
+                await w1.close_task()
+            with _reverts("GracePeriodNotOver"):
+                await w1.end_abandoned_task()  # the requester is not late
 
             await advance_time(w3, p.submission_period_s + 1)
             with _reverts("DeadlinePassed"):
@@ -464,8 +480,8 @@ def test_access_rules(anvil):
             await req.settle_round(1, [digest], *args, [0])
             with _reverts("WrongPhase"):
                 await req.settle_round(1, [digest], *args, [0])
-            with _reverts("NotRequester"):
-                await w1.close_task()
+            with _reverts("GracePeriodNotOver"):
+                await w1.close_task()  # a finished task: anyone may close it, after the grace period
             with _reverts("NothingToWithdraw"):
                 await w2.withdraw()
             await req.close_task()

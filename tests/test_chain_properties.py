@@ -1,8 +1,10 @@
 """Property test (hypothesis): random sequences of valid and invalid calls by random
 actors never break conservation of funds, and nobody takes more than their credit.
 
-Each worker's credit is checked against the event log, not against itself: what the
-RoundSettled events awarded it, less what the Withdrawn events paid it."""
+Each account's withdrawable amount is checked against the event log, not against
+itself: what the RoundSettled events awarded it, plus its part of a TaskAbandoned event
+(its share if a ModelCommitted event names it, the remainder for the requester), less
+what the Withdrawn events paid it."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time
 from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
 from discofl_p2p.chain.errors import ContractRevert
+from discofl_p2p.chain.limits import MIN_GRACE_PERIOD_S
 from discofl_p2p.chain.scripted import deploy_and_register
 from tests.conftest import run
 
-ACTIONS = ["register", "start", "submit", "open", "scores", "settle", "withdraw", "close", "wait"]
+ACTIONS = ["register", "start", "submit", "open", "scores", "settle", "withdraw", "close", "wait", "grace", "abandon"]
 N_ACTORS = 4  # actor 0 is the requester, 1..3 may be workers
 
 
@@ -32,6 +35,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
             deposit_wei=10**18 + seed,
             submission_period_s=100,
             evaluation_period_s=100,
+            grace_period_s=MIN_GRACE_PERIOD_S,
         )
         task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed, register=False, start=False)
         req = task.requester
@@ -43,6 +47,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
         withdrawn: dict[str, int] = dict.fromkeys(addresses, 0)  # from withdraw() results
         awarded: dict[str, int] = dict.fromkeys(addresses, 0)  # from RoundSettled events
         paid: dict[str, int] = dict.fromkeys(addresses, 0)  # from Withdrawn events
+        took_part: set[str] = set()  # from ModelCommitted events
         next_block = 0
         r = 0
 
@@ -70,7 +75,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     ranking = rng.sample(range(len(models)), min(len(models), top_k))
                     await me.settle_round(r, models, *reveal(req.address, r, subs.get(r, []), models), ranking)
                 elif action == "withdraw":
-                    credit = await req.credit_of(me.account.address)
+                    credit = await req.withdrawable_of(me.account.address)
                     res = await me.withdraw()
                     assert res.events[0].args["amount"] == credit  # exactly the credit, no more
                     withdrawn[me.account.address] += credit
@@ -78,6 +83,10 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     await me.close_task()
                 elif action == "wait":
                     await advance_time(w3, 101)
+                elif action == "grace":
+                    await advance_time(w3, MIN_GRACE_PERIOD_S + 101)
+                elif action == "abandon":
+                    await me.end_abandoned_task()
             except ContractRevert:
                 pass  # invalid calls must revert cleanly; the invariants below still hold
 
@@ -90,8 +99,15 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                         awarded[owner] += amount
                 elif ev.name == "Withdrawn":
                     paid[ev.args["worker"]] += ev.args["amount"]
+                elif ev.name == "ModelCommitted":
+                    took_part.add(ev.args["worker"])
+                elif ev.name == "TaskAbandoned":
+                    assert ev.args["participants"] == len(took_part)
+                    for a in took_part:
+                        awarded[a] += ev.args["share"]
+                    awarded[req.account.address] += ev.args["requesterCredit"]
             next_block = head + 1
-            credits = [await req.credit_of(a) for a in addresses]
+            credits = [await req.withdrawable_of(a) for a in addresses]
             # Conservation: every wei is held, withdrawn or refunded.
             assert st_.held + st_.total_withdrawn + st_.refunded == p.deposit_wei
             # What the contract holds covers every outstanding credit.
@@ -129,4 +145,6 @@ def test_random_call_sequences_conserve_funds(anvil, steps, seed, rounds, top_k)
         ("settle", 0),
         ("withdraw", 1),
     ]
-    run(_play(anvil.ws_url, (prefix if seed % 2 else []) + steps, seed, rounds, top_k))
+    # ...and some reach a stalled requester: a submitter, the grace period, an outsider ends it.
+    stalled = [("register", 1), ("register", 2), ("start", 0), ("submit", 2), ("grace", 0), ("abandon", 3)]
+    run(_play(anvil.ws_url, (prefix if seed % 2 else stalled if seed % 4 == 2 else []) + steps, seed, rounds, top_k))

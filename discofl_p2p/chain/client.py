@@ -44,6 +44,7 @@ from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
+from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
 MAX_IN_FLIGHT = 256
 """Transactions a process keeps unconfirmed at once (anvil stalls at about 1000)."""
@@ -87,6 +88,7 @@ class Phase(enum.IntEnum):
     EVALUATION = 2
     FINISHED = 3
     CLOSED = 4
+    ABANDONED = 5
 
 
 class RewardRule(enum.IntEnum):
@@ -96,7 +98,14 @@ class RewardRule(enum.IntEnum):
 
 @dataclass(frozen=True)
 class TaskParams:
-    """What the requester fixes at deployment."""
+    """What the requester fixes at deployment.
+
+    `grace_period_s`: how long after a deadline (or after the last round settled)
+    anyone may end a task whose requester stalls (`end_abandoned_task`, or
+    `close_task` once finished). `allowlist_only`: only addresses the requester allows
+    may register; `allowlist` are allowed at deployment (more with `allow_workers`).
+    The defaults keep registration open to anyone.
+    """
 
     rounds: int
     top_k: int
@@ -106,6 +115,9 @@ class TaskParams:
     submission_period_s: int = 3600
     evaluation_period_s: int = 3600
     rule: RewardRule = RewardRule.TOP_K
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S
+    allowlist_only: bool = False
+    allowlist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,8 @@ class TaskState:
     refunded: int
     held: int
     deposit: int
+    participant_count: int = 0
+    """Registered workers that committed at least one model (they share an abandoned task)."""
 
 
 async def connect(ws_url: str) -> AsyncWeb3:
@@ -337,6 +351,9 @@ class TaskClient:
             params.evaluation_period_s,
             params.initial_model,
             int(params.rule),
+            params.grace_period_s,
+            params.allowlist_only,
+            [AsyncWeb3.to_checksum_address(a) for a in params.allowlist],
         )
         deployer = cls(w3, "0x" + "00" * 20, account, ws_url=ws_url)
         receipt = await deployer._transact(ctor, "constructor", value=params.deposit_wei)
@@ -352,6 +369,10 @@ class TaskClient:
 
     async def register(self) -> TxResult:
         return await self._call("register")
+
+    async def allow_workers(self, addresses: Sequence[str]) -> TxResult:
+        """The requester lets these addresses register (a task deployed `allowlist_only`)."""
+        return await self._call("allowWorkers", [AsyncWeb3.to_checksum_address(a) for a in addresses])
 
     async def start_training(self) -> TxResult:
         return await self._call("startTraining")
@@ -391,7 +412,14 @@ class TaskClient:
         return await self._call("withdraw")
 
     async def close_task(self) -> TxResult:
+        """The requester closes (before training, or once finished); anyone may close a
+        finished task once its grace period is over (the refund still goes to the requester)."""
         return await self._call("closeTask")
+
+    async def end_abandoned_task(self) -> TxResult:
+        """Anyone ends a task whose requester stalled past a deadline plus the grace period:
+        the rest of the deposit is shared equally by the workers who committed a model."""
+        return await self._call("endAbandonedTask")
 
     # -------------------------------------------------------------- views
 
@@ -409,6 +437,7 @@ class TaskClient:
             "totalWithdrawn",
             "refunded",
             "deposit",
+            "participantCount",
         ]
         vals = await asyncio.gather(*(getattr(f, n)().call() for n in names))
         held = await self.w3.eth.get_balance(self.address)
@@ -426,10 +455,18 @@ class TaskClient:
             refunded=v["refunded"],
             held=held,
             deposit=v["deposit"],
+            participant_count=v["participantCount"],
         )
 
     async def credit_of(self, address: str) -> int:
+        """What settlements credited `address` and it has not withdrawn (not its share of
+        an abandoned task; see `withdrawable_of`)."""
         return (await self.contract.functions.workers(address).call())[4]
+
+    async def withdrawable_of(self, address: str) -> int:
+        """What `withdraw()` would pay `address` now: its credit and, once the task was
+        abandoned, its unclaimed share."""
+        return int(await self.contract.functions.withdrawable(address).call())
 
     async def view(self, name: str, *args: Any) -> Any:
         """Any other public view, by its Solidity name."""

@@ -7,16 +7,17 @@ The demo, the gas benchmark and the chain tests share it. Models here are random
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from discofl_p2p.chain.client import TaskClient, TaskParams
-from discofl_p2p.chain.devchain import derive_account, fund
+from discofl_p2p.chain.devchain import advance_time, derive_account, fund
 from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
 from discofl_p2p.chain.limits import FUNDING_WEI
 
@@ -112,3 +113,51 @@ async def play_round(
     for k, v in gas.items():
         task.record(k, v)
     return gas
+
+
+SCALE_CONCURRENCY = 32
+"""Calls `settle_at_scale` keeps in flight at once. All its clients share one WebSocket,
+and web3 keeps at most 500 requests' information per provider: with several hundred
+calls in flight the cache overflows and replies go to the wrong request."""
+
+
+async def _bounded(calls: Sequence[Callable[[], Awaitable[object]]]) -> None:
+    gate = asyncio.Semaphore(SCALE_CONCURRENCY)
+
+    async def one(call: Callable[[], Awaitable[object]]) -> None:
+        async with gate:
+            await call()
+
+    await asyncio.gather(*(one(c) for c in calls))
+
+
+async def settle_at_scale(
+    w3: AsyncWeb3, ws_url: str, n_workers: int, *, seed: int = 0, top_k: int = 6
+) -> tuple[int, int]:
+    """The cost of settling one round with `n_workers` submitters, all opened: deploys,
+    registers and commits concurrently (many workers are slow one by one), opens
+    evaluation, lets the deadline pass without scores, and settles with a top-`top_k`
+    ranking. Returns settleRound's gas and its calldata size in bytes."""
+    params = TaskParams(rounds=1, top_k=top_k, max_workers=n_workers, deposit_wei=10**18)
+    task = await deploy_and_register(w3, ws_url, params, n_workers, seed=seed, register=False, start=False)
+    req = task.requester
+    await _bounded([w.register for w in task.workers])
+    await req.start_training()
+    rng = random.Random(seed)
+    openings = [(hashlib.sha256(rng.randbytes(32)).digest(), rng.randbytes(32)) for _ in task.workers]
+
+    async def commit(w: TaskClient, digest: bytes, salt: bytes) -> None:
+        await w.submit_model(1, commitment(req.address, 1, w.account.address, digest, salt))
+
+    await _bounded([functools.partial(commit, w, d, s) for w, (d, s) in zip(task.workers, openings, strict=True)])
+    # Submission (event) order is what settlement verifies against.
+    order = [e.args["worker"] for e in await req.past_events() if e.name == "ModelCommitted"]
+    by_worker = {w.account.address: o for w, o in zip(task.workers, openings, strict=True)}
+    subs = [Submission(a, commitment(req.address, 1, a, *by_worker[a]), *by_worker[a]) for a in order]
+    models = [d for d, _ in openings]
+    rng.shuffle(models)
+    await req.open_evaluation(1, models)
+    await advance_time(w3, params.evaluation_period_s + 1)
+    res = await req.settle_round(1, models, *reveal(req.address, 1, subs, models), list(range(min(top_k, n_workers))))
+    tx = await w3.eth.get_transaction(res.tx_hash)  # type: ignore[arg-type]
+    return res.gas_used, len(tx["input"])
