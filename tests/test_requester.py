@@ -287,3 +287,24 @@ def test_nobody_registering_is_a_clear_error(anvil):
     assert len(leaves) == 1 and isinstance(leaves[0], RuntimeError)
     assert str(leaves[0]) == "no worker registered within the registration timeout (0.5 s)"
     assert st.phase == Phase.REGISTRATION and st.worker_count == 0
+
+
+def test_only_the_tasks_own_workers_may_register(anvil):
+    """The requester deploys with an allowlist of its workers: an outsider cannot take a
+    seat (and make every round wait for its deadlines); the workers can."""
+    from discofl_p2p.chain.devchain import derive_account, fund
+    from discofl_p2p.chain.limits import FUNDING_WEI
+
+    async def body(sim: Simulation):
+        client = sim.requester.client
+        outsider = client.as_account(derive_account(99, "outsider"))
+        await fund(client.w3, outsider.account.address, FUNDING_WEI)
+        with pytest.raises(ContractRevert) as refused:
+            await outsider.register()
+        for w in sim.workers:
+            await w.client.register()
+        return refused.value.name, await client.state()
+
+    refused, st = run(_with_simulation(anvil, "allowlist", body))
+    assert refused == "NotAllowed"
+    assert st.worker_count == 3

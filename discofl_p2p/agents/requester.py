@@ -254,6 +254,10 @@ class RequesterAgent:
             submission_period_s=cfg.submission_timeout_s,
             evaluation_period_s=cfg.evaluation_timeout_s,
             rule=rule,
+            # Only the task's own workers may register: no Sybil can take a seat and
+            # make every round wait for its deadlines.
+            allowlist_only=True,
+            allowlist=tuple(names),
         )
         client, res = await client_factory(params)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
@@ -371,7 +375,9 @@ class RequesterAgent:
             self.recorder.on_phase(a["round"], "settled")
         elif ev.name == "TrainingFinished":
             await self._finish()
-        elif ev.name == "TaskClosed":
+        elif ev.name in ("TaskClosed", "TaskAbandoned"):
+            if ev.name == "TaskAbandoned":  # only after this agent stalled past the grace period
+                log.warning("task_abandoned", agent="requester", **{k: v for k, v in a.items() if k != "phase"})
             return False
         if self.rounds:
             await self._advance(self.rounds[max(self.rounds)])

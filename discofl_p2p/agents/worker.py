@@ -14,6 +14,7 @@ EvaluationOpened(r)  fetch every published model (requester first, then peers th
                      submit the scores; then serve the round's models itself and
                      forget the earlier rounds' (nobody fetches them any more).
 TrainingFinished     withdraw its credit.
+TaskAbandoned        (the requester stalled) withdraw its share, stop.
 TaskClosed           stop.
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
@@ -213,15 +214,22 @@ class WorkerAgent:
             if not self.behavior.stopped(a["round"]):
                 await self._evaluate(a["round"], list(a["models"]))
         elif ev.name == "TrainingFinished":
-            credit = await self.client.credit_of(self.address)
-            if credit:
-                res = await self.client.withdraw()
-                amount = res.events[0].args["amount"]
-                self.withdrawn_wei += amount
-                self._log("withdrawn", max(self._started, default=0), amount=amount, gas=res.gas_used)
+            await self._withdraw()
+        elif ev.name == "TaskAbandoned":  # the requester stalled: collect the share, stop
+            await self._withdraw()
+            return False
         elif ev.name == "TaskClosed":
             return False
         return True
+
+    async def _withdraw(self) -> None:
+        """Withdraws everything the contract owes this worker (rewards, and its share of
+        an abandoned task's deposit), if anything."""
+        if await self.client.withdrawable_of(self.address):
+            res = await self.client.withdraw()
+            amount = res.events[0].args["amount"]
+            self.withdrawn_wei += amount
+            self._log("withdrawn", max(self._started, default=0), amount=amount, gas=res.gas_used)
 
     async def _gas(self, round_: int, call: Awaitable[TxResult]) -> TxResult:
         res = await call

@@ -277,11 +277,11 @@ async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, st
 
 
 async def _rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
-    """Each worker's total reward, read back from the chain: withdrawn + still credited."""
+    """Each worker's total reward, read back from the chain: withdrawn + still owed."""
     totals = dict.fromkeys(names.values(), 0)
     for ev in await client.past_events():
         if ev.name == "Withdrawn":
             totals[names[ev.args["worker"]]] += ev.args["amount"]
     for address, n in names.items():
-        totals[n] += await client.credit_of(address)
+        totals[n] += await client.withdrawable_of(address)
     return totals
