@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     scen.add_argument("--out", help="output directory (default: runs/NAME-seedN)")
     scen.add_argument("--seed", type=int, help="override the scenario's task.seed")
     scen.add_argument("--rpc-url", help="use this running anvil instead of starting one")
+    scen.add_argument(
+        "--dashboard",
+        nargs="?",
+        type=int,
+        const=0,
+        metavar="PORT",
+        help="serve a live dashboard of the run on 127.0.0.1 (PORT, or a free one) and print its URL",
+    )
 
     node = sub.add_parser("node", help="one libp2p node in this process: serve files, fetch a CID")
     node.add_argument("--key", default="discofl-node.key", help="key file (32-byte seed; created 0600 if absent)")
@@ -41,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="recompute every settled round of a task from the chain alone")
     audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
     audit.add_argument("--contract", required=True, help="the task's contract address")
+
+    dash = sub.add_parser("dashboard", help="a live web page for one task, read from the chain (read-only)")
+    dash.add_argument("--rpc-url", required=True, help="the chain the task lives on")
+    dash.add_argument("--contract", help="the task's contract address (default: the one --run deployed)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=9545, help="port to bind (default 9545; 0 picks a free one)")
+    dash.add_argument("--run", metavar="DIR", help="a scenario's output directory: worker names, accuracy")
 
     demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
@@ -79,7 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenario":
         from discofl_p2p.commands.scenario import scenario_main
 
-        return scenario_main(args.file, args.out, args.seed, args.rpc_url)
+        return scenario_main(args.file, args.out, args.seed, args.rpc_url, dashboard=args.dashboard)
     if args.command == "node":
         import asyncio
         from pathlib import Path
@@ -112,6 +127,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.commands.audit import audit_main
 
         return audit_main(to_ws_url(args.rpc_url), args.contract)
+    if args.command == "dashboard":
+        from discofl_p2p.chain.anvil import to_ws_url
+        from discofl_p2p.commands.dashboard import dashboard_main
+
+        return dashboard_main(to_ws_url(args.rpc_url), args.contract, args.host, args.port, args.run)
     if args.command == "demo":
         from discofl_p2p.commands.demo import demo_main
 

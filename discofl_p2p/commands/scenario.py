@@ -19,6 +19,7 @@ from rich.table import Table
 
 from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError, to_ws_url
 from discofl_p2p.chain.limits import ETH
+from discofl_p2p.dashboard.server import run_dashboard
 from discofl_p2p.report.plots import plot_accuracy, plot_rewards
 from discofl_p2p.report.results import check_expectations, write_results
 from discofl_p2p.scenario.config import ScenarioError, load_scenario
@@ -44,7 +45,13 @@ def configure_logging(log_file: TextIO) -> None:
 
 
 def scenario_main(
-    file: str, out_dir: str | None, seed: int | None, rpc_url: str | None, console: Console | None = None
+    file: str,
+    out_dir: str | None,
+    seed: int | None,
+    rpc_url: str | None,
+    console: Console | None = None,
+    *,
+    dashboard: int | None = None,
 ) -> int:
     console = console or Console(stderr=False)
     try:
@@ -57,7 +64,7 @@ def scenario_main(
     with open(out / "log.jsonl", "w") as log_file:
         configure_logging(log_file)
         try:
-            outcome = _run_with_progress(sc, rpc_url, console)
+            outcome = _run_with_progress(sc, rpc_url, console, out, dashboard)
         except (AnvilNotFound, AnvilStartError) as e:
             _error(f"cannot start the chain: {e}")
             return EXIT_RUN_FAILED
@@ -81,7 +88,9 @@ def scenario_main(
     return EXIT_OK if all(x.ok for x in expectations) else EXIT_EXPECTATION
 
 
-def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:
+def _run_with_progress(
+    sc, rpc_url: str | None, console: Console, out: Path | None = None, dashboard: int | None = None
+) -> RunOutcome:
     progress = Progress(
         TextColumn("round {task.fields[round]}"),
         BarColumn(),
@@ -104,8 +113,9 @@ def _run_with_progress(sc, rpc_url: str | None, console: Console) -> RunOutcome:
 
     with progress:
         if rpc_url:
-            return asyncio.run(run_scenario(sc, to_ws_url(rpc_url), on_phase=on_phase))
-        with Anvil() as anvil:
+            with run_dashboard(dashboard, to_ws_url(rpc_url), out, console.print):
+                return asyncio.run(run_scenario(sc, to_ws_url(rpc_url), on_phase=on_phase))
+        with Anvil() as anvil, run_dashboard(dashboard, anvil.ws_url, out, console.print):
             return asyncio.run(run_scenario(sc, anvil.ws_url, on_phase=on_phase))
 
 
