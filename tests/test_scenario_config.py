@@ -382,3 +382,56 @@ def test_the_command_exits_2_on_an_invalid_file_before_starting_anything(tmp_pat
     assert scenario_main(str(f), str(tmp_path / "out"), None, None) == EXIT_BAD_FILE
     assert f"{f}:5: task.aggregation_params.f:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- behaviours part by part
+
+PARTS = GOOD + (
+    '\n[[workers]]\nname = "alie"\ncount = 1\ntrain = "alie"\ntrain_params = { z = 1.5 }\n'
+    'score = "collusion"\nscore_params = { ring = "r1" }\n'
+)
+
+
+def test_behaviour_parts_resolve_and_shorthands_map_to_them():
+    sc = parse_scenario(PARTS, "s.toml")
+    ring, alie = sc.workers[1], sc.workers[2]
+    assert (ring.behavior, ring.score, ring.score_params, ring.train) == (
+        "collusion",
+        "collusion",
+        {"ring": "r1", "shares_cids": True},
+        "honest",
+    )
+    assert (alie.behavior, alie.train, alie.train_params, alie.score) == (
+        "alie+collusion",
+        "alie",
+        {"z": 1.5},
+        "collusion",
+    )
+    assert sc.workers[0].behavior == "honest" and sc.workers[0].participation == "always"
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (('train = "alie"', 'train = "alien"'), "workers[2].train", "unknown train behaviour 'alien'"),
+        (("{ z = 1.5 }", "{ zz = 1.5 }"), "workers[2].train_params.zz", "unknown key; allowed here: z"),
+        (("{ z = 1.5 }", "{ z = -1 }"), "workers[2].train_params.z", ">= 0"),
+        (("{ z = 1.5 }", "{ z = nan }"), "workers[2].train_params.z", "finite number"),
+        (('score_params = { ring = "r1" }', "score_params = {}"), "workers[2].score_params", "needs score_params.ring"),
+        (('score = "collusion"', 'score = "honest"'), "workers[2].score_params.ring", "'honest' takes no params"),
+        (('train = "alie"', 'behavior = "garbage"\ntrain = "alie"'), "workers[2].behavior", "not both"),
+    ],
+)
+def test_behaviour_parts_are_checked_against_their_registry_schema(edit, key, words):
+    assert edit[0] in PARTS
+    e = _error(PARTS.replace(*edit))
+    assert e.key == key and words in e.message, str(e)
+    # the line that sets it
+    assert key.rsplit(".", 1)[-1].split("_")[0] in PARTS.replace(*edit).splitlines()[e.line - 1], str(e)
+
+
+def test_a_ring_given_part_by_part_counts_its_members_across_forms():
+    one = PARTS.replace('name = "ring"\ncount = 2', 'name = "ring"\ncount = 1')
+    parse_scenario(one, "s.toml")  # 1 shorthand member + 1 part-by-part member: a ring of 2
+    e = _error(one.replace('score_params = { ring = "r1" }', 'score_params = { ring = "r2" }'))
+    assert "has 1 member" in e.message

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discofl_p2p.trust.blockflow import agreement, contribution_scores, lower_median, ranking
+from discofl_p2p.trust.blockflow import Contribution, agreement, contribution_scores, lower_median, ranking
 from discofl_p2p.trust.rewards import (
     loyalty_rewards,
     paper_top_k_shares,
     proportional_rewards,
     top_k_rewards,
 )
+from discofl_p2p.trust.settlement import settle
 
 # ---------------------------------------------------------------- paper schedule
 
@@ -182,3 +183,27 @@ def test_contribution_in_unit_interval_and_invariant_under_relabelling(data):
     c2 = contribution_scores(relabelled, [perm[i] for i in random.Random(0).sample(range(n), n)])
     for i in range(n):
         assert c2[perm[i]].score == pytest.approx(c[i].score)
+
+
+# ---------------------------------------------------------------- settlement
+
+
+def _contrib(scores: dict[str, float]) -> dict[str, Contribution]:
+    return {w: Contribution(median=p, quality=p, honesty_raw=1.0, honesty=1.0, score=p) for w, p in scores.items()}
+
+
+def test_settle_ranks_only_published_workers_and_breaks_ties_in_roster_order():
+    # b and c tie; the roster order (the contributions' order) decides, under every
+    # policy, so that a rerun with another arrival order pays the same to the wei.
+    contrib = _contrib({"a": 0.2, "b": 0.9, "c": 0.9, "d": 1.0})
+    streaks = {"a": 1, "b": 1, "c": 1, "d": 1}
+    ranked, paid = settle(contrib, ["b", "c", "a"], streaks, policy="top_k", top_k=3, pot=1000, floor=0.5, bonus=0.1)
+    assert ranked == ["b", "c", "a"]  # d did not publish: not eligible however good
+    assert [paid[w] for w in ranked] == top_k_rewards(1000, 3) and paid["d"] == 0
+    ranked, paid = settle(contrib, ["c", "b", "a"], streaks, policy="proportional", top_k=3, pot=1001, floor=0.5,
+                          bonus=0.1)  # fmt: skip
+    assert ranked == ["b", "c"] and paid == {"a": 0, "b": 501, "c": 500, "d": 0}  # a below the floor
+    ranked, paid = settle(contrib, ["b", "c"], {"b": 3, "c": 1}, policy="loyalty", top_k=3, pot=1000, floor=0.5,
+                          bonus=0.5)  # fmt: skip
+    # weights 0.9 x (1 + 0.5 x 2) and 0.9: two thirds and one third, the wei left over to b
+    assert ranked == ["b", "c"] and paid == {"a": 0, "b": 667, "c": 333, "d": 0}

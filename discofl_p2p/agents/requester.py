@@ -38,8 +38,9 @@ from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
 from discofl_p2p.p2p.node import Inbox, P2PNode
-from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
-from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, round_pot, top_k_rewards
+from discofl_p2p.trust.blockflow import Contribution, contribution_scores, score_matrix
+from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.settlement import settle
 
 log = structlog.get_logger("discofl.requester")
 
@@ -511,27 +512,26 @@ class RequesterAgent:
             await r.accuracy  # measured while workers evaluated; recorded with the round
         name_at = [self.names[w] for w in r.owner_at]
         matrix = score_matrix(name_at, {self.names[e]: s for e, s in r.scores.items()})
-        everyone = [self.names[w] for w in self.registered]
+        # The roster's order, never the registration events' (which vary from run to
+        # run) nor the published order (a secret): ties break the same way every run.
+        registered = set(self.registered)
+        everyone = [n for a, n in self.names.items() if a in registered]
         contrib = contribution_scores(matrix, everyone)
         published = set(name_at)
         for n in everyone:
             self.streaks[n] = self.streaks.get(n, 0) + 1 if n in published else 0
-        pot = round_pot(self.cfg.deposit_wei, self.cfg.rounds, r.number)
-        eligible = {n: c for n, c in contrib.items() if n in published}
-        if self.cfg.reward_policy == "top_k":
-            ranked = ranking(eligible, self.cfg.top_k)
-            amounts_by_rank = top_k_rewards(pot, len(ranked))
-            explicit: list[int] = []
-        else:
-            p = {n: c.score for n, c in eligible.items()}
-            if self.cfg.reward_policy == "proportional":
-                split = proportional_rewards(pot, p, floor=self.cfg.quality_floor)
-            else:
-                split = loyalty_rewards(
-                    pot, p, {n: self.streaks[n] for n in p}, floor=self.cfg.quality_floor, bonus=self.cfg.loyalty_bonus
-                )
-            ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], name_at.index(n)))
-            amounts_by_rank = explicit = [split[n] for n in ranked]
+        ranked, rewards = settle(
+            contrib,
+            name_at,
+            self.streaks,
+            policy=self.cfg.reward_policy,
+            top_k=self.cfg.top_k,
+            pot=round_pot(self.cfg.deposit_wei, self.cfg.rounds, r.number),
+            floor=self.cfg.quality_floor,
+            bonus=self.cfg.loyalty_bonus,
+        )
+        amounts_by_rank = [rewards[n] for n in ranked]
+        explicit = [] if self.cfg.reward_policy == "top_k" else amounts_by_rank
         positions = [name_at.index(n) for n in ranked]
         opened = r.valid
         submissions = [
@@ -550,7 +550,7 @@ class RequesterAgent:
         rec.scores = matrix
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking = ranked
-        rec.rewards_wei = dict.fromkeys(everyone, 0) | dict(zip(ranked, amounts_by_rank))
+        rec.rewards_wei = rewards
         # By name, not in the secret published order: the final model replays exactly.
         self._last_states = dict(sorted((self.names[w], s) for w in r.owner_at if (s := r.checked.get(w)) is not None))
         self._last_contrib = contrib

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from discofl_p2p.agents.behaviors import Behavior
+from discofl_p2p.agents.behaviors import WorkerBehaviour
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
 from discofl_p2p.agents.identity import sign_binding, verify_binding
 from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
@@ -64,7 +64,7 @@ def _w0_spec(w0: bytes) -> Spec:
 @dataclass
 class WorkerAgent:
     name: str
-    behavior: Behavior
+    behavior: WorkerBehaviour
     client: TaskClient
     node: P2PNode
     setup: TaskSetup
@@ -83,6 +83,7 @@ class WorkerAgent:
     _own: dict[int, tuple[str, StateDict]] = field(default_factory=dict)
     _candidates: list[Candidate] = field(default_factory=list)
     _seen: list[tuple[float, StateDict]] = field(default_factory=list)
+    _previous_base: StateDict | None = None  # the base it started from last round
     _holders: dict[int, set[str]] = field(default_factory=dict)
     _registered: set[str] = field(default_factory=set)  # worker addresses, from the chain
     _started: dict[int, float] = field(default_factory=dict)  # round -> when it saw it start
@@ -265,13 +266,14 @@ class WorkerAgent:
             cfg = setup.train_cfg_for(r)
             trained = await setup.run_cpu(train_job, w0, base, x, y, cfg, self._seed("train", r))
             self._log("model_trained", r, seconds=round(time.monotonic() - t0, 3), samples=len(y))
-        state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r))
+        state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r), self._previous_base)
+        self._previous_base = base
         blob = encode_state(state)
         # Tagged with its round, so that it is forgotten with it.
         cid = await self.node.put(blob, task=setup.task_id, round_=r, only_for=[self.requester_peer])
         self._log("blob_stored", r, cid=cid, bytes=len(blob))
         self._own[r] = (cid, state)
-        if self.ring_peers and self.behavior.params.get("shares_cids"):
+        if self.ring_peers and self.behavior.shares_cids:
             await self._tell_ring(r, cid)
         salt = new_salt()
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
@@ -353,7 +355,7 @@ class WorkerAgent:
         # (a collusion ring's guesses) do not depend on the secret shuffle.
         true_scores = [j[1] if (j := judged[i]) else None for i in canon]
         ring_positions = None
-        if self.ring_peers and self.behavior.params.get("shares_cids"):
+        if self.ring_peers and self.behavior.shares_cids:
             known = self._ring_known.get(r, set())
             ring_positions = {k for k, i in enumerate(canon) if cids[i] in known}
         self._ring_known = {k: v for k, v in self._ring_known.items() if k > r}

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from discofl_p2p.agents.behaviors import AXES, DEFAULTS, SHORTHANDS, Param
 from discofl_p2p.chain.limits import ETH, MAX_DEPOSIT_WEI, MAX_PERIOD_S, MAX_ROUNDS, MAX_TOP_K, MAX_WORKERS
 from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
@@ -36,21 +37,6 @@ class ScenarioError(ValueError):
 
 
 REWARD_POLICIES = ("top_k", "proportional", "loyalty")
-BEHAVIORS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    # behaviour -> its parameters and their types
-    "honest": {},
-    "garbage": {},
-    "label_flip": {},
-    "model_poisoning": {"mode": str, "factor": (int, float), "std": (int, float)},
-    "free_rider": {"mode": str},
-    "biased_scorer": {"value": (int, float)},
-    "collusion": {"ring": str, "shares_cids": bool},
-    "lazy_evaluator": {"value": (int, float)},
-    "dropout": {"round": int, "mode": str},
-}
-POISON_MODES = ("sign_flip", "scale", "noise")
-FREE_RIDER_MODES = ("aggregate", "copy")
-DROPOUT_MODES = ("stop", "late")
 DATASET_SIZES = {"mnist-embedded": 10_000, "mnist-full": 70_000}
 """Digits per data set: fixed, since ml/datasets.py checks the files' md5s."""
 
@@ -128,10 +114,30 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class WorkerGroup:
+    """One [[workers]] group. Its behaviour is given either as a shorthand (`behavior`
+    and its `params`, kept here as written) or part by part (`train`, `score`,
+    `participation`, each with its `<part>_params`); either way the parts are resolved
+    here. `behavior` is then a label: the shorthand, or the non-honest parts' names
+    joined by "+" ("honest" when every part is)."""
+
     name: str
     count: int
     behavior: str = "honest"
     params: dict[str, Any] = field(default_factory=dict)
+    train: str = "honest"
+    train_params: dict[str, Any] = field(default_factory=dict)
+    score: str = "honest"
+    score_params: dict[str, Any] = field(default_factory=dict)
+    participation: str = "always"
+    participation_params: dict[str, Any] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, Any]:
+        """`agents.behaviors.make_behaviour`'s arguments."""
+        return {
+            a: v
+            for axis in AXES
+            for a, v in ((axis, getattr(self, axis)), (f"{axis}_params", getattr(self, f"{axis}_params")))
+        }
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,8 @@ class _Validator:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
         self.lines = text.splitlines()
+        # workers[i] -> part -> the key its parameters were given under ("params" for a shorthand)
+        self.params_keys: dict[str, dict[str, str]] = {}
 
     def fail(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(self.file, key, self.line_of(key), message)
@@ -295,15 +303,20 @@ class _Validator:
         if not isinstance(groups, list) or not groups:
             raise self.fail("workers", "must be a non-empty array of [[workers]] tables")
         out, names, total = [], set(), 0
+        part_keys = {*AXES, *(f"{axis}_params" for axis in AXES)}
         for i, g in enumerate(groups):
             key = f"workers[{i}]"
-            self.keys(g, key, {"name", "count", "behavior", "params"})
-            behavior = self.typed(g.get("behavior", "honest"), str, f"{key}.behavior")
-            if behavior not in BEHAVIORS:
+            self.keys(g, key, {"name", "count", "behavior", "params", *part_keys})
+            by_parts = sorted(part_keys & set(g))
+            if by_parts and ("behavior" in g or "params" in g):
+                given = "behavior" if "behavior" in g else "params"
                 raise self.fail(
-                    f"{key}.behavior", f"unknown behaviour {behavior!r}; choose one of {', '.join(BEHAVIORS)}"
+                    f"{key}.{given}",
+                    f"give either behavior (a shorthand, with params) or {', '.join(AXES)} (each with its "
+                    f"<part>_params), not both; this group also sets {by_parts[0]}",
                 )
-            name = self.typed(g.get("name", behavior), str, f"{key}.name")
+            parts, label = self.behaviour_parts(key, g) if by_parts else self.shorthand(key, g)
+            name = self.typed(g.get("name", label), str, f"{key}.name")
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
                 raise self.fail(f"{key}.name", "must be 1-32 letters, digits, '-' or '_', starting with a letter")
             if name in names:
@@ -320,38 +333,63 @@ class _Validator:
                     f"{key}.count",
                     f"brings the task to {total} workers; the contract registers at most {MAX_WORKERS} (MAX_WORKERS)",
                 )
-            params = g.get("params", {})
-            if not BEHAVIORS[behavior] and isinstance(params, dict) and params:
-                raise self.fail(f"{key}.params.{next(iter(params))}", f"behaviour {behavior!r} takes no params")
-            self.keys(params, f"{key}.params", set(BEHAVIORS[behavior]))
-            for k, v in params.items():
-                self.typed(v, BEHAVIORS[behavior][k], f"{key}.params.{k}")
-            self.behavior_params(key, behavior, params)
-            out.append(WorkerGroup(name, count, behavior, dict(params)))
+            params = {} if by_parts else dict(g.get("params", {}))
+            out.append(WorkerGroup(name, count, label, params, **parts))
         return out
 
-    def behavior_params(self, key: str, behavior: str, params: dict[str, Any]) -> None:
-        def choice(k: str, options: tuple[str, ...]) -> None:
-            if k in params and params[k] not in options:
-                raise self.fail(f"{key}.params.{k}", f"must be one of {', '.join(options)}, got {params[k]!r}")
+    def shorthand(self, key: str, g: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The parts that `behavior = NAME` (with `params`) stands for, and NAME."""
+        behavior = self.typed(g.get("behavior", "honest"), str, f"{key}.behavior")
+        if behavior not in SHORTHANDS:
+            raise self.fail(f"{key}.behavior", f"unknown behaviour {behavior!r}; choose one of {', '.join(SHORTHANDS)}")
+        params = g.get("params", {})
+        part = SHORTHANDS[behavior]
+        schema = AXES[part[0]][part[1]].PARAMS if part else {}
+        if not schema and isinstance(params, dict) and params:
+            raise self.fail(f"{key}.params.{next(iter(params))}", f"behaviour {behavior!r} takes no params")
+        self.component_params(f"{key}.params", behavior, schema, params)
+        self.params_keys[key] = dict.fromkeys(AXES, "params")
+        parts: dict[str, Any] = {}
+        if part:
+            parts = {part[0]: part[1], f"{part[0]}_params": dict(params)}
+        return parts, behavior
 
-        choice(
-            "mode",
-            {"model_poisoning": POISON_MODES, "free_rider": FREE_RIDER_MODES, "dropout": DROPOUT_MODES}.get(
-                behavior, ()
-            ),
-        )
-        for k in ("value",):
-            if k in params and not 0 <= params[k] <= 1:
-                raise self.fail(f"{key}.params.{k}", f"a score must be in [0, 1], got {params[k]}")
-        if params.get("std", 0) < 0:
-            raise self.fail(f"{key}.params.std", f"a standard deviation must be >= 0, got {params['std']}")
-        if behavior == "dropout" and params.get("round", 1) < 1:
-            raise self.fail(f"{key}.params.round", "must be >= 1")
-        if behavior == "collusion" and "ring" not in params:
-            raise self.fail(f"{key}.params", "collusion needs params.ring (the ring's name)")
-        if behavior == "collusion" and not params["ring"].strip():
-            raise self.fail(f"{key}.params.ring", "a ring's name must not be empty")
+    def behaviour_parts(self, key: str, g: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The parts given one by one (`train`, `score`, `participation` and their
+        `<part>_params`), checked against each part's schema in its registry, and the
+        group's label."""
+        parts: dict[str, Any] = {}
+        for axis, registry in AXES.items():
+            name = self.typed(g.get(axis, DEFAULTS[axis]), str, f"{key}.{axis}")
+            if name not in registry:
+                raise self.fail(
+                    f"{key}.{axis}", f"unknown {axis} behaviour {name!r}; choose one of {', '.join(registry)}"
+                )
+            params = g.get(f"{axis}_params", {})
+            schema = registry[name].PARAMS
+            if not schema and isinstance(params, dict) and params:
+                raise self.fail(
+                    f"{key}.{axis}_params.{next(iter(params))}", f"{axis} behaviour {name!r} takes no params"
+                )
+            self.component_params(f"{key}.{axis}_params", name, schema, params)
+            parts[axis], parts[f"{axis}_params"] = name, dict(params)
+        self.params_keys[key] = {axis: f"{axis}_params" for axis in AXES}
+        label = "+".join(parts[a] for a in AXES if parts[a] != DEFAULTS[a]) or "honest"
+        return parts, label
+
+    def component_params(self, where: str, name: str, schema: dict[str, Param], params: Any) -> None:
+        """`params` against one behaviour's schema: known keys, TOML types, finite
+        numbers, each value's own check, and the required ones present."""
+        self.keys(params, where, set(schema))
+        for k, v in params.items():
+            self.typed(v, schema[k].types, f"{where}.{k}")
+            check = schema[k].check
+            problem = check(v) if check else None
+            if problem:
+                raise self.fail(f"{where}.{k}", problem)
+        for k, p in schema.items():
+            if p.required and k not in params:
+                raise self.fail(where, f"{name} needs {where.rsplit('.', 1)[-1]}.{k} ({p.doc})")
 
     def semantics(self, sc: Scenario) -> None:
         t, d, m, w = sc.task, sc.data, sc.model, sc.n_workers
@@ -429,21 +467,21 @@ class _Validator:
                 f"leaves {pool} digits of {d.dataset} for {w} workers; each needs at least 2 (train and validation)",
             )
         self.aggregation_params(t.aggregation, t.aggregation_params, w)
-        rings: dict[str, int] = {}
-        for g in sc.workers:
-            if g.behavior == "collusion":
-                rings[g.params["ring"]] = rings.get(g.params["ring"], 0) + g.count
-            if g.behavior == "dropout" and g.params.get("round", 1) > t.rounds:
-                i = sc.workers.index(g)
+        rings: dict[str, tuple[int, str]] = {}  # ring -> (members, the key of its first group's ring)
+        for i, g in enumerate(sc.workers):
+            keys = self.params_keys[f"workers[{i}]"]
+            if g.score == "collusion":
+                ring = g.score_params["ring"]
+                size, where = rings.get(ring, (0, f"workers[{i}].{keys['score']}.ring"))
+                rings[ring] = (size + g.count, where)
+            if g.participation == "dropout" and g.participation_params.get("round", 1) > t.rounds:
                 raise self.fail(
-                    f"workers[{i}].params.round", f"round {g.params['round']} is after the last round ({t.rounds})"
+                    f"workers[{i}].{keys['participation']}.round",
+                    f"round {g.participation_params['round']} is after the last round ({t.rounds})",
                 )
-        for ring, size in rings.items():
+        for ring, (size, where) in rings.items():
             if size < 2:
-                i = next(i for i, g in enumerate(sc.workers) if g.params.get("ring") == ring)
-                raise self.fail(
-                    f"workers[{i}].params.ring", f"collusion ring {ring!r} has 1 member; a ring needs at least 2"
-                )
+                raise self.fail(where, f"collusion ring {ring!r} has 1 member; a ring needs at least 2")
         for k in ("final_accuracy_min", "adversary_reward_share_max"):
             val = getattr(sc.expect, k)
             if val is not None and not 0 <= val <= 1:

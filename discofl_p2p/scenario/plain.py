@@ -1,26 +1,65 @@
 """The same task as a plain single-process loop: no chain, no network, no agents.
 
-Every worker trains, evaluates every other published model on its validation split,
-and aggregates exactly as the agents do (same behaviours, same jobs, same scoring,
-same final model, the same seeds); the requester's test-set evaluations are done too. It is the
-reference for the overhead of decentralisation (`discofl-p2p bench scenarios`).
+It plays every round as the agents do, by calling the same pure functions with the
+same seeds, so that for the same scenario it gives the same scores, contributions,
+rankings and rewards as the full stack (`tests/test_plain_equivalence.py`):
+
+- behaviours: the runner's `build_behaviours` (a collusion ring's size included), the
+  same `derive_seed` seeds for data, training, submissions and scores, each worker's
+  base as the worker agent computes it, and last round's models in CID order;
+- the requester's exclusions: `select_openings` on real commitments (salts are zero
+  here: they are secrets that decide nothing), with every model published before
+  (w0's weights included) and the checks against w0 (`decode_state`, within
+  `max_model_bytes`);
+- a `dropout` worker in `late` mode trains and evaluates, but its commitment and its
+  scores come too late to count; in `stop` mode it does nothing from its round on;
+- scores go through the chain's encoding (`encode_scores`, basis points) as the
+  requester reads them, and the same BlockFlow, Top-K and reward functions settle the
+  round (`trust.settlement.settle`); the final model is built as the requester builds it.
+
+What it leaves out: the published order (a secret shuffle in the full stack, that
+decides nothing), salts, gas. It also measures each published model's test accuracy,
+as the requester does, so that it is the reference for the overhead of
+decentralisation (`discofl-p2p bench scenarios`). Torch runs one thread, as each of the
+agents' jobs does: a different thread count can change float sums.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from discofl_p2p.agents.behaviors import Behavior
 from discofl_p2p.agents.context import derive_seed
 from discofl_p2p.agents.jobs import evaluate_job, initial_state, train_job
+from discofl_p2p.agents.requester import select_openings
+from discofl_p2p.chain.devchain import derive_account
+from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
 from discofl_p2p.ml.aggregation import Candidate
+from discofl_p2p.ml.weights import Spec, StateDict, decode_state, encode_state
+from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.scenario.config import Scenario
-from discofl_p2p.scenario.runner import build_setup, worker_names
-from discofl_p2p.trust.blockflow import contribution_scores
+from discofl_p2p.scenario.runner import build_behaviours, build_setup, worker_names
+from discofl_p2p.trust.blockflow import Contribution, contribution_scores, score_matrix
+from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.settlement import settle
+
+PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
+"""The address the plain loop's commitments are bound to (there is no contract)."""
+
+
+@dataclass
+class PlainRound:
+    """One round as the requester records it (`RoundRecord`'s learning fields)."""
+
+    round: int
+    models: dict[str, str] = field(default_factory=dict)  # worker -> CID
+    excluded: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    contribution: dict[str, float] = field(default_factory=dict)
+    ranking: list[str] = field(default_factory=list)
+    rewards_wei: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -28,56 +67,131 @@ class PlainOutcome:
     final_accuracy: float | None
     wall_s: float
     contributions: list[dict[str, float]]
+    rounds: dict[int, PlainRound] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    """What one worker keeps from round to round, as the worker agent does."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    seen: list[tuple[float, StateDict]] = field(default_factory=list)
+    previous_base: StateDict | None = None
 
 
 def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)
     started = time.monotonic()
-    ctx, w0_model = build_setup(sc)
-    roster = worker_names(sc)
-    behaviors = {n: Behavior(b, dict(p)) for n, b, p in roster}
-    splits = {n: ctx.partition.workers[i] for i, (n, _, _) in enumerate(roster)}
-    w0 = initial_state(w0_model)
-    cands: dict[str, list[Candidate]] = {n: [] for n in behaviors}
-    seen: dict[str, list[tuple[float, dict]]] = {n: [] for n in behaviors}
-    contributions = []
-    last: dict[str, dict] = {}
-    p: dict[str, float] = {}
-    seed = sc.task.seed
+    ctx, w0_blob = build_setup(sc)
+    names = [n for n, _, _ in worker_names(sc)]
+    behaviours = build_behaviours(sc)
+    splits = {n: ctx.partition.workers[i] for i, n in enumerate(names)}
+    address = {n: str(derive_account(sc.task.seed, f"{ctx.task_id}/{n}").address) for n in names}
+    rings: dict[str, list[str]] = {}
+    for n in names:
+        if (ring := behaviours[n].ring) is not None and behaviours[n].shares_cids:
+            rings.setdefault(ring, []).append(n)
+    w0 = initial_state(w0_blob)
+    published_before = {cid_of(encode_state(w0)): "w0"}
+    state = {n: _Worker() for n in names}
+    streaks = dict.fromkeys(names, 0)
+    rounds: dict[int, PlainRound] = {}
+    contrib: dict[str, Contribution] = {}
+    last: dict[str, StateDict] = {}
+
+    def seed(n: str, *parts: object) -> int:
+        return derive_seed(sc.task.seed, n, *parts)
+
     for r in range(1, sc.task.rounds + 1):
-        published = {}
-        for n, b in behaviors.items():
-            if b.stopped(r):
-                continue
-            base = ctx.aggregate(cands[n]) if cands[n] and b.starts_from_aggregate() else w0
+        rec = rounds[r] = PlainRound(r)
+        active = [n for n in names if not behaviours[n].stopped(r)]
+        own: dict[str, tuple[str, StateDict]] = {}
+        for n in active:
+            b, ws = behaviours[n], state[n]
+            base = ctx.aggregate(ws.candidates) if r > 1 and ws.candidates and b.starts_from_aggregate() else w0
             trained = base
             if b.trains():
-                x, y = ctx.data.x[splits[n].train], ctx.data.y[splits[n].train]
-                x, y = b.training_data(x, y, derive_seed(seed, n, "data", r))
-                trained = train_job(w0_model, base, x, y, ctx.train_cfg_for(r), derive_seed(seed, n, "train", r))
-            published[n] = b.submission(trained, base, seen[n], derive_seed(seed, n, "submit", r))
-        matrix = {}
-        for n, b in behaviors.items():
-            if b.stopped(r):
-                continue
+                x, y = b.training_data(ctx.data.x[splits[n].train], ctx.data.y[splits[n].train], seed(n, "data", r))
+                trained = train_job(w0_blob, base, x, y, ctx.train_cfg_for(r), seed(n, "train", r))
+            sub = b.submission(trained, base, ws.seen, seed(n, "submit", r), ws.previous_base)
+            ws.previous_base = base
+            own[n] = (cid_of(encode_state(sub)), sub)
+
+        # The requester: on-time commitments, in roster order, and its exclusions.
+        salt = bytes(32)
+        order = [address[n] for n in active if not behaviours[n].late(r)]
+        by_address = {address[n]: n for n in active}
+        valid, rec.excluded = select_openings(
+            contract=PLAIN_CONTRACT,
+            round_=r,
+            order=order,
+            commitments={a: commitment(PLAIN_CONTRACT, r, a, digest_of(own[by_address[a]][0]), salt) for a in order},
+            openings={a: (own[by_address[a]][0], salt) for a in order},
+            passed={a for a in order if _passes(own[by_address[a]][1], ctx.spec, ctx.max_model_bytes)},
+            published_before=published_before,
+            names=by_address,
+        )
+        published = sorted(by_address[a] for a in valid)
+        for n in published:
+            published_before[own[n][0]] = f"{n} (round {r})"
+        rec.models = {n: own[n][0] for n in published}
+        canon = sorted(published, key=lambda n: own[n][0])  # the workers' CID order
+
+        rows: dict[str, list[float | None]] = {}
+        for n in active:
+            b, ws = behaviours[n], state[n]
             x, y = ctx.data.x[splits[n].val], ctx.data.y[splits[n].val]
-            names = list(published)
-            true = [None if m == n else evaluate_job(w0_model, published[m], x, y, ctx.metric) for m in names]
-            submitted = b.scores(true, None, derive_seed(seed, n, "scores", r))
-            matrix[n] = {m: s for m, s in zip(names, submitted) if s is not None}
-            cands[n] = [Candidate(published[m], s) for m, s in zip(names, true) if s is not None]
-            seen[n] = [(s, published[m]) for m, s in zip(names, true) if s is not None]
-            if n in published:
-                cands[n].append(Candidate(published[n], evaluate_job(w0_model, published[n], x, y, ctx.metric)))
-        for state in published.values():
-            evaluate_job(w0_model, state, *ctx.test_set, "accuracy")
-        contrib = contribution_scores(matrix, list(behaviors))
-        p = {n: c.score for n, c in contrib.items()}
-        contributions.append(p)
-        last = published
-    best = max((p[n] for n in last), default=0.0)
-    final_c = [Candidate(s, p[n]) for n, s in last.items() if p[n] >= final_keep_ratio * best]
+            true: list[float | None] = [
+                None if m == n else evaluate_job(w0_blob, own[m][1], x, y, ctx.metric) for m in canon
+            ]
+            kept = [(own[m][0], own[m][1], s) for m, s in zip(canon, true) if s is not None]
+            kept.append((own[n][0], own[n][1], evaluate_job(w0_blob, own[n][1], x, y, ctx.metric)))
+            kept.sort(key=lambda k: k[0])
+            ws.candidates = [Candidate(st, s) for _, st, s in kept]
+            ws.seen = [(s, st) for c, st, s in kept if c != own[n][0]]
+            mates = [own[m][0] for m in rings.get(b.ring or "", []) if m in own]
+            ring_positions = {k for k, m in enumerate(canon) if own[m][0] in mates} if mates else None
+            row = b.scores(true, ring_positions, seed(n, "scores", r))
+            if not b.late(r):
+                rows[n] = decode_scores(encode_scores(row))  # the self-score is dropped anyway
+        for n in published:
+            evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+
+        # The requester settles.
+        rec.scores = score_matrix(canon, rows)
+        contrib = contribution_scores(rec.scores, names)
+        for n in names:
+            streaks[n] = streaks[n] + 1 if n in published else 0
+        rec.contribution = {n: c.score for n, c in contrib.items()}
+        rec.ranking, rec.rewards_wei = settle(
+            contrib,
+            published,
+            streaks,
+            policy=sc.task.reward_policy,
+            top_k=sc.task.top_k,
+            pot=round_pot(sc.task.deposit_wei, sc.task.rounds, r),
+            floor=sc.task.quality_floor,
+            bonus=sc.task.loyalty_bonus,
+        )
+        last = {n: own[n][1] for n in published}
+
+    best = max((c.score for c in contrib.values()), default=0.0)
+    final_c = [Candidate(s, contrib[n].score) for n, s in last.items() if contrib[n].score >= final_keep_ratio * best]
     acc = None
     if final_c:
-        acc = evaluate_job(w0_model, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
-    return PlainOutcome(acc, time.monotonic() - started, contributions)
+        acc = evaluate_job(w0_blob, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
+    contributions = [rounds[r].contribution for r in sorted(rounds)]
+    return PlainOutcome(acc, time.monotonic() - started, contributions, rounds)
+
+
+def _passes(state: StateDict, spec: Spec, max_bytes: int) -> bool:
+    """The requester's checks of a model against w0 (names, shapes, dtypes, finite),
+    on bytes a node would fetch (at most `max_bytes`)."""
+    blob = encode_state(state)
+    if len(blob) > max_bytes:
+        return False
+    try:
+        decode_state(blob, spec)
+    except Exception:  # noqa: BLE001 - the requester excludes a model that fails any check
+        return False
+    return True

@@ -28,7 +28,7 @@ import structlog
 import torch
 from web3 import AsyncWeb3
 
-from discofl_p2p.agents.behaviors import Behavior
+from discofl_p2p.agents.behaviors import WorkerBehaviour, make_behaviour
 from discofl_p2p.agents.context import Recorder, RoundRecord, TaskSetup
 from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
@@ -85,6 +85,23 @@ def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
     for g in sc.workers:
         for i in range(1, g.count + 1):
             out.append((f"{g.name}-{i}", g.behavior, g.params))
+    return out
+
+
+def build_behaviours(sc: Scenario) -> dict[str, WorkerBehaviour]:
+    """Each worker's behaviour, by name, from its group's parts; a collusion ring's
+    members also learn the ring's size (they agreed on their members beforehand)."""
+    groups = [(f"{g.name}-{i}", g) for g in sc.workers for i in range(1, g.count + 1)]
+    rings: dict[str, int] = {}
+    for g in sc.workers:
+        if g.score == "collusion":
+            rings[g.score_params["ring"]] = rings.get(g.score_params["ring"], 0) + g.count
+    out = {}
+    for name, g in groups:
+        parts = g.parts()
+        if g.score == "collusion":
+            parts["score_params"] = parts["score_params"] | {"_ring_size": rings[g.score_params["ring"]]}
+        out[name] = make_behaviour(**parts)
     return out
 
 
@@ -186,10 +203,7 @@ async def assemble(
     recorder = recorder or Recorder()
     started = time.monotonic()
     roster = worker_names(sc)
-    ring_sizes: dict[str, int] = {}
-    for _, b, p in roster:
-        if b == "collusion":
-            ring_sizes[p["ring"]] = ring_sizes.get(p["ring"], 0) + 1
+    behaviours = build_behaviours(sc)
     seed = sc.task.seed
     deposit = sc.task.deposit_wei
 
@@ -221,19 +235,16 @@ async def assemble(
         lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, setup, recorder, cfg, names, w0
     )
     rings: dict[str, list[str]] = {}  # ring -> its members' peer ids
-    for name, b, p in roster:
-        if b == "collusion":
-            rings.setdefault(p["ring"], []).append(nodes[name].peer_id)
+    for name, _, _ in roster:
+        if (ring := behaviours[name].ring) is not None:
+            rings.setdefault(ring, []).append(nodes[name].peer_id)
     workers = []
-    for i, (name, behavior, params) in enumerate(roster):
-        p = dict(params)
-        ring = params.get("ring") if behavior == "collusion" else None
-        if ring is not None:
-            p["_ring_size"] = ring_sizes[ring]
+    for i, (name, _, _) in enumerate(roster):
+        ring = behaviours[name].ring
         workers.append(
             WorkerAgent(
                 name=name,
-                behavior=Behavior(behavior, p),
+                behavior=behaviours[name],
                 client=requester.client.as_account(accts[name]),
                 node=nodes[name],
                 setup=setup,

@@ -16,7 +16,7 @@ from discofl_p2p.trust.rewards import (
     round_pot,
     top_k_rewards,
 )
-from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round
+from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round, settle
 
 __all__ = [
     "Contribution",
@@ -31,5 +31,6 @@ __all__ = [
     "ranking",
     "round_pot",
     "score_matrix",
+    "settle",
     "top_k_rewards",
 ]

@@ -1,8 +1,10 @@
-"""Recomputing a settled round from what the chain recorded: pure functions.
+"""How a round is settled, and recomputing a settled round from the chain: pure functions.
 
-Anyone can audit a task: the scores are in ScoresSubmitted events, the mapping of
-models to workers in the settleRound calldata, the payouts in RoundSettled. Under the
-Top-K rule the ranking and the rewards follow from those alone.
+`settle` is the one rule that turns contributions into a ranking and rewards;
+the requester agent and the plain loop both call it. Anyone can audit a task: the
+scores are in ScoresSubmitted events, the mapping of models to workers in the
+settleRound calldata, the payouts in RoundSettled. Under the Top-K rule the ranking
+and the rewards follow from those alone (`audit_top_k_round`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
-from discofl_p2p.trust.rewards import top_k_rewards
+from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, top_k_rewards
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,35 @@ def audit_top_k_round(
     return RoundAudit(
         round_, contrib, expected, list(paid_ranking), top_k_rewards(pot, len(expected)), list(paid_rewards)
     )
+
+
+def settle(
+    contrib: Mapping[str, Contribution],
+    published: Sequence[str],
+    streaks: Mapping[str, int],
+    *,
+    policy: str,
+    top_k: int,
+    pot: int,
+    floor: float,
+    bonus: float,
+) -> tuple[list[str], dict[str, int]]:
+    """The ranking and each worker's reward for one round, as the requester settles it:
+    only published workers are eligible; `top_k` ranks them (ties in `contrib`'s
+    order), the explicit policies pay by contribution (ranked by amount, ties in
+    `contrib`'s order). `contrib` is in the roster's order. `streaks` are the rounds
+    in a row each was published, this one included."""
+    eligible = {n: c for n, c in contrib.items() if n in published}
+    if policy == "top_k":
+        ranked = ranking(eligible, top_k)
+        amounts = top_k_rewards(pot, len(ranked))
+    else:
+        p = {n: c.score for n, c in eligible.items()}
+        if policy == "proportional":
+            split = proportional_rewards(pot, p, floor=floor)
+        else:
+            split = loyalty_rewards(pot, p, {n: streaks[n] for n in p}, floor=floor, bonus=bonus)
+        order = list(contrib)
+        ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], order.index(n)))
+        amounts = [split[n] for n in ranked]
+    return ranked, dict.fromkeys(contrib, 0) | dict(zip(ranked, amounts))
