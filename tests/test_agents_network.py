@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from structlog.testing import capture_logs
 
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder
@@ -140,6 +141,7 @@ def test_the_requester_reads_openings_at_its_own_pace_and_the_bound_holds(anvil)
 # ---------------------------------------------------------------- eviction
 
 
+@pytest.mark.slow
 def test_stored_models_stay_bounded_over_rounds(anvil):
     """A three-round run: when each round settles, every node holds at most two
     rounds' models (the requester w0 too), not every round's; at the end the

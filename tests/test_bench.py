@@ -41,6 +41,7 @@ def _row(out: str, label: str, *, last: bool = False) -> str:
     return rows[-1] if last else rows[0]
 
 
+@pytest.mark.slow
 def test_bench_gas_quick_prints_every_call(anvil):
     out = _bench("gas", "--rounds", "1", "--rpc-url", anvil.rpc_url)
     for call in ("deploy", "register", "submitModel", "openEvaluation", "submitScores", "settleRound", "withdraw"):
@@ -49,6 +50,7 @@ def test_bench_gas_quick_prints_every_call(anvil):
     assert "per worker per round, W = 6" in out
 
 
+@pytest.mark.slow
 def test_bench_ml_quick_prints_every_model_and_rule():
     out = _bench("ml")
     for name in MODELS:
@@ -57,6 +59,7 @@ def test_bench_ml_quick_prints_every_model_and_rule():
         assert re.search(rf"{NUMBER} ms", _row(out, rule)), _row(out, rule)
 
 
+@pytest.mark.slow
 def test_bench_p2p_quick_prints_throughput_all_to_all_and_memory():
     out = _bench("p2p")
     assert re.search(rf"1 MiB\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}", out), out

@@ -193,6 +193,7 @@ ROUND_EVENTS = (
 # ---------------------------------------------------------------- the event stream
 
 
+@pytest.mark.slow
 def test_stream_delivers_every_event_once_after_a_pause_of_thousands_of_blocks(fresh_chain):
     """The consumer stops reading while 1,100 blocks (and a round's events) arrive, more
     than web3's queue of 500 subscription messages; before the head reader task, that
@@ -274,6 +275,7 @@ def test_stream_reconnects_after_its_websocket_drops(chain):
     run(go())
 
 
+@pytest.mark.slow
 def test_logs_are_read_in_bounded_block_ranges(fresh_chain):
     """A round's events spread over more than 2,000 blocks, read through a relay that
     refuses eth_getLogs over more than LOG_RANGE blocks: past_events() and events()
@@ -370,6 +372,7 @@ def test_fees_follow_the_chain(chain):
 # ---------------------------------------------------------------- interval mining, other chains
 
 
+@pytest.mark.slow
 def test_ensure_time_past_waits_on_a_chain_that_is_not_anvil(interval_chain):
     """Behind a relay that calls itself geth and has no evm_/anvil_ methods, the
     deadline passes only by the chain mining: ensure_time_past waits for that block and
@@ -400,6 +403,7 @@ def test_ensure_time_past_waits_on_a_chain_that_is_not_anvil(interval_chain):
     run(go())
 
 
+@pytest.mark.slow
 def test_scripted_round_on_an_interval_mining_anvil(interval_chain):
     """A whole scripted task, watched through events(), on an anvil that mines every
     0.5 s instead of once per transaction."""

@@ -114,6 +114,7 @@ def test_artifact_matches_source_hash():
     )
 
 
+@pytest.mark.slow
 @needs_solc
 def test_artifact_bytecode_matches_a_fresh_compile():
     out = subprocess.run(

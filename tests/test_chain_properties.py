@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,6 +132,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
     rounds=st.integers(1, 3),
     top_k=st.integers(1, 3),
 )
+@pytest.mark.slow
 def test_random_call_sequences_conserve_funds(anvil, steps, seed, rounds, top_k):
     # Bias towards progress: most sequences also include a protocol-shaped prefix.
     prefix = [

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from discofl_p2p import __version__
 
 
@@ -27,6 +29,7 @@ def test_help_lists_the_subcommands_and_version_prints():
     assert all(b in _cli("bench", "--help").stdout for b in ("gas", "ml", "p2p", "scenarios"))
 
 
+@pytest.mark.slow
 def test_unreachable_chain_and_missing_anvil_are_clear_errors():
     p = _cli("demo", "--rpc-url", "http://127.0.0.1:1")
     assert p.returncode == 3 and "cannot reach the chain" in p.stderr and "Traceback" not in p.stderr

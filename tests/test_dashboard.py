@@ -382,6 +382,7 @@ async def _dom(browser: Browser) -> dict[str, Any]:
     return json.loads(await browser.eval(DOM_STATE))
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_follows_a_live_task(anvil, tmp_path):
     async def body() -> None:
@@ -438,6 +439,7 @@ def test_browser_follows_a_live_task(anvil, tmp_path):
     run(body())
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_shows_hostile_names_as_text(anvil, tmp_path):
     async def body() -> None:

@@ -205,6 +205,7 @@ def test_macro_f1_on_a_known_confusion():
     assert score(pred, y, "accuracy") == 0.75
 
 
+@pytest.mark.slow
 def test_compact_cnn_reaches_97_percent_centrally(mnist):
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)

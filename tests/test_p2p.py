@@ -70,6 +70,7 @@ def test_key_file_is_stable_and_private(tmp_path):
     assert key_from_seed(1, "a").public_key.serialize() != key_from_seed(2, "a").public_key.serialize()
 
 
+@pytest.mark.slow
 def test_ten_nodes_fetch_everything_announce_to_all_and_a_late_joiner_catches_up():
     async def go():
         with capture_logs() as logs:
@@ -133,6 +134,7 @@ async def _evil(net: P2PNetwork, label: str, handler) -> object:
     return node
 
 
+@pytest.mark.slow
 def test_corrupt_oversized_lying_stalled_and_vanishing_providers_fall_through_to_a_replica():
     blob = os.urandom(1 << 20)
     cid = cid_of(blob)
@@ -247,6 +249,7 @@ def test_malformed_request_frame_and_pubsub_rpc_do_not_crash_the_node():
     run(go())
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_10_mib_fetches_between_two_nodes_complete():
     """py-libp2p's yamux deadlocks with more than about 16 concurrent large streams on
     one connection; transfers per peer are bounded on both sides."""
@@ -329,6 +332,7 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
     run(go())
 
 
+@pytest.mark.slow
 def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
     """One node per process (`discofl-p2p node`), the same API as the simulations."""
     blob = os.urandom(300_000)
@@ -504,6 +508,7 @@ def test_oversized_and_non_object_announcements_are_dropped():
     run(go())
 
 
+@pytest.mark.slow
 def test_node_command_exits_3_with_one_line_when_a_fetch_or_a_dial_fails(tmp_path):
     cmd = [sys.executable, "-m", "discofl_p2p", "node"]
 

@@ -465,6 +465,7 @@ def test_a_peer_flooding_direct_messages_is_bounded_per_peer():
     run(go())
 
 
+@pytest.mark.slow
 def test_serving_is_bounded_across_peers_and_a_get_has_one_deadline():
     """Two peers that request a big blob and never read it hold the victim's two
     serving places (serving_total=2, 8 per peer); a third peer waits for one. And a get
@@ -727,6 +728,7 @@ REFUSALS = {
 }
 
 
+@pytest.mark.slow
 def test_fuzz_hostile_frames_rpcs_and_announcements_leave_every_node_serving():
     """For a bounded time, a hostile peer sends random and mutated frames on the blob
     and message protocols, random and mutated pubsub RPCs, and mutated announcements.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.plain import run_plain
 from discofl_p2p.scenario.runner import RunOutcome, run_scenario
@@ -78,6 +80,7 @@ def _full(text: str, anvil) -> RunOutcome:
     return asyncio.run(run_scenario(parse_scenario(text), anvil.ws_url))
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_scenario_give_the_same_scores_contributions_rankings_and_rewards(anvil):
     text = SMALL.format(name="replay", top_k=4, policy="top_k")
     a, b = _full(text, anvil), _full(text, anvil)
@@ -95,6 +98,7 @@ def test_two_runs_of_one_scenario_give_the_same_scores_contributions_rankings_an
     assert plain.final_accuracy == a.final_accuracy
 
 
+@pytest.mark.slow
 def test_the_plain_loop_equals_the_full_stack_with_adversaries(anvil):
     """Garbage, a collusion ring sharing its CIDs, an ALIE attacker scoring everyone
     low, and a copying free rider (excluded as a replay), under proportional rewards."""

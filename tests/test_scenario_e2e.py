@@ -64,6 +64,7 @@ def _scenario(
     return proc, out
 
 
+@pytest.mark.slow
 def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.5), anvil)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -134,6 +135,7 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     assert audit.returncode == 0 and "every settled round matches" in audit.stdout, audit.stdout + audit.stderr
 
 
+@pytest.mark.slow
 def test_exit_codes_follow_expectations_and_file_validity(tmp_path, anvil):
     # One round, under the loyalty policy (explicit amounts on-chain), with an
     # accuracy expectation no model can meet.
@@ -157,6 +159,7 @@ def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_an_unreachable_chain_fails_the_run_with_exit_3(tmp_path, anvil):
     proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.5), anvil, rpc_url=f"http://127.0.0.1:{free_port()}")
     assert proc.returncode == 3, proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from discofl_p2p.agents.identity import sign_binding
@@ -106,6 +107,7 @@ async def _salts_on_chain(anvil, outcome: RunOutcome) -> dict[tuple[int, str], b
         await w3.provider.disconnect()
 
 
+@pytest.mark.slow
 def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
     """Two runs of one scenario: the same models round after round (training, scoring
     and aggregation are seeded from the scenario, in an order that does not depend on
@@ -208,6 +210,7 @@ def _before(timeline: list[str], *steps: str) -> None:
     assert at == sorted(at), f"{steps} out of order in {timeline}"
 
 
+@pytest.mark.slow
 def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, anvil):
     """A one-round run through the command: its log.jsonl tells, per agent, what it did
     and when, in order, with the figures (seconds, bytes, gas, CIDs, providers)."""
