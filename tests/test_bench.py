@@ -6,6 +6,7 @@ check that the commands work and print every row, not what the numbers are.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from discofl_p2p.chain.client import connect
 from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[\d,]+(\.\d+)?"
@@ -48,6 +51,22 @@ def test_bench_gas_quick_prints_every_call(anvil):
         gas = re.search(rf"│\s*({NUMBER})\s*│", _row(out, call))
         assert gas and int(gas.group(1).replace(",", "")) > 21_000, _row(out, call)
     assert "per worker per round, W = 6" in out
+
+
+def test_bench_gas_json_names_the_fork_and_every_call(anvil):
+    figures = json.loads(_bench("gas", "--rounds", "1", "--json", "--rpc-url", anvil.rpc_url))
+    assert figures["fork"] == (run(_node_info(anvil.ws_url)))["hardFork"]
+    calls = figures["calls"]["6"]
+    assert set(calls) >= {"deploy", "register", "submitModel", "openEvaluation", "submitScores", "settleRound"}
+    assert all(isinstance(g, int) and g > 21_000 for g in calls.values())
+
+
+async def _node_info(ws_url: str) -> dict[str, str]:
+    w3 = await connect(ws_url)
+    try:
+        return (await w3.provider.make_request("anvil_nodeInfo", []))["result"]
+    finally:
+        await w3.provider.disconnect()
 
 
 @pytest.mark.slow

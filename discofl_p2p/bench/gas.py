@@ -17,6 +17,23 @@ from discofl_p2p.chain.scripted import deploy_and_register, play_round
 PAPER_PER_AGENT_ROUND = 477_050  # BlockFlow: 31,913N + 542,045R + 477,050NR
 
 
+async def fork_of(ws_url: str) -> str:
+    """The hardfork the chain runs (anvil's `anvil_nodeInfo`), or "unknown" elsewhere."""
+    w3 = await connect(ws_url)
+    try:
+        info = await w3.provider.make_request("anvil_nodeInfo", [])
+        return str(info.get("result", {}).get("hardFork", "unknown"))
+    except Exception:  # noqa: BLE001 - not anvil: the figures stand, the fork is unknown
+        return "unknown"
+    finally:
+        await w3.provider.disconnect()
+
+
+def as_json(results: dict[int, dict[str, list[int]]], fork: str) -> dict[str, object]:
+    """`{"fork": ..., "calls": {"6": {"settleRound": N, ...}, ...}}`, max over rounds."""
+    return {"fork": fork, "calls": {str(w): {c: max(g) for c, g in calls.items()} for w, calls in results.items()}}
+
+
 async def measure(ws_url: str, workers: int, rounds: int, top_k: int = 6) -> dict[str, list[int]]:
     rng = random.Random(workers)
     params = TaskParams(rounds=rounds, top_k=top_k, max_workers=workers, deposit_wei=10 * ETH)

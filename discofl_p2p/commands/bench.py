@@ -8,6 +8,7 @@ figures are not the ones the docs report.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -16,18 +17,22 @@ from discofl_p2p.bench import gas, ml, p2p, scenarios
 from discofl_p2p.chain.anvil import Anvil, to_ws_url
 
 
-def bench_gas(rpc_url: str | None, rounds: int, *, quick: bool = False) -> int:
+def bench_gas(rpc_url: str | None, rounds: int, *, quick: bool = False, as_json: bool = False) -> int:
     sizes = (6,) if quick else (6, 50)
 
-    async def run(ws_url: str) -> dict[int, dict[str, list[int]]]:
-        return {w: await gas.measure(ws_url, w, rounds) for w in sizes}
+    async def run(ws_url: str) -> tuple[dict[int, dict[str, list[int]]], str]:
+        return {w: await gas.measure(ws_url, w, rounds) for w in sizes}, await gas.fork_of(ws_url)
 
     if rpc_url:
-        results = asyncio.run(run(to_ws_url(rpc_url)))
+        results, fork = asyncio.run(run(to_ws_url(rpc_url)))
     else:
         with Anvil() as anvil:
-            results = asyncio.run(run(anvil.ws_url))
-    Console(width=160).print(gas.render(results, rounds))
+            results, fork = asyncio.run(run(anvil.ws_url))
+    if as_json:
+        print(json.dumps(gas.as_json(results, fork)))
+    else:
+        Console(width=160).print(gas.render(results, rounds))
+        print(f"hardfork: {fork}")
     return 0
 
 

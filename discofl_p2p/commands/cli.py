@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     gas = bench_sub.add_parser("gas", help="gas of every contract call for W = 6 and W = 50")
     gas.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
     gas.add_argument("--rounds", type=int, default=3)
+    gas.add_argument("--json", action="store_true", help='one JSON object: {"fork": ..., "calls": {"6": {...}, ...}}')
     ml = bench_sub.add_parser("ml", help="training/evaluation throughput and aggregation time per rule")
     p2p = bench_sub.add_parser("p2p", help="libp2p blob throughput vs a plain socket, all-to-all W = 20, memory")
     sb = bench_sub.add_parser("scenarios", help="accuracy, adversary reward shares and overhead of whole tasks")
@@ -140,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.commands import bench
 
         if args.bench == "gas":
-            return bench.bench_gas(args.rpc_url, args.rounds, quick=args.quick)
+            return bench.bench_gas(args.rpc_url, args.rounds, quick=args.quick, as_json=args.json)
         if args.bench == "ml":
             return bench.bench_ml(quick=args.quick)
         if args.bench == "p2p":
