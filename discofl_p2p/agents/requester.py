@@ -38,8 +38,9 @@ from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
 from discofl_p2p.p2p.node import Inbox, P2PNode
-from discofl_p2p.trust.blockflow import Contribution, contribution_scores, score_matrix
+from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
 from discofl_p2p.trust.settlement import settle
 
 log = structlog.get_logger("discofl.requester")
@@ -58,6 +59,8 @@ class RequesterConfig:
     registration_timeout_s: float = 60.0
     final_keep_ratio: float = 0.5  # the final model leaves out models with p < this x max p
     queue_size: int = 64  # items waiting for the state machine; its feeders wait beyond that
+    scoring: str = DEFAULT_SCORING  # trust.scoring.SCORING_RULES
+    scoring_params: dict[str, float | int] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,6 +231,9 @@ class RequesterAgent:
         # one is a replay (a free rider copying), excluded by content address alone.
         self._published_cids: dict[str, str] = {}  # CID -> where it was first seen
         self._last_contrib: dict[str, Contribution] = {}
+        self._scoring = make_scoring_rule(cfg.scoring, **cfg.scoring_params)
+        # Each settled round's evaluator honesty, oldest first: the scoring rule's context.
+        self._honesty_history: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------- setup
 
@@ -516,7 +522,8 @@ class RequesterAgent:
         # run) nor the published order (a secret): ties break the same way every run.
         registered = set(self.registered)
         everyone = [n for a, n in self.names.items() if a in registered]
-        contrib = contribution_scores(matrix, everyone)
+        contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history)))
+        self._honesty_history.append(honesty_record(contrib, matrix))
         published = set(name_at)
         for n in everyone:
             self.streaks[n] = self.streaks.get(n, 0) + 1 if n in published else 0

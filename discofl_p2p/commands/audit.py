@@ -2,7 +2,8 @@
 
 Reads the registered workers, each round's published models, every evaluator's
 scores and the settlement (its calldata reveals who submitted which model), then
-recomputes BlockFlow and, under the Top-K rule, the ranking and rewards the contract
+recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
+one the task was settled with) and, under the Top-K rule, the ranking and rewards the contract
 should have paid. Exit 0 when every round matches, 1 when one does not.
 """
 
@@ -17,11 +18,15 @@ from rich.table import Table
 from discofl_p2p.chain.client import RewardRule, TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
+from discofl_p2p.trust.blockflow import score_matrix
 from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
 from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round
 
 
-async def audit_task(ws_url: str, contract: str) -> tuple[list[RoundAudit], str]:
+async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING) -> tuple[list[RoundAudit], str]:
+    rule_fn = make_scoring_rule(scoring)
+    history: list[dict[str, float]] = []  # as the requester kept it: earlier rounds' honesty
     w3 = await connect(ws_url)
     try:
         c = TaskClient(w3, contract, derive_account(0, "auditor"))
@@ -53,15 +58,23 @@ async def audit_task(ws_url: str, contract: str) -> tuple[list[RoundAudit], str]
                     round_pot(deposit, rounds, r),
                     settled.args["rankedOwners"],
                     settled.args["rewards"],
+                    scoring=rule_fn,
+                    context=ScoringContext(history=tuple(history)),
                 )
             )
+            history.append(honesty_record(audits[-1].contribution, score_matrix(owner_at, scores)))
         return audits, rule.name
     finally:
         await w3.provider.disconnect()
 
 
-def audit_main(ws_url: str, contract: str) -> int:
-    audits, rule = asyncio.run(audit_task(ws_url, contract))
+def audit_main(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING) -> int:
+    try:
+        make_scoring_rule(scoring)
+    except ValueError as e:
+        Console(stderr=True).print(f"discofl-p2p audit: {e}")
+        return 2
+    audits, rule = asyncio.run(audit_task(ws_url, contract, scoring))
     console = Console(width=140)
     if not audits:
         console.print("no settled round to audit")

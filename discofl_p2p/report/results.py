@@ -74,6 +74,7 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
             "chain_id": out.chain_id,
             "rounds": sc.task.rounds,
             "top_k": sc.task.top_k,
+            "scoring": sc.task.scoring,
             "deposit_wei": str(out.deposit_wei),
         },
         "workers": [

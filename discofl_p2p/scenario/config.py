@@ -25,6 +25,7 @@ from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
 from discofl_p2p.ml.splits import SCHEMES
 from discofl_p2p.ml.training import METRICS
+from discofl_p2p.trust.scoring import NEEDS_ANCHOR, SCORING_PARAM_CHECKS, SCORING_RULES, scoring_params_of
 
 
 class ScenarioError(ValueError):
@@ -80,6 +81,8 @@ class TaskSection:
     loyalty_bonus: float = 0.1
     aggregation: str = "score_weighted"
     aggregation_params: dict[str, float | int] = field(default_factory=dict)
+    scoring: str = "blockflow"  # trust.scoring.SCORING_RULES
+    scoring_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120
     metric: str = "accuracy"
@@ -416,6 +419,13 @@ class _Validator:
             ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
             ("task.loyalty_bonus", t.loyalty_bonus >= 0, "must be >= 0"),
             ("task.aggregation", t.aggregation in AGGREGATORS, f"choose one of {', '.join(AGGREGATORS)}"),
+            ("task.scoring", t.scoring in SCORING_RULES, f"choose one of {', '.join(SCORING_RULES)}"),
+            (
+                "task.scoring",
+                t.scoring not in NEEDS_ANCHOR,
+                f"{t.scoring!r} needs the requester's anchor scores on a root validation set, which no runner "
+                "computes yet",
+            ),
             ("task.submission_timeout_s", t.submission_timeout_s >= 1, "must be >= 1"),
             ("task.evaluation_timeout_s", t.evaluation_timeout_s >= 1, "must be >= 1"),
             (
@@ -467,6 +477,7 @@ class _Validator:
                 f"leaves {pool} digits of {d.dataset} for {w} workers; each needs at least 2 (train and validation)",
             )
         self.aggregation_params(t.aggregation, t.aggregation_params, w)
+        self.scoring_params(t.scoring, t.scoring_params)
         rings: dict[str, tuple[int, str]] = {}  # ring -> (members, the key of its first group's ring)
         for i, g in enumerate(sc.workers):
             keys = self.params_keys[f"workers[{i}]"]
@@ -497,6 +508,19 @@ class _Validator:
                 raise self.fail(key, f"unknown parameter of aggregation {rule!r}; it takes: {', '.join(accepted)}")
             self.typed(v, accepted[k], key)
             problem = AGGREGATION_PARAM_CHECKS[k](v, n_workers) if k in AGGREGATION_PARAM_CHECKS else None
+            if problem:
+                raise self.fail(key, problem)
+
+    def scoring_params(self, rule: str, params: dict[str, Any]) -> None:
+        accepted = scoring_params_of(rule)
+        for k, v in params.items():
+            key = f"task.scoring_params.{k}"
+            if not accepted:
+                raise self.fail(key, f"scoring rule {rule!r} takes no parameters")
+            if k not in accepted:
+                raise self.fail(key, f"unknown parameter of scoring rule {rule!r}; it takes: {', '.join(accepted)}")
+            self.typed(v, accepted[k], key)
+            problem = SCORING_PARAM_CHECKS[k](v) if k in SCORING_PARAM_CHECKS else None
             if problem:
                 raise self.fail(key, problem)
 

@@ -41,8 +41,9 @@ from discofl_p2p.ml.weights import Spec, StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.scenario.config import Scenario
 from discofl_p2p.scenario.runner import build_behaviours, build_setup, worker_names
-from discofl_p2p.trust.blockflow import Contribution, contribution_scores, score_matrix
+from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
+from discofl_p2p.trust.scoring import ScoringContext, honesty_record, make_scoring_rule
 from discofl_p2p.trust.settlement import settle
 
 PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
@@ -98,6 +99,8 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     rounds: dict[int, PlainRound] = {}
     contrib: dict[str, Contribution] = {}
     last: dict[str, StateDict] = {}
+    scoring = make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
+    honesty_history: list[dict[str, float]] = []  # the scoring rule's context, as the requester keeps it
 
     def seed(n: str, *parts: object) -> int:
         return derive_seed(sc.task.seed, n, *parts)
@@ -159,7 +162,8 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
 
         # The requester settles.
         rec.scores = score_matrix(canon, rows)
-        contrib = contribution_scores(rec.scores, names)
+        contrib = scoring(rec.scores, names, ScoringContext(history=tuple(honesty_history)))
+        honesty_history.append(honesty_record(contrib, rec.scores))
         for n in names:
             streaks[n] = streaks[n] + 1 if n in published else 0
         rec.contribution = {n: c.score for n, c in contrib.items()}

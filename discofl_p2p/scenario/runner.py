@@ -230,6 +230,8 @@ async def assemble(
         submission_timeout_s=sc.task.submission_timeout_s,
         evaluation_timeout_s=sc.task.evaluation_timeout_s,
         registration_timeout_s=registration_timeout_s,
+        scoring=sc.task.scoring,
+        scoring_params=dict(sc.task.scoring_params),
     )
     requester = await RequesterAgent.deploy(
         lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, setup, recorder, cfg, names, w0

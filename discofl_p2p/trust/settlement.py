@@ -9,10 +9,11 @@ and the rewards follow from those alone (`audit_top_k_round`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
+from discofl_p2p.trust.estimators import ScoringContext
 from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, top_k_rewards
 
 
@@ -39,8 +40,18 @@ def audit_top_k_round(
     pot: int,
     paid_ranking: Sequence[str],
     paid_rewards: Sequence[int],
+    *,
+    scoring: Callable[[dict[str, dict[str, float]], list[str], ScoringContext[str]], dict[str, Contribution]]
+    | None = None,
+    context: ScoringContext[str] | None = None,
 ) -> RoundAudit:
-    contrib = contribution_scores(score_matrix(owner_at, scores), list(registered))
+    """One settled round recomputed: with BlockFlow, or with `scoring` (a rule from
+    `trust.scoring.make_scoring_rule`) and its `context` (the earlier rounds' honesty)."""
+    matrix = score_matrix(owner_at, scores)
+    if scoring is None:
+        contrib = contribution_scores(matrix, list(registered))
+    else:
+        contrib = scoring(matrix, list(registered), context if context is not None else ScoringContext())
     published = set(owner_at)
     expected = ranking({w: c for w, c in contrib.items() if w in published}, top_k)
     return RoundAudit(

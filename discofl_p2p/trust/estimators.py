@@ -1,0 +1,128 @@
+"""What the scoring rules share: the round context they receive, the checks of a
+score matrix, weighted and robust location estimators, and BlockFlow's honesty and
+p_k measured against any centre. Pure functions, no I/O.
+
+BlockFlow itself (`trust/blockflow.py`) is left exactly as the paper defines it; the
+alternatives in `trust/robust.py`, `trust/reputation.py` and `trust/anchor.py` change
+only how the centre m_k is estimated (and, for the anchor, what honesty is measured
+against), then score with BlockFlow's own agreement, normalisation and min.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from discofl_p2p.trust.blockflow import Contribution, agreement, lower_median
+
+Worker = TypeVar("Worker", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class ScoringContext(Generic[Worker]):
+    """What a rule may know beyond this round's score matrix.
+
+    `history`: for each earlier round, oldest first, the honesty d'_a the task's rule
+    gave every evaluator that submitted scores that round (`honesty_record`). The
+    requester keeps it between rounds; a reputation rule folds it.
+    `anchor`: the requester's own score of each worker's model (a trust anchor, as in
+    FLTrust), or None when the requester computes none.
+    """
+
+    history: Sequence[Mapping[Worker, float]] = ()
+    anchor: Mapping[Worker, float] | None = None
+
+
+def check_matrix(scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]) -> None:
+    """The checks `blockflow.contribution_scores` makes, with the same messages."""
+    known = set(workers)
+    for a, row in scores.items():
+        if a not in known:
+            raise ValueError(f"evaluator {a!r} is not among the workers")
+        for k, v in row.items():
+            if k not in known:
+                raise ValueError(f"evaluator {a!r} scored unknown worker {k!r}")
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"score of {a!r} for {k!r} is {v}; scores must be in [0, 1]")
+
+
+def received(
+    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
+) -> dict[Worker, list[tuple[Worker, float]]]:
+    """worker k -> [(evaluator a, s[a,k])] over a != k, evaluators in roster order (so
+    that a relabelling of the workers permutes, and changes nothing else)."""
+    out: dict[Worker, list[tuple[Worker, float]]] = {k: [] for k in workers}
+    for a in workers:
+        for k, v in scores.get(a, {}).items():
+            if k != a:
+                out[k].append((a, v))
+    return out
+
+
+def weighted_lower_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    """The smallest value v whose cumulative weight (values <= v) reaches half of the
+    total. With equal weights it is `blockflow.lower_median`. Values with weight 0 do
+    not count; if every weight is 0, the plain lower median."""
+    if len(values) != len(weights):
+        raise ValueError("one weight per value")
+    if not values:
+        raise ValueError("median of nothing")
+    if any(w < 0 for w in weights):
+        raise ValueError("weights must be >= 0")
+    total = sum(weights)
+    if total <= 0:
+        return lower_median(values)
+    acc = 0.0
+    pairs = sorted(zip(values, weights))
+    for v, w in pairs:
+        acc += w
+        if 2 * acc >= total:
+            return v
+    return pairs[-1][0]  # rounding: never reached with exact sums
+
+
+def trimmed_mean(values: Sequence[float], trim: float) -> float:
+    """The mean after cutting floor(trim x n) values at each end (0 <= trim < 0.5)."""
+    if not values:
+        raise ValueError("mean of nothing")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    s = sorted(values)
+    cut = int(trim * len(s))
+    kept = s[cut : len(s) - cut]
+    return sum(kept) / len(kept)
+
+
+def hodges_lehmann(values: Sequence[float]) -> float:
+    """The lower median of the Walsh averages (x_i + x_j) / 2 over i <= j."""
+    if not values:
+        raise ValueError("estimate of nothing")
+    walsh = [(values[i] + values[j]) / 2 for i in range(len(values)) for j in range(i, len(values))]
+    return lower_median(walsh)
+
+
+def score_against(
+    scores: Mapping[Worker, Mapping[Worker, float]],
+    workers: Sequence[Worker],
+    centre: Mapping[Worker, float],
+    reference: Mapping[Worker, float] | None = None,
+) -> dict[Worker, Contribution]:
+    """BlockFlow's p_k with the centre m_k given: quality m'_k = m_k / max m, honesty
+    d_a = a's worst agreement with `reference` (the centre when None) over the models
+    it scored that someone scored, d'_a = d_a / max d, p_k = min(m'_k, d'_k).
+    A worker absent from `centre` has m = 0; one that scored nobody has d = 0."""
+    ref = centre if reference is None else reference
+    m = {k: centre.get(k, 0.0) for k in workers}
+    m_max = max(m.values(), default=0.0)
+    d: dict[Worker, float] = {}
+    for a in workers:
+        ts = [agreement(abs(v - ref[k])) for k, v in scores.get(a, {}).items() if k != a and k in ref]
+        d[a] = min(ts) if ts else 0.0
+    d_max = max(d.values(), default=0.0)
+    out = {}
+    for k in workers:
+        q = m[k] / m_max if m_max > 0 else 0.0
+        h = d[k] / d_max if d_max > 0 else 0.0
+        out[k] = Contribution(median=m[k], quality=q, honesty_raw=d[k], honesty=h, score=min(q, h))
+    return out

@@ -1,0 +1,296 @@
+"""Contribution scoring rules (trust/scoring.py): hand-built matrices whose answer is
+known, the coalition that captures BlockFlow's lower median, invariance properties,
+and the `[task] scoring` key."""
+
+from __future__ import annotations
+
+import inspect
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from discofl_p2p.scenario.config import ScenarioError, parse_scenario
+from discofl_p2p.trust.blockflow import agreement, contribution_scores, lower_median, ranking
+from discofl_p2p.trust.estimators import hodges_lehmann, trimmed_mean, weighted_lower_median
+from discofl_p2p.trust.reputation import reputations
+from discofl_p2p.trust.scoring import (
+    SCORING_RULES,
+    ScoringContext,
+    honesty_record,
+    make_scoring_rule,
+    scoring_params_of,
+)
+from discofl_p2p.trust.settlement import audit_top_k_round
+
+HONEST = [f"H{i}" for i in range(5)]
+RING = ["X", "Y", "Z"]  # one third of the 9 workers
+BIASED = "B"
+WORKERS = HONEST + RING + [BIASED]
+QUALITY = {**{h: 0.9 - 0.02 * i for i, h in enumerate(HONEST)}, **dict.fromkeys(RING, 0.15), BIASED: 0.8}
+ANCHOR = {k: min(1.0, q + 0.01) for k, q in QUALITY.items()}  # the requester's root set: close to the truth
+
+
+def _truthful(a: str, i: int) -> dict[str, float]:
+    """Non-IID: each honest evaluator's view of a model is off the truth by 0, 0.05 or 0.1."""
+    return {k: round(QUALITY[k] - 0.05 * ((i + j) % 3), 4) for j, k in enumerate(WORKERS) if k != a}
+
+
+def _ring(a: str) -> dict[str, float]:
+    return {k: (1.0 if k in RING else 0.0) for k in WORKERS if k != a}
+
+
+def honest_majority() -> dict[str, dict[str, float]]:
+    """5 honest and a truthful B against a ring of 3 that scores itself 1 and others 0."""
+    s = {a: _truthful(a, i) for i, a in enumerate(HONEST + [BIASED])}
+    return s | {a: _ring(a) for a in RING}
+
+
+def captured() -> dict[str, dict[str, float]]:
+    """As above, but B scores everyone 0: each honest model's 8 evaluators are 3 ring
+    members and B scoring 0, 4 honest scoring high, so the lower median is 0."""
+    s = honest_majority()
+    s[BIASED] = {k: 0.0 for k in WORKERS if k != BIASED}
+    return s
+
+
+def _rule(name: str, **params):
+    return make_scoring_rule(name, **params)
+
+
+def _p(name: str, s, history=(), anchor=None, **params) -> dict[str, float]:
+    c = _rule(name, **params)(s, WORKERS, ScoringContext(history=tuple(history), anchor=anchor))
+    return {k: v.score for k, v in c.items()}
+
+
+ALL = ["blockflow", "trimmed", "hodges_lehmann", "reputation", "anchored"]
+
+
+def test_registry_holds_every_rule_with_one_signature():
+    assert sorted(SCORING_RULES) == sorted(ALL)
+    for name, fn in SCORING_RULES.items():
+        first = list(inspect.signature(fn).parameters)[:3]
+        assert first == ["scores", "workers", "context"], name
+    assert scoring_params_of("blockflow") == {}
+    assert scoring_params_of("trimmed") == {"trim": (int, float)}
+    assert scoring_params_of("reputation") == {"memory": (int, float), "prior": (int, float)}
+
+
+# ---------------------------------------------------------------- estimators
+
+
+def test_estimators_exact_values():
+    assert trimmed_mean([0, 0.2, 0.4, 0.6, 1.0], 0.2) == pytest.approx(0.4)  # cuts one at each end
+    assert trimmed_mean([0, 0, 0.9, 0.9], 0.25) == pytest.approx(0.45)
+    assert trimmed_mean([0.3, 0.9], 0.0) == pytest.approx(0.6)
+    # Walsh averages of 0, 0.5, 1: 0, 0.25, 0.5, 0.5, 0.75, 1 -> lower median 0.5
+    assert hodges_lehmann([0, 0.5, 1]) == 0.5
+    assert hodges_lehmann([0.0, 0.0, 0.0, 1.0]) == 0.0  # 6 of 10 Walsh averages are 0
+    assert weighted_lower_median([0.0, 0.5, 0.9], [1, 1, 3]) == 0.9
+    assert weighted_lower_median([0.0, 0.5, 0.9], [0, 0, 0]) == 0.5  # no weight: the plain lower median
+    with pytest.raises(ValueError, match="trim"):
+        trimmed_mean([0.5], 0.5)
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12), st.integers(1, 5))
+def test_weighted_lower_median_with_equal_weights_is_the_lower_median(values, w):
+    assert weighted_lower_median(values, [w] * len(values)) == lower_median(values)
+
+
+# ---------------------------------------------------------------- honest majority
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_rule_puts_an_honest_majority_above_a_ring_of_one_third(name):
+    p = _p(name, honest_majority(), anchor=ANCHOR)
+    # Hodges-Lehmann (breakdown about 0.29) is pulled towards the ring's 0s on 3 of 8
+    # evaluators, and the honest evaluators' worst agreement drops with it.
+    assert min(p[h] for h in HONEST) > (0.3 if name == "hodges_lehmann" else 0.5)
+    assert all(p[x] == 0 for x in RING)  # its self-scores of 1.0 are far from any centre
+
+
+def test_blockflow_rule_is_blockflow_and_reputation_without_history_is_too():
+    for s in (honest_majority(), captured()):
+        bf = contribution_scores(s, WORKERS)
+        assert _rule("blockflow")(s, WORKERS, ScoringContext()) == bf
+        assert _rule("reputation")(s, WORKERS, ScoringContext()) == bf  # every reputation equal
+
+
+# ---------------------------------------------------------------- the capture
+
+
+def test_a_ring_of_one_third_and_a_biased_scorer_capture_blockflow():
+    c = contribution_scores(captured(), WORKERS)
+    assert all(c[h].median == 0 and c[h].score == 0 for h in HONEST)  # the lower median is the coalition's
+    assert all(c[x].score == 0 for x in RING)
+    assert c[BIASED].score == 1.0  # the scorer who gave everyone 0 is the only "honest" one left
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("trimmed", {}), ("trimmed", {"trim": 0.3}), ("hodges_lehmann", {}), ("anchored", {})],
+)
+def test_robust_location_and_the_anchor_are_not_captured(name, params):
+    p = _p(name, captured(), anchor=ANCHOR, **params)
+    assert min(p[h] for h in HONEST) > max(p[x] for x in RING)
+    assert all(p[x] == 0 for x in RING)
+
+
+@pytest.mark.parametrize("name", ["trimmed", "hodges_lehmann"])
+def test_robust_location_still_pays_the_biased_scorer_most(name):
+    # The limit of a robust centre: dragged down by the coalition, it sits close to
+    # the biased scorer's 0s, and B (whose own model is good) earns the top p.
+    p = _p(name, captured())
+    assert p[BIASED] > max(p[h] for h in HONEST)
+
+
+def test_the_anchor_alone_also_shuts_out_the_biased_scorer():
+    p = _p("anchored", captured(), anchor=ANCHOR)
+    assert p[BIASED] == 0 and min(p[h] for h in HONEST) > 0.5
+
+
+def test_reputation_from_an_outvoted_round_survives_later_captured_rounds():
+    rule = _rule("reputation")
+    first = rule(honest_majority(), WORKERS, ScoringContext())  # round 1: the ring is outvoted
+    history = [honesty_record(first, honest_majority())]
+    assert all(history[0][x] == 0 for x in RING)
+    for _ in range(4):  # rounds 2..5: B turns biased; BlockFlow would be captured in each
+        s = captured()
+        c = rule(s, WORKERS, ScoringContext(history=tuple(history)))
+        p = {k: v.score for k, v in c.items()}
+        assert min(p[h] for h in HONEST) > max(p[x] for x in RING) and min(p[h] for h in HONEST) > 0.5
+        assert p[BIASED] == 0
+        history.append(honesty_record(c, s))
+
+
+def test_reputation_cannot_recover_from_a_capture_it_starts_in():
+    # The documented limit: with no earlier round, honesty is measured against the
+    # captured median, and the honest lose their reputation.
+    p = _p("reputation", captured())
+    assert max(p[h] for h in HONEST) == 0
+
+
+def test_reputations_fold_the_history():
+    rep = reputations([{"a": 0.0}, {"a": 1.0, "b": 0.0}], ["a", "b", "c"], memory=0.5, prior=1.0)
+    assert rep == {"a": 0.75, "b": 0.5, "c": 1.0}  # c never scored: its prior stays
+
+
+def test_anchored_needs_an_anchor():
+    with pytest.raises(ValueError, match="anchor"):
+        _p("anchored", honest_majority())
+
+
+# ---------------------------------------------------------------- properties
+
+matrices = st.integers(2, 7).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.one_of(st.none(), st.floats(0, 1)), min_size=n * n, max_size=n * n),
+        st.lists(st.floats(0, 1), min_size=n, max_size=n),  # anchor, and one round of history
+        st.randoms(use_true_random=False),
+    )
+)
+
+
+@pytest.mark.parametrize("name", ALL)
+@given(data=matrices)
+def test_p_in_unit_interval_and_relabelling_permutes(name, data):
+    n, flat, extra, rnd = data
+    s = {a: {k: flat[a * n + k] for k in range(n) if k != a and flat[a * n + k] is not None} for a in range(n)}
+    ctx = ScoringContext(history=(dict(enumerate(extra)),), anchor=dict(enumerate(extra)))
+    rule = _rule(name)
+    c = rule(s, list(range(n)), ctx)
+    assert all(0.0 <= v.score <= 1.0 and 0.0 <= v.honesty <= 1.0 for v in c.values())
+    perm = list(range(n))
+    rnd.shuffle(perm)  # worker i is now called perm[i]
+    s2 = {perm[a]: {perm[k]: v for k, v in row.items()} for a, row in s.items()}
+    ctx2 = ScoringContext(
+        history=tuple({perm[a]: h for a, h in r.items()} for r in ctx.history),
+        anchor={perm[a]: v for a, v in enumerate(extra)},
+    )
+    c2 = rule(s2, [perm[i] for i in random.Random(0).sample(range(n), n)], ctx2)
+    for i in range(n):
+        assert c2[perm[i]].score == pytest.approx(c[i].score)
+
+
+# ---------------------------------------------------------------- the audit
+
+
+def test_the_audit_recomputes_with_the_rule_the_task_used():
+    owner_at = list(WORKERS)
+    rows = {a: [captured()[a].get(k) for k in owner_at] for a in WORKERS}
+    rule = _rule("trimmed")
+    expected = rule(captured(), WORKERS, ScoringContext())
+    ranked = ranking(expected, 3)
+    assert ranked == ["B", "H0", "H2"]
+    default = audit_top_k_round(1, WORKERS, owner_at, rows, 3, 1000, ranked, [])
+    assert default.expected_ranking == ["B", "H0", "H1"]  # BlockFlow: every honest p is 0, ties in order
+    audit = audit_top_k_round(1, WORKERS, owner_at, rows, 3, 1000, ranked, [], scoring=rule)
+    assert audit.expected_ranking == ranked and audit.contribution == expected
+
+
+# ---------------------------------------------------------------- [task] scoring
+
+BASE = """\
+[task]
+rounds = 2
+top_k = 3
+{task}
+
+[[workers]]
+name = "honest"
+count = 3
+"""
+
+
+def test_the_default_is_blockflow_and_a_rule_with_params_parses():
+    assert parse_scenario(BASE.format(task="")).task.scoring == "blockflow"
+    sc = parse_scenario(BASE.format(task='scoring = "reputation"\nscoring_params = { memory = 0.8, prior = 1 }'))
+    assert (sc.task.scoring, sc.task.scoring_params) == ("reputation", {"memory": 0.8, "prior": 1})
+    make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
+
+
+@pytest.mark.parametrize(
+    "task, key, line, words",
+    [
+        ('scoring = "median"', "task.scoring", 4, "choose one of blockflow, trimmed"),
+        ("scoring = 3", "task.scoring", 4, "must be str"),
+        ('scoring = "anchored"', "task.scoring", 4, "anchor scores on a root validation set"),
+        ('scoring = "trimmed"\nscoring_params = { trim = 0.5 }', "task.scoring_params.trim", 5, "[0, 0.5)"),
+        ('scoring = "trimmed"\nscoring_params = { cut = 0.1 }', "task.scoring_params.cut", 5, "it takes: trim"),
+        ('scoring = "trimmed"\nscoring_params = { trim = "x" }', "task.scoring_params.trim", 5, "must be int or float"),
+        ('scoring = "reputation"\nscoring_params = { memory = 1 }', "task.scoring_params.memory", 5, "[0, 1)"),
+        ('scoring = "reputation"\nscoring_params = { prior = 0 }', "task.scoring_params.prior", 5, "(0, 1]"),
+        ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'blockflow' takes no parameters"),
+    ],
+)
+def test_scoring_errors_name_key_and_line(task, key, line, words):
+    with pytest.raises(ScenarioError) as ei:
+        parse_scenario(BASE.format(task=task), "s.toml")
+    e = ei.value
+    assert (e.key, e.line) == (key, line), str(e)
+    assert words in str(e) and str(e).startswith(f"s.toml:{line}: {key}:")
+
+
+def test_make_scoring_rule_refuses_what_the_config_refuses():
+    with pytest.raises(ValueError, match="unknown scoring rule"):
+        make_scoring_rule("median")
+    with pytest.raises(ValueError, match="no parameter"):
+        make_scoring_rule("blockflow", trim=0.1)
+    with pytest.raises(ValueError, match="memory"):
+        make_scoring_rule("reputation", memory=1.0)
+
+
+def test_anchored_honesty_is_measured_against_the_anchor_exactly():
+    s = {"A": {"B": 0.9, "C": 0.5}, "B": {"A": 0.8, "C": 0.5}, "C": {"A": 0.8, "B": 0.9}}
+    c = _rule("anchored")(s, ["A", "B", "C"], ScoringContext(anchor={"A": 0.8, "B": 0.7, "C": 0.5}))
+    assert c["A"].honesty_raw == pytest.approx(agreement(0.2))  # its 0.9 for B against the anchor's 0.7
+    assert c["B"].honesty_raw == pytest.approx(1.0)
+    assert c["B"].median == 0.9  # both of B's evaluators carry weight: the weighted lower median of 0.9, 0.9
+
+
+def test_the_history_records_only_the_evaluators_of_the_round():
+    s = {"A": {"B": 0.9}, "B": {"A": 0.9}}  # C scored nobody this round
+    c = contribution_scores(s, ["A", "B", "C"])
+    assert honesty_record(c, s) == {"A": 1.0, "B": 1.0}  # C's reputation is left as it was
