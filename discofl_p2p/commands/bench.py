@@ -1,4 +1,4 @@
-"""`discofl-p2p bench gas|ml|p2p|scenarios`: benchmarks that print figures.
+"""`discofl-p2p bench gas|ml|p2p|scenarios|robustness`: benchmarks that print figures.
 
 The measurements live in `discofl_p2p.bench`; this module starts what they need (an
 anvil) and prints. `--quick` runs the same code on tiny inputs, for smoke tests: its
@@ -68,4 +68,24 @@ def bench_scenarios(directory: str, floor: float, *, quick: bool = False) -> int
         figures = scenarios.measure(Path(directory), anvil.ws_url, floor=floor, quick=quick, say=console.print)
     for part in scenarios.render(figures):
         console.print(part)
+    return 0
+
+
+def bench_robustness(matrix: str | None, out: str, *, quick: bool = False, jobs: int = 1) -> int:
+    from discofl_p2p.bench import robustness
+    from discofl_p2p.bench.robustness.matrix import MatrixError
+    from discofl_p2p.scenario.config import ScenarioError
+
+    console = Console(width=120)
+    path = Path(matrix) if matrix else robustness.default_matrix(quick=quick)
+    try:
+        run = robustness.run_robustness(path, Path(out), jobs=jobs, say=console.print)
+    except (MatrixError, ScenarioError) as e:
+        console.print(f"discofl-p2p bench robustness: {e}")
+        return 2
+    console.print((run.out / "summary.md").read_text().split("## Per attack")[0].rstrip())
+    console.print(f"results in {run.out}: results.csv, summary.md, {len(run.heatmaps)} heatmap(s)")
+    console.print(
+        f"computed {run.sweep.computed} cells in {run.sweep.wall_s:.1f} s: {run.sweep.cells_per_minute:.1f} cells/min"
+    )
     return 0

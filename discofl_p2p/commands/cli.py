@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="recompute every settled round of a task from the chain alone")
     audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
     audit.add_argument("--contract", required=True, help="the task's contract address")
+    audit.add_argument("--scoring", default="blockflow", help="the scoring rule the task used ([task] scoring)")
 
     dash = sub.add_parser("dashboard", help="a live web page for one task, read from the chain (read-only)")
     dash.add_argument("--rpc-url", required=True, help="the chain the task lives on")
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     sb = bench_sub.add_parser("scenarios", help="accuracy, adversary reward shares and overhead of whole tasks")
     sb.add_argument("--dir", default="scenarios", help="where baseline/garbage/collusion/biased.toml are")
     sb.add_argument("--floor", type=float, default=0.5, help="quality floor of the proportional policy")
+    rb = bench_sub.add_parser("robustness", help="attack x adversary fraction x split x defence sweep, plain loops")
+    rb.add_argument("--matrix", help="a matrix TOML file (default: the shipped default, or quick with --quick)")
+    rb.add_argument("--out", default="runs/robustness", help="output directory; cells cached under DIR/cells/")
+    rb.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
+    rb.add_argument("--quick", action="store_true", help="the small matrix: every attack once, one seed")
     for b in (gas, ml, p2p, sb):
         b.add_argument("--quick", action="store_true", help="tiny inputs: checks that it runs; figures mean nothing")
     return p
@@ -127,7 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.audit import audit_main
 
-        return audit_main(to_ws_url(args.rpc_url), args.contract)
+        return audit_main(to_ws_url(args.rpc_url), args.contract, args.scoring)
     if args.command == "dashboard":
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.dashboard import dashboard_main
@@ -146,6 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return bench.bench_ml(quick=args.quick)
         if args.bench == "p2p":
             return bench.bench_p2p(quick=args.quick)
+        if args.bench == "robustness":
+            return bench.bench_robustness(args.matrix, args.out, quick=args.quick, jobs=args.jobs)
         return bench.bench_scenarios(args.dir, args.floor, quick=args.quick)
     build_parser().print_help()
     return 2
