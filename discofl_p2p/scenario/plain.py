@@ -69,6 +69,7 @@ class PlainOutcome:
     wall_s: float
     contributions: list[dict[str, float]]
     rounds: dict[int, PlainRound] = field(default_factory=dict)
+    last_models: dict[str, StateDict] = field(default_factory=dict)  # the last round's published models
 
 
 @dataclass
@@ -185,7 +186,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     if final_c:
         acc = evaluate_job(w0_blob, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
     contributions = [rounds[r].contribution for r in sorted(rounds)]
-    return PlainOutcome(acc, time.monotonic() - started, contributions, rounds)
+    return PlainOutcome(acc, time.monotonic() - started, contributions, rounds, last)
 
 
 def _passes(state: StateDict, spec: Spec, max_bytes: int) -> bool:
