@@ -384,3 +384,19 @@ def test_the_late_worker_acts_after_each_phase_and_is_refused(zoo, zoo_log):
     assert set(_r(zoo, 1)["scores"]) == on_time
     assert set(_r(zoo, 2)["scores"]) == on_time - {"quitter-1", "sleeper-1"}
     assert not [e for e in zoo_log if e["event"].endswith("_deadline_passed") and e["round"] == 1]
+
+
+@pytest.mark.slow
+def test_a_whole_scenario_runs_on_an_interval_mining_chain(tmp_path):
+    """A stand-in for a real chain: blocks every second whether or not anything is sent,
+    so every transaction waits for its block and deadlines pass on the chain's clock."""
+    from discofl_p2p.chain.anvil import Anvil
+
+    text = SMALL.format(acc_min=0.5).replace("rounds = 2", "rounds = 1")
+    with Anvil(block_time=1) as chain:
+        proc, out = _scenario(tmp_path, text, chain)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    (r1,) = res["rounds"]
+    assert set(r1["models"]) == {w["name"] for w in res["workers"]}
+    assert sum(int(v) for v in r1["rewards_wei"].values()) == int(res["task"]["deposit_wei"])
