@@ -423,7 +423,8 @@ class TaskClient:
 
     # -------------------------------------------------------------- views
 
-    async def state(self) -> TaskState:
+    async def state(self, block: int | str = "latest") -> TaskState:
+        """The task's counters and balance as of `block` (the latest by default)."""
         f = self.contract.functions
         names = [
             "phase",
@@ -439,8 +440,8 @@ class TaskClient:
             "deposit",
             "participantCount",
         ]
-        vals = await asyncio.gather(*(getattr(f, n)().call() for n in names))
-        held = await self.w3.eth.get_balance(self.address)
+        vals = await asyncio.gather(*(getattr(f, n)().call(block_identifier=block) for n in names))
+        held = await self.w3.eth.get_balance(self.address, block)  # type: ignore[arg-type]
         v = dict(zip(names, vals))
         return TaskState(
             phase=Phase(v["phase"]),

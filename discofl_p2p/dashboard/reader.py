@@ -28,7 +28,7 @@ from typing import Any
 from eth_typing import HexStr
 from web3 import AsyncWeb3
 
-from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, connect
+from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
 from discofl_p2p.trust.blockflow import contribution_scores, score_matrix
 
@@ -294,7 +294,7 @@ class TaskReader:
         # The state as of the last block whose events are in: the view stays consistent
         # while the event stream catches up with the chain.
         block = self._block
-        state, latest = await asyncio.gather(self._state_at(client, block), w3.eth.get_block("latest"))
+        state, latest = await asyncio.gather(client.state(block), w3.eth.get_block("latest"))
         for ev in events:
             if ev.name == "RoundSettled" and ev.args["round"] not in self._calldata:
                 tx = await w3.eth.get_transaction(HexStr(ev.tx_hash))
@@ -302,25 +302,7 @@ class TaskReader:
                 self._calldata[ev.args["round"]] = args
         self._publish(self._build(events, state, int(latest["timestamp"]), block))
 
-    async def _state_at(self, client: TaskClient, block: int) -> dict[str, int]:
-        f = client.contract.functions
-        names = [
-            "phase",
-            "currentRound",
-            "deadline",
-            "workerCount",
-            "submittedCount",
-            "scoredCount",
-            "modelCount",
-            "totalCredited",
-            "totalWithdrawn",
-            "refunded",
-        ]
-        vals = await asyncio.gather(*(getattr(f, n)().call(block_identifier=block) for n in names))
-        held = await client.w3.eth.get_balance(client.address, block)
-        return {**dict(zip(names, vals)), "held": held}
-
-    def _build(self, events: list[ChainEvent], state: dict[str, int], chain_time: int, block: int) -> dict[str, Any]:
+    def _build(self, events: list[ChainEvent], state: TaskState, chain_time: int, block: int) -> dict[str, Any]:
         s = self._static
         registered: list[str] = []
         index: dict[str, int] = {}
@@ -426,19 +408,19 @@ class TaskReader:
             "submission_period_s": s["submissionPeriod"],
             "evaluation_period_s": s["evaluationPeriod"],
             "deposit_wei": str(s["deposit"]),
-            "phase": Phase(state["phase"]).name,
-            "round": state["currentRound"],
-            "deadline": state["deadline"],
+            "phase": state.phase.name,
+            "round": state.round,
+            "deadline": state.deadline,
             "chain_time": chain_time,
             "block": block,
-            "worker_count": state["workerCount"],
-            "submitted_count": state["submittedCount"],
-            "scored_count": state["scoredCount"],
-            "model_count": state["modelCount"],
-            "total_credited_wei": str(state["totalCredited"]),
-            "total_withdrawn_wei": str(state["totalWithdrawn"]),
-            "refunded_wei": str(state["refunded"]),
-            "held_wei": str(state["held"]),
+            "worker_count": state.worker_count,
+            "submitted_count": state.submitted_count,
+            "scored_count": state.scored_count,
+            "model_count": state.model_count,
+            "total_credited_wei": str(state.total_credited),
+            "total_withdrawn_wei": str(state.total_withdrawn),
+            "refunded_wei": str(state.refunded),
+            "held_wei": str(state.held),
             "updated_at": time.time(),
         }
         return {

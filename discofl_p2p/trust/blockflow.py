@@ -55,10 +55,9 @@ def agreement(t: float) -> float:
     return max(0.0, (0.5 - t) / (0.5 + t))
 
 
-def contribution_scores(
-    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
-) -> dict[Worker, Contribution]:
-    """BlockFlow p_k for every worker in `workers` from the submitted score matrix."""
+def check_matrix(scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]) -> None:
+    """Every evaluator and every evaluated worker is one of `workers`, and every score
+    is in [0, 1]; every scoring rule starts with this check."""
     known = set(workers)
     for a, row in scores.items():
         if a not in known:
@@ -68,6 +67,13 @@ def contribution_scores(
                 raise ValueError(f"evaluator {a!r} scored unknown worker {k!r}")
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"score of {a!r} for {k!r} is {v}; scores must be in [0, 1]")
+
+
+def contribution_scores(
+    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
+) -> dict[Worker, Contribution]:
+    """BlockFlow p_k for every worker in `workers` from the submitted score matrix."""
+    check_matrix(scores, workers)
     received: dict[Worker, list[float]] = {k: [] for k in workers}
     for a, row in scores.items():
         for k, v in row.items():

@@ -34,19 +34,6 @@ class ScoringContext(Generic[Worker]):
     anchor: Mapping[Worker, float] | None = None
 
 
-def check_matrix(scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]) -> None:
-    """The checks `blockflow.contribution_scores` makes, with the same messages."""
-    known = set(workers)
-    for a, row in scores.items():
-        if a not in known:
-            raise ValueError(f"evaluator {a!r} is not among the workers")
-        for k, v in row.items():
-            if k not in known:
-                raise ValueError(f"evaluator {a!r} scored unknown worker {k!r}")
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"score of {a!r} for {k!r} is {v}; scores must be in [0, 1]")
-
-
 def received(
     scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
 ) -> dict[Worker, list[tuple[Worker, float]]]:
