@@ -79,11 +79,25 @@ def contribution_scores(
         for k, v in row.items():
             if k != a:
                 received[k].append(v)
-    m = {k: lower_median(v) if v else 0.0 for k, v in received.items()}
+    return score_against(scores, workers, {k: lower_median(v) for k, v in received.items() if v})
+
+
+def score_against(
+    scores: Mapping[Worker, Mapping[Worker, float]],
+    workers: Sequence[Worker],
+    centre: Mapping[Worker, float],
+    reference: Mapping[Worker, float] | None = None,
+) -> dict[Worker, Contribution]:
+    """BlockFlow's p_k with the centre m_k given: quality m'_k = m_k / max m, honesty
+    d_a = a's worst agreement with `reference` (the centre when None) over the models
+    it scored that someone scored, d'_a = d_a / max d, p_k = min(m'_k, d'_k).
+    A worker absent from `centre` has m = 0; one that scored nobody has d = 0."""
+    ref = centre if reference is None else reference
+    m = {k: centre.get(k, 0.0) for k in workers}
     m_max = max(m.values(), default=0.0)
     d: dict[Worker, float] = {}
     for a in workers:
-        ts = [agreement(abs(v - m[k])) for k, v in scores.get(a, {}).items() if k != a and received[k]]
+        ts = [agreement(abs(v - ref[k])) for k, v in scores.get(a, {}).items() if k != a and k in ref]
         d[a] = min(ts) if ts else 0.0
     d_max = max(d.values(), default=0.0)
     out = {}

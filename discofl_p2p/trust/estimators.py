@@ -14,7 +14,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from discofl_p2p.trust.blockflow import Contribution, agreement, lower_median
+from discofl_p2p.trust.blockflow import lower_median
 
 Worker = TypeVar("Worker", bound=Hashable)
 
@@ -87,29 +87,3 @@ def hodges_lehmann(values: Sequence[float]) -> float:
         raise ValueError("estimate of nothing")
     walsh = [(values[i] + values[j]) / 2 for i in range(len(values)) for j in range(i, len(values))]
     return lower_median(walsh)
-
-
-def score_against(
-    scores: Mapping[Worker, Mapping[Worker, float]],
-    workers: Sequence[Worker],
-    centre: Mapping[Worker, float],
-    reference: Mapping[Worker, float] | None = None,
-) -> dict[Worker, Contribution]:
-    """BlockFlow's p_k with the centre m_k given: quality m'_k = m_k / max m, honesty
-    d_a = a's worst agreement with `reference` (the centre when None) over the models
-    it scored that someone scored, d'_a = d_a / max d, p_k = min(m'_k, d'_k).
-    A worker absent from `centre` has m = 0; one that scored nobody has d = 0."""
-    ref = centre if reference is None else reference
-    m = {k: centre.get(k, 0.0) for k in workers}
-    m_max = max(m.values(), default=0.0)
-    d: dict[Worker, float] = {}
-    for a in workers:
-        ts = [agreement(abs(v - ref[k])) for k, v in scores.get(a, {}).items() if k != a and k in ref]
-        d[a] = min(ts) if ts else 0.0
-    d_max = max(d.values(), default=0.0)
-    out = {}
-    for k in workers:
-        q = m[k] / m_max if m_max > 0 else 0.0
-        h = d[k] / d_max if d_max > 0 else 0.0
-        out[k] = Contribution(median=m[k], quality=q, honesty_raw=d[k], honesty=h, score=min(q, h))
-    return out

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, score_against
 from discofl_p2p.trust.estimators import (
     ScoringContext,
     Worker,
     hodges_lehmann,
     received,
-    score_against,
     trimmed_mean,
 )
 
