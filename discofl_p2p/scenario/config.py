@@ -498,31 +498,39 @@ class _Validator:
             if val is not None and not 0 <= val <= 1:
                 raise self.fail(f"expect.{k}", f"must be in [0, 1], got {val}")
 
-    def aggregation_params(self, rule: str, params: dict[str, Any], n_workers: int) -> None:
-        accepted = aggregation_params_of(rule)
+    def rule_params(
+        self,
+        section: str,
+        what: str,
+        params: dict[str, Any],
+        accepted: dict[str, Any],
+        check: Callable[[str, Any], str | None],
+    ) -> None:
+        """A rule's parameters (`task.<section>.<key>`): known to the rule (`accepted`,
+        name -> type, read from its signature), of the right type, and valid (`check`
+        returns the problem, if any)."""
         for k, v in params.items():
-            key = f"task.aggregation_params.{k}"
+            key = f"task.{section}.{k}"
             if not accepted:
-                raise self.fail(key, f"aggregation {rule!r} takes no parameters")
+                raise self.fail(key, f"{what} takes no parameters")
             if k not in accepted:
-                raise self.fail(key, f"unknown parameter of aggregation {rule!r}; it takes: {', '.join(accepted)}")
+                raise self.fail(key, f"unknown parameter of {what}; it takes: {', '.join(accepted)}")
             self.typed(v, accepted[k], key)
-            problem = AGGREGATION_PARAM_CHECKS[k](v, n_workers) if k in AGGREGATION_PARAM_CHECKS else None
+            problem = check(k, v)
             if problem:
                 raise self.fail(key, problem)
 
+    def aggregation_params(self, rule: str, params: dict[str, Any], n_workers: int) -> None:
+        def check(k: str, v: Any) -> str | None:
+            return AGGREGATION_PARAM_CHECKS[k](v, n_workers) if k in AGGREGATION_PARAM_CHECKS else None
+
+        self.rule_params("aggregation_params", f"aggregation {rule!r}", params, aggregation_params_of(rule), check)
+
     def scoring_params(self, rule: str, params: dict[str, Any]) -> None:
-        accepted = scoring_params_of(rule)
-        for k, v in params.items():
-            key = f"task.scoring_params.{k}"
-            if not accepted:
-                raise self.fail(key, f"scoring rule {rule!r} takes no parameters")
-            if k not in accepted:
-                raise self.fail(key, f"unknown parameter of scoring rule {rule!r}; it takes: {', '.join(accepted)}")
-            self.typed(v, accepted[k], key)
-            problem = SCORING_PARAM_CHECKS[k](v) if k in SCORING_PARAM_CHECKS else None
-            if problem:
-                raise self.fail(key, problem)
+        def check(k: str, v: Any) -> str | None:
+            return SCORING_PARAM_CHECKS[k](v) if k in SCORING_PARAM_CHECKS else None
+
+        self.rule_params("scoring_params", f"scoring rule {rule!r}", params, scoring_params_of(rule), check)
 
 
 def _field_type(annotation: Any) -> Any:
