@@ -79,3 +79,42 @@ def test_audit_command_exits_1_on_a_dishonest_settlement_and_0_on_an_honest_one(
     else:
         assert proc.returncode == 0, out
         assert "audit: every settled round matches" in proc.stdout and "MISMATCH" not in proc.stdout, out
+
+
+def test_an_honest_requester_passes_the_audit_when_ties_are_broken_whatever_the_registration_order(anvil):
+    """Every model is worth the same to everyone: the ranking is all ties. Workers
+    register in descending address order (as concurrent registrations may land); the
+    requester breaks ties as `settle` does (address order), and so must the audit."""
+    from discofl_p2p.chain.limits import ETH
+    from discofl_p2p.trust.blockflow import contribution_scores, score_matrix
+    from discofl_p2p.trust.settlement import settle, tie_order
+
+    async def go() -> str:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=1, top_k=4, max_workers=4, deposit_wei=ETH)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=77, register=False, start=False)
+            req = task.requester
+            task.workers.sort(key=lambda w: w.account.address.lower(), reverse=True)
+            for w in task.workers:
+                await w.register()
+            await req.start_training()
+            subs = await commit_all(task, 1, random.Random(2))
+            digests = [s.digest for s in subs]
+            await req.open_evaluation(1, digests)
+            owners = [s.worker for s in subs]
+            rows = {w.account.address: [None if o == w.account.address else 0.5 for o in owners] for w in task.workers}
+            for w in task.workers:
+                await w.submit_scores(1, encode_scores(rows[w.account.address]))
+            contrib = contribution_scores(score_matrix(owners, rows), tie_order({o: o for o in owners}))
+            ranked, _ = settle(contrib, owners, {}, policy="top_k", top_k=4, pot=ETH, floor=0.0, bonus=0.0)
+            assert ranked != owners  # registration order would rank otherwise
+            await req.settle_round(
+                1, digests, *reveal(req.address, 1, subs, digests), [owners.index(o) for o in ranked]
+            )
+            return req.address
+        finally:
+            await w3.provider.disconnect()
+
+    (audit,), _ = run(audit_task(anvil.ws_url, run(go())))
+    assert audit.ok, (audit.expected_ranking, audit.paid_ranking)

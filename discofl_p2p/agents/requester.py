@@ -41,7 +41,7 @@ from discofl_p2p.p2p.node import Inbox, P2PNode
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle
+from discofl_p2p.trust.settlement import settle, tie_order
 
 log = structlog.get_logger("discofl.requester")
 
@@ -518,10 +518,9 @@ class RequesterAgent:
             await r.accuracy  # measured while workers evaluated; recorded with the round
         name_at = [self.names[w] for w in r.owner_at]
         matrix = score_matrix(name_at, {self.names[e]: s for e, s in r.scores.items()})
-        # The roster's order, never the registration events' (which vary from run to
-        # run) nor the published order (a secret): ties break the same way every run.
-        registered = set(self.registered)
-        everyone = [n for a, n in self.names.items() if a in registered]
+        # Ties break in address order (`tie_order`): the same in every run, unlike the
+        # registration events', and on the chain for the audit, unlike the roster.
+        everyone = tie_order({self.names[a]: a for a in self.registered})
         contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history)))
         self._honesty_history.append(honesty_record(contrib, matrix))
         published = set(name_at)

@@ -21,7 +21,7 @@ from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
 from discofl_p2p.trust.blockflow import score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round
+from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round, tie_order
 
 
 async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING) -> tuple[list[RoundAudit], str]:
@@ -33,7 +33,8 @@ async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING)
         rule = RewardRule(await c.view("rule"))
         top_k, rounds, deposit = await c.view("topK"), await c.view("rounds"), await c.view("deposit")
         events = await c.past_events()
-        registered = [e.args["worker"] for e in events if e.name == "WorkerRegistered"]
+        # Ties break in address order, as the requester breaks them (trust.settlement).
+        registered = tie_order({e.args["worker"]: e.args["worker"] for e in events if e.name == "WorkerRegistered"})
         audits = []
         for settled in (e for e in events if e.name == "RoundSettled"):
             r = settled.args["round"]

@@ -16,7 +16,7 @@ from discofl_p2p.trust.rewards import (
     round_pot,
     top_k_rewards,
 )
-from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round, settle
+from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round, settle, tie_order
 
 __all__ = [
     "Contribution",
@@ -32,5 +32,6 @@ __all__ = [
     "round_pot",
     "score_matrix",
     "settle",
+    "tie_order",
     "top_k_rewards",
 ]

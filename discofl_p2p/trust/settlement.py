@@ -9,12 +9,15 @@ and the rewards follow from those alone (`audit_top_k_round`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
 from discofl_p2p.trust.estimators import ScoringContext
 from discofl_p2p.trust.rewards import loyalty_rewards, proportional_rewards, top_k_rewards
+
+W = TypeVar("W", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ def audit_top_k_round(
     return RoundAudit(
         round_, contrib, expected, list(paid_ranking), top_k_rewards(pot, len(expected)), list(paid_rewards)
     )
+
+
+def tie_order(address_of: Mapping[W, str]) -> list[W]:
+    """The workers in the order in which ties break (in the scoring rules, the ranking
+    and the reward split): by address, as lower-case hex. It is the same in every run
+    of a seed (addresses derive from it), unlike registration order, and anyone can
+    rebuild it from the chain, unlike the scenario's roster, so the audit ranks ties
+    exactly as the requester did."""
+    return sorted(address_of, key=lambda w: address_of[w].lower())
 
 
 def settle(
