@@ -311,7 +311,7 @@ contract DiscoFLTask {
     }
 
     /// @param scores one big-endian uint16 per published model, in published order:
-    ///        basis points in [0, 10000], or 0xFFFF to abstain (e.g. one's own model).
+    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
     ///        Kept in calldata and the event only: about 16 gas per score.
     function submitScores(uint32 round, bytes calldata scores) external {
         _inPhase(Phase.Evaluation);

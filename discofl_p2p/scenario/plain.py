@@ -2,7 +2,7 @@
 
 It plays every round as the agents do, by calling the same pure functions with the
 same seeds, so that for the same scenario it gives the same scores, contributions,
-rankings and rewards as the full stack (`tests/test_plain_equivalence.py`):
+rankings and rewards as the full stack (`tests/test_replay.py`):
 
 - behaviours: the runner's `build_behaviours` (a collusion ring's size included), the
   same `derive_seed` seeds for data, training, submissions and scores, each worker's
