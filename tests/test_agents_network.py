@@ -13,30 +13,13 @@ from structlog.testing import capture_logs
 
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder
 from discofl_p2p.agents.jobs import initial_state
-from discofl_p2p.chain.client import connect
 from discofl_p2p.ml.models import build_model, export_initial_model
 from discofl_p2p.ml.weights import encode_state
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import Simulation, assemble, build_setup
-from tests.conftest import run
-from tests.test_requester import TINY
-
-
-async def _with_simulation(anvil, name: str, body, *, node_cfg: NodeConfig | None = None, text: str = TINY, **kw):
-    """Runs `body(sim, net, w0)` on a freshly assembled task."""
-    sc = parse_scenario(text.format(name=name))
-    setup, w0 = build_setup(sc)
-    w3 = await connect(anvil.ws_url)
-    try:
-        async with P2PNetwork(node_cfg or NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
-            sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net, **kw)
-            return await body(sim, net, w0)
-    finally:
-        await w3.provider.disconnect()
-        setup.cpu.shutdown(wait=False, cancel_futures=True)
-
+from discofl_p2p.scenario.runner import Simulation
+from tests.conftest import TINY, run, tiny, with_simulation
 
 # ---------------------------------------------------------------- w0
 
@@ -62,7 +45,7 @@ def test_a_worker_takes_w0_only_if_it_matches_the_contracts_initial_model(anvil)
         initial = bytes(await sim.requester.client.view("initialModel"))
         return logs, refuser.w0, fetched, st.worker_count, initial
 
-    logs, refused_w0, fetched, registered, initial = run(_with_simulation(anvil, "w0check", body))
+    logs, refused_w0, fetched, registered, initial = run(with_simulation(anvil, tiny("w0check"), body))
     rejected = [e for e in logs if e["event"] == "w0_rejected"]
     assert len(rejected) == 1 and rejected[0]["agent"] == "honest-1"
     assert "could not fetch w0" in rejected[0]["reason"] and "not found" in rejected[0]["reason"]
@@ -97,7 +80,7 @@ def test_colluders_tell_each_other_their_cids_over_their_own_messages(anvil):
                     t.cancel()
         return logs, a._ring_known, outsider.node.peer_id
 
-    logs, known, outsider = run(_with_simulation(anvil, "ring", body))
+    logs, known, outsider = run(with_simulation(anvil, tiny("ring"), body))
     assert known == {1: {"cid-a", "cid-b"}}
     assert [e["peer"] for e in logs if e["event"] == "ring_message_ignored"] == [outsider]
 
@@ -132,7 +115,7 @@ def test_the_requester_reads_openings_at_its_own_pace_and_the_bound_holds(anvil)
         return delivered, refused, req._queue.qsize(), req.cfg.queue_size, logs, limit
 
     node_cfg = NodeConfig(inbox_per_peer=3)
-    delivered, refused, queued, size, logs, limit = run(_with_simulation(anvil, "inbox", body, node_cfg=node_cfg))
+    delivered, refused, queued, size, logs, limit = run(with_simulation(anvil, tiny("inbox"), body, node_cfg=node_cfg))
     assert refused is not None and queued == size
     assert size <= delivered <= limit
     assert any(e["event"] == "message_dropped" for e in logs)
@@ -164,7 +147,7 @@ def test_stored_models_stay_bounded_over_rounds(anvil):
 
     text = TINY.replace("rounds = 1", "rounds = 3")
     model, w0_bytes, final, last, sim = run(
-        _with_simulation(anvil, "evict", body, text=text, recorder=Recorder(on_phase=on_phase))
+        with_simulation(anvil, parse_scenario(text.format(name="evict")), body, recorder=Recorder(on_phase=on_phase))
     )
     assert [r for r, _ in snapshots] == [1, 2, 3]
     two_rounds = 2 * 3 * model

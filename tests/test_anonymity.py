@@ -30,10 +30,9 @@ from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, SCORE_SCALE, decode_scores
 from discofl_p2p.commands.audit import audit_task
-from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import assemble, build_setup
-from tests.conftest import run
+from discofl_p2p.scenario.runner import Simulation
+from tests.conftest import run, with_simulation
 
 Row = Sequence[int | None]  # one evaluator's scores in basis points, None = abstained
 
@@ -258,21 +257,14 @@ async def _observe(ws_url: str, contract: str) -> tuple[dict, dict, dict]:
 @pytest.mark.slow
 def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
     sc = parse_scenario(ANON)
-    ctx, w0 = build_setup(sc)
 
-    async def go():
-        w3 = await connect(anvil.ws_url)
-        try:
-            async with P2PNetwork(NodeConfig(max_blob_bytes=ctx.max_model_bytes)) as net:
-                sim = await assemble(sc, ctx, w0, w3, anvil.ws_url, net)
-                async with asyncio.timeout(sc.timeout_s):
-                    await sim.run()
-                return sim
-        finally:
-            await w3.provider.disconnect()
-            ctx.cpu.shutdown(wait=False, cancel_futures=True)
+    async def body(sim: Simulation, _net: object, w0: bytes) -> tuple[Simulation, bytes]:
+        async with asyncio.timeout(sc.timeout_s):
+            await sim.run()
+        return sim, w0
 
-    sim = run(go())
+    sim, w0 = run(with_simulation(anvil, sc, body))
+    ctx = sim.requester.setup
     contract = sim.requester.client.address
     published, rows, truth = run(_observe(anvil.ws_url, contract))
     n_models, n_rounds = 8, 6

@@ -18,15 +18,13 @@ from discofl_p2p.agents.requester import (
     place_opening,
     select_openings,
 )
-from discofl_p2p.chain.client import Phase, connect
+from discofl_p2p.chain.client import Phase
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import commitment
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.p2p.cid import cid_of, digest_of
-from discofl_p2p.p2p.node import NodeConfig, P2PNetwork
-from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import Simulation, assemble, build_setup
-from tests.conftest import run
+from discofl_p2p.scenario.runner import Simulation
+from tests.conftest import run, tiny, with_simulation
 
 CID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 TASK = "0x" + "cd" * 20  # the task contract the bindings name
@@ -199,49 +197,12 @@ def test_select_openings_a_commitment_binds_the_contract_the_round_and_the_worke
 
 # ---------------------------------------------------------------- registration timeout
 
-TINY = """\
-timeout_s = 120
-
-[task]
-name = "{name}"
-rounds = 1
-top_k = 3
-submission_timeout_s = 30
-evaluation_timeout_s = 30
-seed = 21
-
-[data]
-samples_per_worker = 100
-
-[model]
-name = "logreg"
-epochs = 1
-
-[[workers]]
-name = "honest"
-count = 3
-"""
-
-
-async def _with_simulation(anvil, name: str, body, *, registration_timeout_s: float = 60.0):
-    """Runs `body(sim)` on a freshly assembled TINY task: real anvil, real libp2p nodes."""
-    sc = parse_scenario(TINY.format(name=name))
-    setup, w0 = build_setup(sc)
-    w3 = await connect(anvil.ws_url)
-    try:
-        async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
-            sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net, registration_timeout_s=registration_timeout_s)
-            return await body(sim)
-    finally:
-        await w3.provider.disconnect()
-        setup.cpu.shutdown(wait=False, cancel_futures=True)
-
 
 def test_training_starts_with_the_workers_that_registered_in_time(anvil):
     """Two of three workers register; after the registration timeout the requester
     starts training with those two, and logs registration_incomplete."""
 
-    async def body(sim: Simulation):
+    async def body(sim: Simulation, *_: object):
         client = sim.requester.client
         for w in sim.workers[:2]:
             await w.client.register()
@@ -261,7 +222,7 @@ def test_training_starts_with_the_workers_that_registered_in_time(anvil):
                 await requester
         return logs, started, st
 
-    logs, events, st = run(_with_simulation(anvil, "regpart", body, registration_timeout_s=0.5))
+    logs, events, st = run(with_simulation(anvil, tiny("regpart"), body, registration_timeout_s=0.5))
     incomplete = [e for e in logs if e["event"] == "registration_incomplete"]
     assert incomplete == [{"event": "registration_incomplete", "log_level": "warning", "registered": 2, "expected": 3}]
     assert [e.args["workers"] for e in events if e.name == "TrainingStarted"] == [2]
@@ -276,13 +237,13 @@ async def _until(events, name: str):
 
 
 def test_nobody_registering_is_a_clear_error(anvil):
-    async def body(sim: Simulation):
+    async def body(sim: Simulation, *_: object):
         with pytest.raises(ExceptionGroup) as caught:
             async with asyncio.timeout(60):
                 await sim.requester.run()
         return caught.value, await sim.requester.client.state()
 
-    group, st = run(_with_simulation(anvil, "regnone", body, registration_timeout_s=0.5))
+    group, st = run(with_simulation(anvil, tiny("regnone"), body, registration_timeout_s=0.5))
     leaves = group.exceptions
     assert len(leaves) == 1 and isinstance(leaves[0], RuntimeError)
     assert str(leaves[0]) == "no worker registered within the registration timeout (0.5 s)"
@@ -295,7 +256,7 @@ def test_only_the_tasks_own_workers_may_register(anvil):
     from discofl_p2p.chain.devchain import derive_account, fund
     from discofl_p2p.chain.limits import FUNDING_WEI
 
-    async def body(sim: Simulation):
+    async def body(sim: Simulation, *_: object):
         client = sim.requester.client
         outsider = client.as_account(derive_account(99, "outsider"))
         await fund(client.w3, outsider.account.address, FUNDING_WEI)
@@ -305,6 +266,6 @@ def test_only_the_tasks_own_workers_may_register(anvil):
             await w.client.register()
         return refused.value.name, await client.state()
 
-    refused, st = run(_with_simulation(anvil, "allowlist", body))
+    refused, st = run(with_simulation(anvil, tiny("allowlist"), body))
     assert refused == "NotAllowed"
     assert st.worker_count == 3

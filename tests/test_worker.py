@@ -18,36 +18,26 @@ from discofl_p2p.agents.worker import new_salt
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import decode_scores
-from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
+from discofl_p2p.p2p.node import P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import parse_scenario
-from discofl_p2p.scenario.runner import RunOutcome, assemble, build_setup, run_scenario
-from tests.conftest import run
-from tests.test_requester import TINY
+from discofl_p2p.scenario.runner import RunOutcome, Simulation, run_scenario
+from tests.conftest import TINY, run, tiny, with_simulation
 
 
 def test_a_model_the_worker_cannot_fetch_is_abstained_on_and_the_round_still_settles(anvil):
     """honest-1 accepts no blob over 256 bytes (its own cap, below the models' size):
     it cannot fetch the other two models, abstains on them, logs model_unusable, and
     the round settles with everyone's scores."""
-    sc = parse_scenario(TINY.format(name="unusable"))
-    setup, w0 = build_setup(sc)
 
-    async def go():
-        w3 = await connect(anvil.ws_url)
-        try:
-            async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
-                sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net)
-                picky = sim.workers[0]
-                picky.setup = dataclasses.replace(setup, max_model_bytes=256)
-                with capture_logs() as logs:
-                    async with asyncio.timeout(120):
-                        await sim.run()
-                return logs, await sim.outcome()
-        finally:
-            await w3.provider.disconnect()
-            setup.cpu.shutdown(wait=False, cancel_futures=True)
+    async def body(sim: Simulation, *_: object):
+        picky = sim.workers[0]
+        picky.setup = dataclasses.replace(picky.setup, max_model_bytes=256)
+        with capture_logs() as logs:
+            async with asyncio.timeout(120):
+                await sim.run()
+        return logs, await sim.outcome()
 
-    logs, outcome = run(go())
+    logs, outcome = run(with_simulation(anvil, tiny("unusable"), body))
     rec = outcome.rounds[1]
     assert sorted(rec.models) == ["honest-1", "honest-2", "honest-3"] and rec.excluded == {}
     unusable = [e for e in logs if e["event"] == "model_unusable"]
@@ -135,58 +125,50 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
     replays honest-2's binding (it cannot sign one for its own peer), and honest-3
     (whose binding is valid but which never registered), are ignored: neither is ever
     asked for a model."""
-    sc = parse_scenario(TINY.format(name="holders"))
-    setup, w0 = build_setup(sc)
 
-    async def go():
-        w3 = await connect(anvil.ws_url)
-        try:
-            async with P2PNetwork(NodeConfig(max_blob_bytes=setup.max_model_bytes)) as net:
-                sim = await assemble(sc, setup, w0, w3, anvil.ws_url, net)
-                listener, member, unregistered = sim.workers
-                stranger = await net.add_node(key_from_seed(21, "stranger"))
-                await stranger.connect(listener.node)
-                for w in (listener, member):
-                    await w.client.register()
-                for ev in await listener.client.past_events():  # what its event feed delivers first
-                    await listener._on_event(ev)
-                queue = await listener.node.subscribe(setup.topic)
-                task = asyncio.create_task(listener._listen(queue))
-                await stranger.subscribe(setup.topic)
-                contract = listener.client.address
+    async def body(sim: Simulation, net: P2PNetwork, _w0: bytes):
+        listener, member, unregistered = sim.workers
+        topic = listener.setup.topic
+        stranger = await net.add_node(key_from_seed(21, "stranger"))
+        await stranger.connect(listener.node)
+        for w in (listener, member):
+            await w.client.register()
+        for ev in await listener.client.past_events():  # what its event feed delivers first
+            await listener._on_event(ev)
+        queue = await listener.node.subscribe(topic)
+        task = asyncio.create_task(listener._listen(queue))
+        await stranger.subscribe(topic)
+        contract = listener.client.address
 
-                def holding(w, peer: str) -> dict[str, object]:
-                    binding = sign_binding(w.client.account, contract, peer)
-                    return {"kind": "holding", "round": 1, "worker": w.address, "binding": binding}
+        def holding(w, peer: str) -> dict[str, object]:
+            binding = sign_binding(w.client.account, contract, peer)
+            return {"kind": "holding", "round": 1, "worker": w.address, "binding": binding}
 
-                sent = [
-                    (stranger, holding(member, member.node.peer_id)),  # lifted from honest-2
-                    (unregistered.node, holding(unregistered, unregistered.node.peer_id)),
-                    (member.node, holding(member, member.node.peer_id)),
-                ]
-                with capture_logs() as logs:
-                    async with asyncio.timeout(30):
-                        for node, payload in sent:
-                            while await node.topic_peers(setup.topic) < 1:  # gossip drops what precedes the mesh
-                                await asyncio.sleep(0.05)
-                            await node.announce(setup.topic, payload)
+        sent = [
+            (stranger, holding(member, member.node.peer_id)),  # lifted from honest-2
+            (unregistered.node, holding(unregistered, unregistered.node.peer_id)),
+            (member.node, holding(member, member.node.peer_id)),
+        ]
+        with capture_logs() as logs:
+            async with asyncio.timeout(30):
+                for node, payload in sent:
+                    while await node.topic_peers(topic) < 1:  # gossip drops what precedes the mesh
+                        await asyncio.sleep(0.05)
+                    await node.announce(topic, payload)
 
-                        def settled() -> bool:
-                            ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
-                            holders = listener._holders.get(1, set())
-                            return member.node.peer_id in holders and (
-                                len(ignored) == 2 or bool(holders & {stranger.peer_id, unregistered.node.peer_id})
-                            )
+                def settled() -> bool:
+                    ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
+                    holders = listener._holders.get(1, set())
+                    return member.node.peer_id in holders and (
+                        len(ignored) == 2 or bool(holders & {stranger.peer_id, unregistered.node.peer_id})
+                    )
 
-                        while not settled():
-                            await asyncio.sleep(0.05)
-                task.cancel()
-                return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
-        finally:
-            await w3.provider.disconnect()
-            setup.cpu.shutdown(wait=False, cancel_futures=True)
+                while not settled():
+                    await asyncio.sleep(0.05)
+        task.cancel()
+        return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
 
-    listener, logs, (stranger, unregistered, member) = run(go())
+    listener, logs, (stranger, unregistered, member) = run(with_simulation(anvil, tiny("holders"), body))
     assert listener._holders == {1: {member}}
     assert listener._providers(1) == [listener.requester_peer, member]
     ignored = [(e["peer"], e["reason"]) for e in logs if e["event"] == "announcement_ignored"]
