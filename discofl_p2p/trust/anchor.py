@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix, score_against
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
 from discofl_p2p.trust.estimators import (
     ScoringContext,
     Worker,
-    received,
     weighted_lower_median,
 )
 

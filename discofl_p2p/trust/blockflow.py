@@ -69,17 +69,26 @@ def check_matrix(scores: Mapping[Worker, Mapping[Worker, float]], workers: Seque
                 raise ValueError(f"score of {a!r} for {k!r} is {v}; scores must be in [0, 1]")
 
 
+def received(
+    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
+) -> dict[Worker, list[tuple[Worker, float]]]:
+    """worker k -> [(evaluator a, s[a,k])] over a != k, evaluators in roster order (so
+    that a relabelling of the workers permutes, and changes nothing else)."""
+    out: dict[Worker, list[tuple[Worker, float]]] = {k: [] for k in workers}
+    for a in workers:
+        for k, v in scores.get(a, {}).items():
+            if k != a:
+                out[k].append((a, v))
+    return out
+
+
 def contribution_scores(
     scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
 ) -> dict[Worker, Contribution]:
     """BlockFlow p_k for every worker in `workers` from the submitted score matrix."""
     check_matrix(scores, workers)
-    received: dict[Worker, list[float]] = {k: [] for k in workers}
-    for a, row in scores.items():
-        for k, v in row.items():
-            if k != a:
-                received[k].append(v)
-    return score_against(scores, workers, {k: lower_median(v) for k, v in received.items() if v})
+    got = received(scores, workers)
+    return score_against(scores, workers, {k: lower_median([v for _, v in g]) for k, g in got.items() if g})
 
 
 def score_against(

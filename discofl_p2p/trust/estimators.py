@@ -34,19 +34,6 @@ class ScoringContext(Generic[Worker]):
     anchor: Mapping[Worker, float] | None = None
 
 
-def received(
-    scores: Mapping[Worker, Mapping[Worker, float]], workers: Sequence[Worker]
-) -> dict[Worker, list[tuple[Worker, float]]]:
-    """worker k -> [(evaluator a, s[a,k])] over a != k, evaluators in roster order (so
-    that a relabelling of the workers permutes, and changes nothing else)."""
-    out: dict[Worker, list[tuple[Worker, float]]] = {k: [] for k in workers}
-    for a in workers:
-        for k, v in scores.get(a, {}).items():
-            if k != a:
-                out[k].append((a, v))
-    return out
-
-
 def weighted_lower_median(values: Sequence[float], weights: Sequence[float]) -> float:
     """The smallest value v whose cumulative weight (values <= v) reaches half of the
     total. With equal weights it is `blockflow.lower_median`. Values with weight 0 do

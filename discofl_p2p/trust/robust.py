@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix, score_against
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
 from discofl_p2p.trust.estimators import (
     ScoringContext,
     Worker,
     hodges_lehmann,
-    received,
     trimmed_mean,
 )
 
