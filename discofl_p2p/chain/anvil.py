@@ -85,10 +85,13 @@ class Anvil:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 15.0,
         block_time: float | None = None,
+        new_session: bool = False,
     ) -> None:
         """`block_time`: mine a block every `block_time` seconds, with whatever
         transactions wait, instead of one block per transaction (anvil's
-        `--block-time`, interval mining, as a real chain does)."""
+        `--block-time`, interval mining, as a real chain does). `new_session`: anvil
+        runs in its own session, so a terminal's Ctrl-C reaches only its owner, which
+        stops it last (after the agent processes that use it)."""
         self.binary = binary or find_anvil()
         self.port = port or free_port()
         self.block_time = block_time
@@ -105,6 +108,7 @@ class Anvil:
             *extra_args,
         ]
         self._timeout = startup_timeout
+        self._new_session = new_session
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,6 +125,7 @@ class Anvil:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self._new_session,
         )
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:

@@ -30,6 +30,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a live dashboard of the run on 127.0.0.1 (PORT, or a free one) and print its URL",
     )
 
+    scen.add_argument(
+        "--processes",
+        action="store_true",
+        help="one OS process per agent (requester, each worker), logs under DIR/logs/",
+    )
+
+    def agent_options(a: argparse.ArgumentParser) -> None:
+        a.add_argument("--rpc-url", required=True, help="the chain the task lives on")
+        a.add_argument("--key", required=True, help="the agent's chain account: a private key in hex")
+        a.add_argument("--scenario", required=True, metavar="FILE", help="the task's settings (a scenario TOML)")
+        a.add_argument("--seed", type=int, help="override the scenario's task.seed")
+        a.add_argument("--node-key", help="libp2p key file (32-byte seed; created 0600 if absent; default: fresh)")
+        a.add_argument("--host", default="127.0.0.1", help="address the libp2p node listens on")
+        a.add_argument("--port", type=int, default=0, help="port the libp2p node listens on (0: a free one)")
+        a.add_argument("--log", help="append the agent's JSON log here (default: stderr)")
+        a.add_argument("--records", help="write the agent's records (JSON) here when it stops")
+        a.add_argument("--stop-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
+
+    req = sub.add_parser("requester", help="the requester agent alone: deploys a task and runs it")
+    agent_options(req)
+    req.add_argument("--workers", required=True, metavar="FILE", help="JSON {worker name: address}: the allowlist")
+    req.add_argument(
+        "--registration-timeout", type=float, default=60.0, metavar="S", help="start with whoever registered by then"
+    )
+
+    wk = sub.add_parser("worker", help="one worker agent alone: joins a task by its contract address")
+    agent_options(wk)
+    wk.add_argument("--contract", required=True, help="the task's contract address")
+    wk.add_argument("--bootstrap", required=True, metavar="MULTIADDR", help="the requester's /ip4/H/tcp/P/p2p/ID")
+    wk.add_argument("--name", required=True, help="this worker's name in the scenario (its split and behaviour)")
+    wk.add_argument("--peer", action="append", default=[], metavar="MULTIADDR", help="another worker to dial")
+    wk.add_argument(
+        "--ring-peer", action="append", default=[], metavar="MULTIADDR", help="a collusion ring mate (out of band)"
+    )
+
+    up = sub.add_parser("up", help="local multi-node demo: anvil, requester, worker processes and the dashboard")
+    up.add_argument("file", help="a scenario TOML file")
+    up.add_argument("--out", help="output directory (default: runs/NAME-seedN)")
+    up.add_argument("--seed", type=int, help="override the scenario's task.seed")
+    up.add_argument("--port", type=int, default=0, help="the dashboard's port (default: a free one)")
+
     node = sub.add_parser("node", help="one libp2p node in this process: serve files, fetch a CID")
     node.add_argument("--key", default="discofl-node.key", help="key file (32-byte seed; created 0600 if absent)")
     node.add_argument("--host", default="127.0.0.1")
@@ -101,7 +142,47 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenario":
         from discofl_p2p.commands.scenario import scenario_main
 
-        return scenario_main(args.file, args.out, args.seed, args.rpc_url, dashboard=args.dashboard)
+        return scenario_main(
+            args.file, args.out, args.seed, args.rpc_url, dashboard=args.dashboard, processes=args.processes
+        )
+    if args.command == "up":
+        from discofl_p2p.commands.up import up_main
+
+        return up_main(args.file, args.out, args.seed, args.port)
+    if args.command in ("requester", "worker"):
+        common = {
+            "seed": args.seed,
+            "node_key": args.node_key,
+            "host": args.host,
+            "port": args.port,
+            "log": args.log,
+            "records": args.records,
+            "parent_pid": args.stop_with_parent,
+        }
+        if args.command == "requester":
+            from discofl_p2p.commands.requester import requester_main
+
+            return requester_main(
+                args.rpc_url,
+                args.key,
+                args.scenario,
+                args.workers,
+                registration_timeout_s=args.registration_timeout,
+                **common,
+            )
+        from discofl_p2p.commands.worker import worker_main
+
+        return worker_main(
+            args.rpc_url,
+            args.contract,
+            args.key,
+            args.bootstrap,
+            args.scenario,
+            args.name,
+            peers=args.peer,
+            ring=args.ring_peer,
+            **common,
+        )
     if args.command == "node":
         import asyncio
         from pathlib import Path

@@ -1,14 +1,19 @@
 """`discofl-p2p scenario FILE`: the edge where a run is configured, shown and written.
 
 Exit codes: 0 the run finished and every expectation held; 1 an expectation failed;
-2 the scenario file is invalid (nothing was started); 3 the run itself failed.
+2 the scenario file is invalid (nothing was started); 3 the run itself failed; 130 it
+was interrupted (SIGINT; with --processes, after every agent process has stopped).
+
+`--processes` runs each agent in its own OS process (`scenario/processes.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -23,10 +28,11 @@ from discofl_p2p.dashboard.server import run_dashboard
 from discofl_p2p.report.plots import plot_accuracy, plot_rewards
 from discofl_p2p.report.results import check_expectations, write_results
 from discofl_p2p.scenario.config import ScenarioError, load_scenario
+from discofl_p2p.scenario.processes import RunInterrupted, run_processes
 from discofl_p2p.scenario.runner import RunOutcome, run_scenario
 
 PHASES = ("submission", "evaluation", "settling", "settled")
-EXIT_OK, EXIT_EXPECTATION, EXIT_BAD_FILE, EXIT_RUN_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_EXPECTATION, EXIT_BAD_FILE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def configure_logging(log_file: TextIO) -> None:
@@ -52,6 +58,7 @@ def scenario_main(
     console: Console | None = None,
     *,
     dashboard: int | None = None,
+    processes: bool = False,
 ) -> int:
     console = console or Console(stderr=False)
     try:
@@ -61,15 +68,21 @@ def scenario_main(
         return EXIT_BAD_FILE
     out = Path(out_dir or Path("runs") / f"{sc.task.name}-seed{sc.task.seed}")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.jsonl", "w") as log_file:
+    (out / "log.jsonl").write_text("")
+    # Appending: in processes mode the agents' logs are merged into the same file.
+    with open(out / "log.jsonl", "a") as log_file:
         configure_logging(log_file)
         try:
-            outcome = _run_with_progress(sc, rpc_url, console, out, dashboard)
+            outcome = _run_with_progress(sc, rpc_url, console, out, dashboard, Path(file) if processes else None)
         except (AnvilNotFound, AnvilStartError) as e:
             _error(f"cannot start the chain: {e}")
             return EXIT_RUN_FAILED
+        except RunInterrupted as e:
+            structlog.get_logger("discofl").warning("run_interrupted", reason=str(e))
+            _error(f"interrupted: {e}; every agent process has stopped (logs: {out / 'logs'})")
+            return EXIT_INTERRUPTED
         except Exception as e:  # noqa: BLE001 - report what failed, keep the log
-            errors = [repr(x) for x in _leaves(e)]
+            errors = [repr(x) for x in leaf_errors(e)]
             structlog.get_logger("discofl").error("run_failed", errors=errors)
             _error(f"the run failed: {'; '.join(errors)} (log: {out / 'log.jsonl'})")
             return EXIT_RUN_FAILED
@@ -89,8 +102,15 @@ def scenario_main(
 
 
 def _run_with_progress(
-    sc, rpc_url: str | None, console: Console, out: Path | None = None, dashboard: int | None = None
+    sc,
+    rpc_url: str | None,
+    console: Console,
+    out: Path | None = None,
+    dashboard: int | None = None,
+    processes_of: Path | None = None,
 ) -> RunOutcome:
+    """Runs the scenario under a progress display: in this process, or with one
+    process per agent when `processes_of` (the scenario's file) is given."""
     progress = Progress(
         TextColumn("round {task.fields[round]}"),
         BarColumn(),
@@ -111,12 +131,37 @@ def _run_with_progress(
         if not console.is_terminal:
             console.print(f"round {r}/{sc.task.rounds}: {phase}")
 
+    def run(ws_url: str) -> RunOutcome:
+        if processes_of is None:
+            return asyncio.run(run_scenario(sc, ws_url, on_phase=on_phase))
+        assert out is not None
+        return asyncio.run(run_until_interrupted(sc, processes_of, ws_url, out, on_phase))
+
     with progress:
         if rpc_url:
             with run_dashboard(dashboard, to_ws_url(rpc_url), out, console.print):
-                return asyncio.run(run_scenario(sc, to_ws_url(rpc_url), on_phase=on_phase))
-        with Anvil() as anvil, run_dashboard(dashboard, anvil.ws_url, out, console.print):
-            return asyncio.run(run_scenario(sc, anvil.ws_url, on_phase=on_phase))
+                return run(to_ws_url(rpc_url))
+        with (
+            Anvil(new_session=processes_of is not None) as anvil,
+            run_dashboard(dashboard, anvil.ws_url, out, console.print),
+        ):
+            return run(anvil.ws_url)
+
+
+async def run_until_interrupted(
+    sc, file: Path, ws_url: str, out: Path, on_phase: Callable[[int, str], None]
+) -> RunOutcome:
+    """`run_processes` with SIGINT and SIGTERM stopping the agent processes in order
+    (RunInterrupted) instead of killing this process."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run_processes(sc, file, ws_url, out, on_phase=on_phase, stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def summary_table(outcome: RunOutcome, results: dict) -> Table:
@@ -148,10 +193,10 @@ def _error(message: str) -> None:
     print(f"discofl-p2p: {message}", file=sys.stderr)
 
 
-def _leaves(e: BaseException) -> list[BaseException]:
+def leaf_errors(e: BaseException) -> list[BaseException]:
     """The individual errors inside (nested) exception groups from the TaskGroups."""
     if isinstance(e, BaseExceptionGroup):
-        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+        return [leaf for sub in e.exceptions for leaf in leaf_errors(sub)]
     return [e]
 
 

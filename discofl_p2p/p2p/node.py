@@ -107,9 +107,15 @@ class PeerUnreachable(Exception):
         super().__init__(f"cannot connect to {peer_id}: {reason}")
 
 
+def key_seed(seed: int | str, label: str) -> bytes:
+    """The 32 bytes behind `key_from_seed(seed, label)`: what a key file holds
+    (`load_or_create_key`), so that a node in its own process gets the same peer id."""
+    return hashlib.sha256(f"discofl-p2p/peer/{seed}/{label}".encode()).digest()
+
+
 def key_from_seed(seed: int | str, label: str) -> KeyPair:
     """A stable ed25519 peer key for simulations: depends only on (seed, label)."""
-    return create_new_key_pair(hashlib.sha256(f"discofl-p2p/peer/{seed}/{label}".encode()).digest())
+    return create_new_key_pair(key_seed(seed, label))
 
 
 def load_or_create_key(path: Path) -> KeyPair:
@@ -396,7 +402,13 @@ class _TrioNode:
     # ---------------------------------------------------------------- client
 
     async def connect(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Dials `peer_id` now: an explicit connect is not refused by the swarm's negative
+        cache of peers that failed a moment ago (agent processes start together, and
+        one retries until its peer listens)."""
         info = PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
+        network = self.host.get_network()
+        if hasattr(network, "unblock_peer"):
+            network.unblock_peer(info.peer_id)
         try:
             await self.host.connect(info)
         except Exception as e:  # libp2p raises several dial errors

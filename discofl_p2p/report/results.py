@@ -79,6 +79,7 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
         },
         "workers": [
             {"name": w.name, "address": w.address, "behavior": w.behavior, "peer_id": w.peer_id, "group": w.group}
+            | ({"pid": w.pid} if w.pid is not None else {})
             for w in out.workers
         ],
         "rounds": rounds,

@@ -41,7 +41,7 @@ from discofl_p2p.ml.models import build_model, export_initial_model
 from discofl_p2p.ml.splits import partition
 from discofl_p2p.ml.training import TrainConfig
 from discofl_p2p.ml.weights import encode_state, spec_of
-from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
+from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, P2PNode, key_from_seed
 from discofl_p2p.scenario.config import Scenario
 
 log = structlog.get_logger("discofl.runner")
@@ -58,6 +58,7 @@ class WorkerInfo:
     behavior: str
     peer_id: str
     group: str
+    pid: int | None = None  # its OS process, in processes mode
 
 
 @dataclass
@@ -103,6 +104,50 @@ def build_behaviours(sc: Scenario) -> dict[str, WorkerBehaviour]:
             parts["score_params"] = parts["score_params"] | {"_ring_size": rings[g.score_params["ring"]]}
         out[name] = make_behaviour(**parts)
     return out
+
+
+def requester_config(sc: Scenario, registration_timeout_s: float = 60.0) -> RequesterConfig:
+    """The requester's settings, from the scenario's [task]."""
+    return RequesterConfig(
+        rounds=sc.task.rounds,
+        top_k=sc.task.top_k,
+        deposit_wei=sc.task.deposit_wei,
+        reward_policy=sc.task.reward_policy,
+        quality_floor=sc.task.quality_floor,
+        loyalty_bonus=sc.task.loyalty_bonus,
+        submission_timeout_s=sc.task.submission_timeout_s,
+        evaluation_timeout_s=sc.task.evaluation_timeout_s,
+        registration_timeout_s=registration_timeout_s,
+        scoring=sc.task.scoring,
+        scoring_params=dict(sc.task.scoring_params),
+    )
+
+
+def build_worker(
+    sc: Scenario,
+    name: str,
+    behaviour: WorkerBehaviour,
+    client: TaskClient,
+    node: P2PNode,
+    setup: TaskSetup,
+    recorder: Recorder,
+    requester_peer: str,
+    ring_peers: tuple[str, ...],
+) -> WorkerAgent:
+    """One worker agent of the scenario's roster: its data split is its place in it."""
+    index = [n for n, _, _ in worker_names(sc)].index(name)
+    return WorkerAgent(
+        name=name,
+        behavior=behaviour,
+        client=client,
+        node=node,
+        setup=setup,
+        recorder=recorder,
+        split=setup.partition.workers[index],
+        requester_peer=requester_peer,
+        ring=behaviour.ring,
+        ring_peers=ring_peers,
+    )
 
 
 def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
@@ -170,7 +215,7 @@ class Simulation:
     async def outcome(self) -> RunOutcome:
         """What the run did, rewards and balances read back from the chain."""
         client = self.requester.client
-        rewards = await _rewards_from_chain(client, self.names)
+        rewards = await rewards_from_chain(client, self.names)
         st = await client.state()
         return RunOutcome(
             scenario=self.scenario,
@@ -220,19 +265,7 @@ async def assemble(
     for topic_node in [req_node, *nodes.values()]:
         await topic_node.subscribe(setup.topic)
 
-    cfg = RequesterConfig(
-        rounds=sc.task.rounds,
-        top_k=sc.task.top_k,
-        deposit_wei=deposit,
-        reward_policy=sc.task.reward_policy,
-        quality_floor=sc.task.quality_floor,
-        loyalty_bonus=sc.task.loyalty_bonus,
-        submission_timeout_s=sc.task.submission_timeout_s,
-        evaluation_timeout_s=sc.task.evaluation_timeout_s,
-        registration_timeout_s=registration_timeout_s,
-        scoring=sc.task.scoring,
-        scoring_params=dict(sc.task.scoring_params),
-    )
+    cfg = requester_config(sc, registration_timeout_s)
     requester = await RequesterAgent.deploy(
         lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, setup, recorder, cfg, names, w0
     )
@@ -240,23 +273,23 @@ async def assemble(
     for name, _, _ in roster:
         if (ring := behaviours[name].ring) is not None:
             rings.setdefault(ring, []).append(nodes[name].peer_id)
-    workers = []
-    for i, (name, _, _) in enumerate(roster):
-        ring = behaviours[name].ring
-        workers.append(
-            WorkerAgent(
-                name=name,
-                behavior=behaviours[name],
-                client=requester.client.as_account(accts[name]),
-                node=nodes[name],
-                setup=setup,
-                recorder=recorder,
-                split=setup.partition.workers[i],
-                requester_peer=req_node.peer_id,
-                ring=ring,
-                ring_peers=tuple(q for q in rings.get(ring or "", []) if q != nodes[name].peer_id),
-            )
+    workers = [
+        build_worker(
+            sc,
+            name,
+            behaviours[name],
+            requester.client.as_account(accts[name]),
+            nodes[name],
+            setup,
+            recorder,
+            req_node.peer_id,
+            tuple(q for q in rings.get(behaviours[name].ring or "", []) if q != nodes[name].peer_id),
         )
+        for name, _, _ in roster
+    ]
+    for name, a in accts.items():
+        log.info("node_started", agent=name, peer_id=nodes[name].peer_id, address=a.address)
+    log.info("node_started", agent="requester", peer_id=req_node.peer_id, address=req_acct.address)
     infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
     return Simulation(sc, setup, recorder, requester, workers, infos, chain_id, deposit, started)
 
@@ -289,7 +322,7 @@ async def run_scenario(sc: Scenario, ws_url: str, *, on_phase: Callable[[int, st
         setup.cpu.shutdown(wait=False, cancel_futures=True)
 
 
-async def _rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
+async def rewards_from_chain(client: TaskClient, names: dict[str, str]) -> dict[str, int]:
     """Each worker's total reward, read back from the chain: withdrawn + still owed."""
     totals = dict.fromkeys(names.values(), 0)
     for ev in await client.past_events():

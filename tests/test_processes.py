@@ -1,0 +1,181 @@
+"""One OS process per agent: `requester`/`worker` commands, `scenario --processes`, `up`.
+
+Real processes on a real anvil: the same tiny task run in process and with one process
+per agent ends with the same rankings and rewards; Ctrl-C on `up` leaves no process
+behind; bad arguments are refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from discofl_p2p.agents.context import Recorder
+from discofl_p2p.commands.cli import main
+from discofl_p2p.commands.up import process_summary
+from discofl_p2p.scenario.processes import merge_logs, run_processes
+from discofl_p2p.scenario.records import RecordsError, merge_rounds, read_records, write_records
+from discofl_p2p.scenario.runner import run_scenario
+from tests.conftest import TINY, run, tiny
+
+
+@pytest.mark.slow
+def test_processes_mode_settles_as_in_process(tmp_path, anvil):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY.format(name="procs"))
+    sc = tiny("procs")
+    inproc = run(run_scenario(sc, anvil.ws_url))
+    procs = run(run_processes(sc, file, anvil.ws_url, tmp_path / "run"))
+
+    assert procs.contract != inproc.contract
+    assert procs.rewards_wei == inproc.rewards_wei and sum(procs.rewards_wei.values()) > 0
+    for r, rec in inproc.rounds.items():
+        assert procs.rounds[r].ranking == rec.ranking
+        assert procs.rounds[r].rewards_wei == rec.rewards_wei
+        assert procs.rounds[r].contribution == pytest.approx(rec.contribution)
+        assert set(procs.rounds[r].gas) == set(rec.gas)  # every worker's records came back
+    assert procs.final_accuracy == pytest.approx(inproc.final_accuracy)
+    pids = [w.pid for w in procs.workers]
+    assert len(set(pids)) == 3 and os.getpid() not in pids
+    assert [w.peer_id for w in procs.workers] == [w.peer_id for w in inproc.workers]  # the same keys
+
+    # The run's timeline: every process's log merged into log.jsonl, in time order.
+    events = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    merged = [e for e in events if "process" in e]
+    assert [e["timestamp"] for e in merged] == sorted(e["timestamp"] for e in merged)
+    assert {e["process"] for e in merged} == {"requester", "honest-1", "honest-2", "honest-3"}
+    assert {(e.get("agent"), e["event"]) for e in merged} >= {
+        ("requester", "round_settled"),
+        *((f"honest-{i}", "scores_submitted") for i in (1, 2, 3)),
+    }
+    assert events[-1]["event"] == "logs_merged"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below `pid`, from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        out |= kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigint_stops_up_in_order_with_no_process_left(tmp_path):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY.format(name="upsig").replace("submission_timeout_s = 30", "submission_timeout_s = 60"))
+    out = tmp_path / "run"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "discofl_p2p", "up", str(file), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # mid-run: the first round has started
+            log = out / "logs" / "requester.jsonl"
+            if log.is_file() and '"round_started"' in log.read_text():
+                break
+            assert up.poll() is None, up.communicate()
+            time.sleep(0.2)
+        children = _descendants(up.pid)
+        assert len(children) >= 5  # anvil, the requester, three workers
+        up.send_signal(signal.SIGINT)
+        stdout, stderr = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 130, stderr
+    assert "dashboard: http://127.0.0.1:" in stdout and "interrupted" in stderr
+    assert not [p for p in children if _alive(p)]
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    exits = [e["agent"] for e in events if e["event"] == "process_exited" and "process" not in e]
+    assert exits[-1] == "requester" and sorted(exits[:-1]) == ["honest-1", "honest-2", "honest-3"]
+    assert all("process honest-" in s or "process requester" in s for s in process_summary(out / "log.jsonl"))
+    records = read_records(out / "records" / "honest-1.json")
+    assert records["finished"] is False and records["pid"] in children
+
+
+def test_agent_commands_refuse_bad_arguments(tmp_path, capsys):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY.format(name="args"))
+    key = tmp_path / "w.key"
+    key.write_text("0x" + "11" * 32)
+    boot = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJJXjhN6qJqxR9GMq4Vw9F9kTFALUJ1UyL7cDqxSQYNxU"
+    base = ["worker", "--rpc-url", "http://127.0.0.1:1", "--contract", "0x" + "22" * 20, "--scenario", str(file)]
+    cases = [
+        ([*base, "--key", str(key), "--bootstrap", boot, "--name", "honest-9"], "--name 'honest-9': not a worker"),
+        ([*base, "--key", str(key), "--bootstrap", "/ip4/127.0.0.1/tcp/1", "--name", "honest-1"], "--bootstrap"),
+        ([*base, "--key", str(tmp_path / "none"), "--bootstrap", boot, "--name", "honest-1"], "--key"),
+        ([*base, "--key", str(file), "--bootstrap", boot, "--name", "honest-1"], "64 hex digits"),
+        (
+            ["requester", "--rpc-url", "x", "--key", str(key), "--scenario", str(file), "--workers", str(file)],
+            "not JSON",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:  # a required option missing: argparse's exit 2
+        main(["worker", "--rpc-url", "x"])
+    assert e.value.code == 2
+
+
+def test_records_round_trip_and_merge(tmp_path):
+    req, wk = Recorder(), Recorder()
+    rec = req.record(1)
+    rec.ranking, rec.rewards_wei, rec.scores = ["b", "a"], {"a": 1, "b": 10**19}, {"a": {"b": 0.5}}
+    wk.add_gas(1, "a", 70_000)
+    write_records(tmp_path / "r.json", req, agent="requester", final_accuracy=0.5)
+    write_records(tmp_path / "a.json", wk, agent="a")
+    parts = [read_records(tmp_path / n) for n in ("r.json", "a.json")]
+    merged = merge_rounds(p["rounds"] for p in parts)
+    assert merged[1].ranking == ["b", "a"] and merged[1].rewards_wei["b"] == 10**19
+    assert merged[1].gas == {"a": 70_000} and merged[1].scores == {"a": {"b": 0.5}}
+    assert parts[0]["final_accuracy"] == 0.5
+    (tmp_path / "bad.json").write_text('{"rounds": [{"round": 1, "evil": 1}]}')
+    with pytest.raises(RecordsError, match=r"bad.json: rounds\[0\]"):
+        read_records(tmp_path / "bad.json")
+
+
+def test_merge_logs_orders_every_process_by_time(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "log.jsonl").write_text('{"event": "process_started", "timestamp": "2026-01-01T00:00:00Z"}\n')
+    a, b = tmp_path / "logs/a.jsonl", tmp_path / "logs/b.jsonl"
+    a.write_text('{"event": "x", "timestamp": "2026-01-01T00:00:02Z"}\nnot json\n')
+    b.write_text('{"event": "y", "timestamp": "2026-01-01T00:00:01Z"}\n')
+    assert merge_logs(tmp_path, [a, b]) == 2
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(e["event"], e.get("process")) for e in lines] == [
+        ("process_started", None),
+        ("y", "b"),
+        ("x", "a"),
+        ("logs_merged", None),
+    ]
