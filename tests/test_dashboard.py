@@ -180,6 +180,18 @@ def test_api_takes_names_from_a_run_directory_and_needs_a_contract(anvil, tmp_pa
                 run_info = await (await client.get("/api/run")).json()
                 assert run_info["contract"] == task.requester.address
                 assert run_info["accuracy"][0]["per_worker"] == {task.workers[0].account.address: 0.5}
+                p2p = [
+                    (
+                        n["agent"],
+                        n["models_served"],
+                        n["bytes_served"],
+                        n["models_fetched"],
+                        n["bytes_fetched"],
+                        n["peers"],
+                    )
+                    for n in run_info["p2p"]
+                ]
+                assert sorted(p2p, key=str) == sorted(P2P_OF_RUN, key=str)
                 # The page and its script come with a policy that forbids inline script.
                 page = await client.get("/")
                 assert "script-src" not in page.headers["Content-Security-Policy"]
@@ -208,6 +220,33 @@ def _write_run(out: Path, task: ScriptedTask) -> None:
     (out / "results.json").write_text(json.dumps(results))
     deployed = {"event": "task_deployed", "contract": task.requester.address}
     (out / "log.jsonl").write_text(json.dumps(deployed) + "\n")
+    # Processes mode, before the merge: each agent's own log, with its transfers.
+    (out / "logs").mkdir(exist_ok=True)
+    lines = {
+        "requester": [{"event": "node_started", "agent": "requester", "peer_id": "12D3KooWreq"}],
+        "w2": [
+            {"event": "node_started", "agent": "w2", "peer_id": "12D3KooWtest", "address": w2},
+            {"event": "w0_fetched", "agent": "w2", "round": 0, "bytes": 1000},
+            {"event": "model_fetched", "agent": "w2", "round": 1, "provider": "12D3KooWreq", "bytes": 500},
+            {
+                "event": "model_fetched",
+                "agent": "w2",
+                "round": 1,
+                "provider": "<script>alert(2)</script>",
+                "bytes": 300,
+            },
+            {"event": "model_fetched", "agent": "w2", "round": 1, "provider": ["not", "a peer"], "bytes": 7},
+        ],
+    }
+    for name, events in lines.items():
+        (out / "logs" / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "{half a li")
+
+
+P2P_OF_RUN = [  # what _write_run's logs say, per node (the hostile worker named by its peer id)
+    ("requester", 2, 1500, 0, 0, 1),
+    ("w2", 0, 0, 3, 1800, 2),
+    (HOSTILE, 1, 300, 0, 0, 1),
+]
 
 
 def test_scenario_dashboard_finds_the_contract_in_the_run_log(anvil, tmp_path):
@@ -466,6 +505,11 @@ def test_browser_shows_hostile_names_as_text(anvil, tmp_path):
                     assert await b.eval("document.querySelectorAll('main b, main script').length") == 0
                     names = await b.eval("[...document.querySelectorAll('#workers td.name')].map(e => e.textContent)")
                     assert names == [HOSTILE, "w2"]
+                    p2p = await b.eval(
+                        "[...document.querySelectorAll('#p2p tbody tr')].map(tr => ['.name', '.served', '.peers']"
+                        ".map(c => tr.querySelector(c).textContent))"
+                    )
+                    assert sorted(p2p) == [[HOSTILE, "300 B", "1"], ["requester", "1.5 KiB", "1"], ["w2", "0 B", "2"]]
                     # The name is an SVG text node in the charts too, not markup.
                     assert await b.eval("document.querySelector('#cumulative').querySelectorAll('image').length") == 0
                     await b.screenshot(tmp_path / "hostile.png")

@@ -8,8 +8,10 @@ recomputed with BlockFlow from the ScoresSubmitted events and the settleRound ca
 
 It is read-only: it never signs or sends a transaction, and holds no key.
 
-`load_run(DIR)` reads what a scenario run wrote (results.json, log.jsonl): worker
-names, behaviours and peer ids, per-round test accuracy, and the task's contract.
+`load_run(DIR)` reads what a scenario run wrote (results.json, log.jsonl, and in
+processes mode the agents' own logs/*.jsonl until they are merged into log.jsonl):
+worker names, behaviours and peer ids, per-round test accuracy, the task's contract,
+and the p2p figures per node (`traffic.p2p_figures`).
 Every string from there is passed on as data, never as markup.
 """
 
@@ -30,6 +32,7 @@ from web3 import AsyncWeb3
 
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
+from discofl_p2p.dashboard.traffic import p2p_figures
 from discofl_p2p.trust.blockflow import contribution_scores, score_matrix
 
 _log = logging.getLogger("discofl.dashboard")
@@ -57,6 +60,7 @@ class RunInfo:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # address -> name/behavior/peer_id/group
     accuracy: list[dict[str, Any]] = field(default_factory=list)  # [{round, per_worker: {address: acc}}]
     final_accuracy: float | None = None
+    p2p: list[dict[str, Any]] = field(default_factory=list)  # traffic.p2p_figures
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,6 +69,7 @@ class RunInfo:
             "contract": self.contract,
             "accuracy": self.accuracy,
             "final_accuracy": self.final_accuracy,
+            "p2p": self.p2p,
             "errors": self.errors,
         }
 
@@ -79,7 +84,8 @@ def load_run(run_dir: Path) -> RunInfo:
     info = RunInfo(dir=str(run_dir))
     names: dict[str, str] = {}  # name -> address
     results = run_dir / "results.json"
-    deployed = _deployed(run_dir / "log.jsonl")
+    logs = _log_files(run_dir)
+    deployed = _deployed(logs)
     if results.is_file():
         try:
             data = json.loads(results.read_text())
@@ -107,8 +113,8 @@ def load_run(run_dir: Path) -> RunInfo:
         except (OSError, ValueError, AttributeError, TypeError) as e:
             info.errors.append(f"results.json: {e}")
     info.contract = deployed or info.contract
-    log = run_dir / "log.jsonl"
-    if log.is_file():
+    events: list[dict[str, Any]] = []
+    for log in logs:
         try:
             with open(log) as f:
                 for line in f:
@@ -118,34 +124,50 @@ def load_run(run_dir: Path) -> RunInfo:
                         continue  # a line being written
                     if not isinstance(ev, dict):
                         continue
+                    events.append(ev)
                     if ev.get("event") == "task_closed" and info.final_accuracy is None:
                         info.final_accuracy = _number(ev.get("final_accuracy"))
         except OSError as e:
-            info.errors.append(f"log.jsonl: {e}")
+            info.errors.append(f"{log.relative_to(run_dir)}: {e}")
+    peer_names = {w["peer_id"]: w["name"] for w in info.workers.values() if w.get("peer_id") and w.get("name")}
+    info.p2p = p2p_figures(events, peer_names)
     return info
 
 
-def _deployed(log: Path) -> str | None:
-    """The contract a run's log says the requester deployed (its last task_deployed)."""
-    found = None
+def _log_files(run_dir: Path) -> list[Path]:
+    """The run's logs: log.jsonl, and the agent processes' logs/*.jsonl until the
+    runner has merged them into log.jsonl (its `logs_merged` line)."""
+    main = run_dir / "log.jsonl"
     try:
-        with open(log) as f:
-            for line in f:
-                if '"task_deployed"' in line:
-                    try:
-                        found = _addr(json.loads(line).get("contract")) or found
-                    except (ValueError, AttributeError):
-                        continue
+        merged = '"logs_merged"' in main.read_text()
     except OSError:
-        return None
+        merged = False
+    own = [] if merged else sorted((run_dir / "logs").glob("*.jsonl"))
+    return [p for p in (main, *own) if p.is_file()]
+
+
+def _deployed(logs: list[Path]) -> str | None:
+    """The contract the run's logs say the requester deployed (its last task_deployed)."""
+    found = None
+    for log in logs:
+        try:
+            with open(log) as f:
+                for line in f:
+                    if '"task_deployed"' in line:
+                        try:
+                            found = _addr(json.loads(line).get("contract")) or found
+                        except (ValueError, AttributeError):
+                            continue
+        except OSError:
+            continue
     return found
 
 
 def _run_stamp(run_dir: Path) -> tuple[float, ...]:
     out = []
-    for name in ("results.json", "log.jsonl"):
+    for path in (run_dir / "results.json", *_log_files(run_dir)):
         try:
-            st = (run_dir / name).stat()
+            st = path.stat()
             out += [st.st_mtime, float(st.st_size)]
         except OSError:
             out += [0.0, 0.0]

@@ -189,6 +189,39 @@ function renderAccuracy(workers) {
   }
 }
 
+function formatBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+// Per node: models and bytes served and fetched, from the run's logs (a bar scaled to
+// the node that served most, so the requester's share of the traffic shows).
+function renderP2P() {
+  const rows = (snap.run && snap.run.p2p) || [];
+  const card = document.getElementById("p2p-card");
+  card.hidden = !rows.length;
+  const body = clear(document.querySelector("#p2p tbody"));
+  const most = Math.max(1, ...rows.map((r) => r.bytes_served));
+  for (const r of rows) {
+    const tr = el("tr", { "data-node": r.agent || r.peer_id || "" });
+    tr.appendChild(el("td", { class: "name" }, r.agent || "unnamed peer"));
+    tr.appendChild(el("td", { class: "peer", title: r.peer_id || "" }, r.peer_id ? r.peer_id.slice(0, 14) + "…" : "—"));
+    tr.appendChild(el("td", { class: "num peers" }, r.peers));
+    tr.appendChild(el("td", { class: "num" }, r.models_served));
+    const served = el("td", { class: "num served" });
+    const bar = el("span", { class: "bar" });
+    bar.style.width = `${Math.round((60 * r.bytes_served) / most)}px`;
+    served.appendChild(bar);
+    served.appendChild(document.createTextNode(formatBytes(r.bytes_served)));
+    tr.appendChild(served);
+    tr.appendChild(el("td", { class: "num" }, r.models_fetched));
+    tr.appendChild(el("td", { class: "num fetched" }, formatBytes(r.bytes_fetched)));
+    body.appendChild(tr);
+  }
+}
+
 function heatColor(s) {
   // 0 -> red, 1 -> green, through yellow.
   return `hsl(${Math.round(120 * s)}, 70%, ${70 - 15 * s}%)`;
@@ -279,6 +312,7 @@ function render() {
   renderWorkers(workers);
   renderCumulative(workers);
   renderAccuracy(workers);
+  renderP2P();
   const rounds = clear(document.getElementById("rounds"));
   for (const r of [...snap.rounds].reverse()) rounds.appendChild(renderRound(r, workers));
   tick();
