@@ -179,3 +179,53 @@ def test_merge_logs_orders_every_process_by_time(tmp_path):
         ("x", "a"),
         ("logs_merged", None),
     ]
+
+
+KILL = (
+    TINY.replace("submission_timeout_s = 30", "submission_timeout_s = 8").replace(
+        "evaluation_timeout_s = 30", "evaluation_timeout_s = 8"
+    )
+    + '\n[faults]\nkill = {{ "honest-3" = 1 }}\n'
+)
+"""TINY with honest-3's process killed (SIGKILL) when round 1 starts, and short deadlines."""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_round_is_settled_without(tmp_path):
+    file = tmp_path / "kill.toml"
+    file.write_text(KILL.format(name="kill"))
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p", "scenario", str(file), "--processes", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads((out / "results.json").read_text())
+    [fault] = res["faults"]
+    assert (fault["kind"], fault["worker"], fault["round"], fault["signal"]) == ("kill", "honest-3", 1, "SIGKILL")
+    codes = {w["name"]: w["exit_code"] for w in res["workers"]}
+    assert codes == {"honest-1": 0, "honest-2": 0, "honest-3": -signal.SIGKILL}
+    [r1] = res["rounds"]
+    assert sorted(r1["models"]) == sorted(r1["ranking"]) == ["honest-1", "honest-2"]
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    missed = {e["event"]: e["missing"] for e in events if e["event"].endswith("_deadline_passed")}
+    assert missed == {"submission_deadline_passed": ["honest-3"], "evaluation_deadline_passed": ["honest-3"]}
+    # Nothing else lost: the whole deposit is paid to the survivors or refunded.
+    paid = sum(int(v) for v in res["final"]["rewards_wei"].values()) + int(res["final"]["deposit_refunded_wei"])
+    assert paid + int(res["final"]["held_wei"]) == int(res["task"]["deposit_wei"])
+    assert res["final"]["rewards_wei"]["honest-3"] == "0"
+
+
+def test_faults_kill_is_validated_and_needs_processes(tmp_path, capsys):
+    from discofl_p2p.scenario.config import ScenarioError, parse_scenario
+
+    with pytest.raises(ScenarioError, match=r"faults.kill.honest-9: no worker is named 'honest-9'"):
+        parse_scenario(KILL.format(name="k").replace('"honest-3" = 1', '"honest-9" = 1'))
+    with pytest.raises(ScenarioError, match=r"faults.kill.honest-3: must be a round from 1 to 1, got 2"):
+        parse_scenario(KILL.format(name="k").replace('"honest-3" = 1', '"honest-3" = 2'))
+    file = tmp_path / "kill.toml"
+    file.write_text(KILL.format(name="k"))
+    assert main(["scenario", str(file), "--out", str(tmp_path / "run")]) == 2
+    assert "faults.kill kills an agent's OS process: run it with --processes" in capsys.readouterr().err

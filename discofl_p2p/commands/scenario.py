@@ -66,6 +66,9 @@ def scenario_main(
     except ScenarioError as e:
         _error(f"invalid scenario: {e}")
         return EXIT_BAD_FILE
+    if sc.faults.kill and not processes:
+        _error(f"invalid scenario: {file}: faults.kill kills an agent's OS process: run it with --processes (or up)")
+        return EXIT_BAD_FILE
     out = Path(out_dir or Path("runs") / f"{sc.task.name}-seed{sc.task.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").write_text("")

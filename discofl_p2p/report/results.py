@@ -79,10 +79,11 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
         },
         "workers": [
             {"name": w.name, "address": w.address, "behavior": w.behavior, "peer_id": w.peer_id, "group": w.group}
-            | ({"pid": w.pid} if w.pid is not None else {})
+            | ({"pid": w.pid, "exit_code": w.exit_code} if w.pid is not None else {})
             for w in out.workers
         ],
         "rounds": rounds,
+        "faults": out.faults,
         "final": {
             "test_accuracy": out.final_accuracy,
             "rewards_wei": {k: str(v) for k, v in out.rewards_wei.items()},

@@ -146,6 +146,8 @@ class WorkerGroup:
 @dataclass(frozen=True)
 class FaultsSection:
     announce_loss: float = 0.0  # fraction of gossip announcements never sent
+    # worker name -> the round at whose start its process gets SIGKILL (processes mode)
+    kill: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -490,6 +492,14 @@ class _Validator:
                     f"workers[{i}].{keys['participation']}.round",
                     f"round {g.participation_params['round']} is after the last round ({t.rounds})",
                 )
+        roster = {f"{g.name}-{i}" for g in sc.workers for i in range(1, g.count + 1)}
+        for name, r in sc.faults.kill.items():
+            if name not in roster:
+                raise self.fail(
+                    f"faults.kill.{name}", f"no worker is named {name!r} (names are GROUP-N, e.g. honest-1)"
+                )
+            if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= t.rounds:
+                raise self.fail(f"faults.kill.{name}", f"must be a round from 1 to {t.rounds}, got {r!r}")
         for ring, (size, where) in rings.items():
             if size < 2:
                 raise self.fail(where, f"collusion ring {ring!r} has 1 member; a ring needs at least 2")

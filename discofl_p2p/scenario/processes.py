@@ -250,7 +250,14 @@ async def run_processes(
         deployed = await _first_line(requester, "contract", START_TIMEOUT_S)
         contract, bootstrap = deployed["contract"], deployed["multiaddr"]
         log.info("task_joined", contract=contract, requester=bootstrap)
-        phases = asyncio.create_task(_follow_phases(requester, on_phase or (lambda r, p: None)))
+        faults = FaultPlan(sc.faults.kill, run, started)
+
+        def phase(r: int, name: str) -> None:
+            faults.on_phase(r, name)
+            if on_phase:
+                on_phase(r, name)
+
+        phases = asyncio.create_task(_follow_phases(requester, phase))
 
         ports = {name: free_port() for name, _, _ in roster}
         addr = {n: f"/ip4/127.0.0.1/tcp/{ports[n]}/p2p/{_peer_id(seed, f'{task_id}/{n}')}" for n, _, _ in roster}
@@ -267,18 +274,49 @@ async def run_processes(
                 args += ["--ring-peer", m]
             await run.spawn(name, args)
 
-        await _supervise(run, sc, stop)
+        await _supervise(run, sc, stop, faults)
         phases.cancel()
-        return await _outcome(sc, run, w3, ws_url, contract, req_acct, accts, started)
+        outcome = await _outcome(sc, run, w3, ws_url, contract, req_acct, accts, started, faults.killed)
+        outcome.faults = faults.done
+        return outcome
     finally:
         await run.stop(grace_s)
         await w3.provider.disconnect()
         merge_logs(out, [c.log for c in run.children])
 
 
-async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event) -> None:
+class FaultPlan:
+    """The scenario's `[faults] kill`: worker -> the round at whose start (the
+    requester's "submission" phase line) its process gets SIGKILL, as `kill -9` would.
+    `done` lists what was injected, for results.json."""
+
+    def __init__(self, kill: dict[str, int], run: ProcessRun, started: float) -> None:
+        self.kill, self.run, self.started = dict(kill), run, started
+        self.done: list[dict[str, Any]] = []
+
+    @property
+    def killed(self) -> set[str]:
+        return {f["worker"] for f in self.done}
+
+    def on_phase(self, r: int, phase: str) -> None:
+        if phase != "submission":
+            return
+        for name, at in self.kill.items():
+            child = next((c for c in self.run.children if c.name == name), None)
+            if at != r or child is None or child.proc.returncode is not None or name in self.killed:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+            fault = {"kind": "kill", "signal": "SIGKILL", "worker": name, "pid": child.pid, "round": r}
+            fault |= {"phase": phase, "at_s": round(time.monotonic() - self.started, 3)}
+            self.done.append(fault)
+            log.warning("fault_injected", **fault)
+
+
+async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event, faults: FaultPlan) -> None:
     """Waits until every child has exited by itself; raises (and leaves the stopping
-    to the caller) on the scenario's timeout, on `stop`, or when a child fails."""
+    to the caller) on the scenario's timeout, on `stop`, or when a child fails (a
+    child the fault plan killed has not failed)."""
     waits = {asyncio.ensure_future(c.proc.wait()): c for c in run.children}
     stopper = asyncio.ensure_future(stop.wait())
     deadline = time.monotonic() + sc.timeout_s
@@ -294,7 +332,7 @@ async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event) -> None
             for w in done:
                 c = waits.pop(w)
                 run.report(c)
-                if c.proc.returncode != 0:
+                if c.proc.returncode != 0 and not (c.name in faults.killed and c.proc.returncode == -signal.SIGKILL):
                     raise ProcessFailed(
                         f"{c.name} (pid {c.pid}) exited with code {c.proc.returncode}: {c.stderr_tail()}"
                     )
@@ -313,11 +351,15 @@ async def _outcome(
     req_acct: Any,
     accts: dict[str, Any],
     started: float,
+    killed: set[str],
 ) -> RunOutcome:
-    """The run's outcome from the children's records and the chain, as in process."""
+    """The run's outcome from the children's records and the chain, as in process. A
+    killed worker left no records: its rows (its gas) are missing, nothing else."""
     parts: list[dict[int, RoundRecord]] = []
     facts: dict[str, dict[str, Any]] = {}
     for c in run.children:
+        if c.name in killed:
+            continue
         try:
             data = read_records(c.records)
         except RecordsError as e:
@@ -327,8 +369,12 @@ async def _outcome(
     client = TaskClient(w3, contract, req_acct, ws_url=ws_url)
     names = {a.address: n for n, a in accts.items()}
     st = await client.state()
+    task_id = f"{sc.task.name}-{sc.task.seed}"
+    code = {c.name: c.proc.returncode for c in run.children}
     infos = [
-        WorkerInfo(n, accts[n].address, b, str(facts[n].get("peer_id", "")), n.rsplit("-", 1)[0], run.pids[n])
+        WorkerInfo(
+            n, accts[n].address, b, _peer_id(sc.task.seed, f"{task_id}/{n}"), n.rsplit("-", 1)[0], run.pids[n], code[n]
+        )
         for n, b, _ in worker_names(sc)
     ]
     return RunOutcome(

@@ -59,6 +59,7 @@ class WorkerInfo:
     peer_id: str
     group: str
     pid: int | None = None  # its OS process, in processes mode
+    exit_code: int | None = None  # how that process ended (negative: the signal that ended it)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class RunOutcome:
     refunded_wei: int
     held_wei: int
     wall_s: float
+    # Faults injected from the scenario's [faults] (processes mode): what, to whom, when.
+    faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def adversaries(self) -> list[str]:
