@@ -23,7 +23,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_help_lists_the_subcommands_and_version_prints():
     out = _cli("--help").stdout
-    for cmd in ("scenario", "demo", "bench"):
+    for cmd in ("scenario", "demo", "bench", "requester", "worker", "up"):
         assert cmd in out
     assert _cli("--version").stdout.strip() == f"discofl-p2p {__version__}"
     assert all(b in _cli("bench", "--help").stdout for b in ("gas", "ml", "p2p", "scenarios"))
