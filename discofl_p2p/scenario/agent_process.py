@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import torch
@@ -41,6 +41,7 @@ from discofl_p2p.scenario.runner import build_behaviours, build_setup, build_wor
 log = structlog.get_logger("discofl.process")
 
 Emit = Callable[[dict[str, Any]], None]
+_T = TypeVar("_T")
 
 DIAL_TIMEOUT_S = 120.0
 """How long an agent keeps dialling a peer that is not up yet (processes start together)."""
@@ -57,9 +58,10 @@ def multiaddr_of(node: P2PNode) -> str:
     return addr if "/p2p/" in addr else f"{addr}/p2p/{node.peer_id}"
 
 
-async def until_stopped(main: Awaitable[None], stop: asyncio.Event) -> bool:
-    """Runs `main` until it returns (True) or `stop` is set (False: `main` is
-    cancelled and awaited, so that its TaskGroups unwind in order)."""
+async def unless_stopped(main: Awaitable[_T], stop: asyncio.Event) -> tuple[bool, _T | None]:
+    """Runs `main` until it returns, (True, its result), or `stop` is set, (False,
+    None): then `main` is cancelled and awaited, so that its TaskGroups unwind in
+    order. An error of `main` is raised."""
     task = asyncio.ensure_future(main)
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -67,12 +69,17 @@ async def until_stopped(main: Awaitable[None], stop: asyncio.Event) -> bool:
     finally:
         stopper.cancel()
     if task.done():
-        task.result()
-        return True
+        return True, task.result()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return False
+    return False, None
+
+
+async def until_stopped(main: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Runs `main` until it returns (True) or `stop` is set (False)."""
+    finished, _ = await unless_stopped(main, stop)
+    return finished
 
 
 async def watch_parent(pid: int, stop: asyncio.Event, poll_s: float = 0.5) -> None:

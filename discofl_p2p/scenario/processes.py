@@ -53,6 +53,7 @@ from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account, fund
 from discofl_p2p.chain.limits import FUNDING_WEI
 from discofl_p2p.p2p.node import key_from_seed, key_seed
+from discofl_p2p.scenario.agent_process import unless_stopped
 from discofl_p2p.scenario.config import Scenario
 from discofl_p2p.scenario.records import RecordsError, merge_rounds, read_records
 from discofl_p2p.scenario.runner import (
@@ -233,6 +234,7 @@ async def run_processes(
 
     w3 = await connect(ws_url)
     run = ProcessRun(out)
+    phases: asyncio.Task[None] | None = None
     try:
         await fund(w3, req_acct.address, sc.task.deposit_wei + FUNDING_WEI)
         await asyncio.gather(*(fund(w3, a.address, FUNDING_WEI) for a in accts.values()))
@@ -247,7 +249,9 @@ async def run_processes(
             + ["--registration-timeout", f"{START_TIMEOUT_S:g}"],
             stdout_pipe=True,
         )
-        deployed = await _first_line(requester, "contract", START_TIMEOUT_S)
+        up, deployed = await unless_stopped(_first_line(requester, "contract", START_TIMEOUT_S), stop)
+        if not up or deployed is None:
+            raise RunInterrupted("stopped before the task was deployed")
         contract, bootstrap = deployed["contract"], deployed["multiaddr"]
         log.info("task_joined", contract=contract, requester=bootstrap)
         faults = FaultPlan(sc.faults.kill, run, started)
@@ -275,11 +279,12 @@ async def run_processes(
             await run.spawn(name, args)
 
         await _supervise(run, sc, stop, faults)
-        phases.cancel()
         outcome = await _outcome(sc, run, w3, ws_url, contract, req_acct, accts, started, faults.killed)
         outcome.faults = faults.done
         return outcome
     finally:
+        if phases is not None:
+            phases.cancel()
         await run.stop(grace_s)
         await w3.provider.disconnect()
         merge_logs(out, [c.log for c in run.children])
