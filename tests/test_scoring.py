@@ -263,6 +263,8 @@ def test_the_default_is_blockflow_and_a_rule_with_params_parses():
         ('scoring = "reputation"\nscoring_params = { memory = 1 }', "task.scoring_params.memory", 5, "[0, 1)"),
         ('scoring = "reputation"\nscoring_params = { prior = 0 }', "task.scoring_params.prior", 5, "(0, 1]"),
         ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'blockflow' takes no parameters"),
+        ("norm_bound = 0.5", "task.norm_bound", 4, "must be 0 (off) or >= 1"),
+        ('norm_bound = "x"', "task.norm_bound", 4, "must be int or float"),
     ],
 )
 def test_scoring_errors_name_key_and_line(task, key, line, words):

@@ -81,6 +81,7 @@ class TaskSection:
     loyalty_bonus: float = 0.1
     aggregation: str = "score_weighted"
     aggregation_params: dict[str, float | int] = field(default_factory=dict)
+    norm_bound: float = 0.0  # ml.aggregation.norm_bounded before the rule; 0: off
     scoring: str = "blockflow"  # trust.scoring.SCORING_RULES
     scoring_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
@@ -419,6 +420,12 @@ class _Validator:
             ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
             ("task.loyalty_bonus", t.loyalty_bonus >= 0, "must be >= 0"),
             ("task.aggregation", t.aggregation in AGGREGATORS, f"choose one of {', '.join(AGGREGATORS)}"),
+            (
+                "task.norm_bound",
+                t.norm_bound == 0 or t.norm_bound >= 1,
+                "must be 0 (off) or >= 1 (a multiple of the median model's distance to the median; "
+                f"below 1 it would pull in most honest models), got {t.norm_bound}",
+            ),
             ("task.scoring", t.scoring in SCORING_RULES, f"choose one of {', '.join(SCORING_RULES)}"),
             (
                 "task.scoring",

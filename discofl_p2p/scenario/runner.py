@@ -132,7 +132,7 @@ def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
             optimizer=sc.model.optimizer,
         ),
         metric=sc.task.metric,
-        aggregate=make_aggregator(sc.task.aggregation, **sc.task.aggregation_params),
+        aggregate=make_aggregator(sc.task.aggregation, norm_bound=sc.task.norm_bound, **sc.task.aggregation_params),
         max_model_bytes=2 * len(encode_state(state)) + 4096,
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
