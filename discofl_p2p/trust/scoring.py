@@ -25,6 +25,7 @@ from typing import Any
 
 from discofl_p2p.trust.anchor import anchored
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores
+from discofl_p2p.trust.consensus import consensus
 from discofl_p2p.trust.estimators import ScoringContext, Worker
 from discofl_p2p.trust.reputation import reputation
 from discofl_p2p.trust.robust import hodges_lehmann_rule, trimmed
@@ -61,6 +62,7 @@ SCORING_RULES: dict[str, Callable[..., dict[Any, Contribution]]] = {
     "trimmed": trimmed,
     "hodges_lehmann": hodges_lehmann_rule,
     "reputation": reputation,
+    "consensus": consensus,
     "anchored": anchored,
 }
 
