@@ -1,12 +1,18 @@
-"""Defences measured in real runs of the plain loop (the same functions as the full
-stack, `tests/test_replay.py`): the norm bound against update scaling."""
+"""Defences measured in real runs: the norm bound against update scaling (the plain
+loop, the same functions as the full stack, `tests/test_replay.py`), and a ring of one
+third on non-IID data under the default scoring rule (the full stack)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from discofl_p2p.scenario.config import parse_scenario
+from discofl_p2p.scenario.config import load_scenario, parse_scenario
 from discofl_p2p.scenario.plain import run_plain
+from discofl_p2p.scenario.runner import run_scenario
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
+from tests.conftest import run
 
 SCALED = """\
 [task]
@@ -49,3 +55,21 @@ def test_the_norm_bound_neutralises_update_scaling():
     unbounded, bounded, garbage = final("update_scale", 0), final("update_scale", 2.0), final("garbage", 2.0)
     assert unbounded < garbage - 0.15  # measured: 0.548
     assert bounded >= garbage - 0.01  # measured: 0.777
+
+
+@pytest.mark.slow
+def test_a_ring_of_one_third_on_dirichlet_data_earns_nothing_on_the_full_stack(anvil):
+    """scenarios/ring-dirichlet.toml on a real anvil, real libp2p hosts and agents: 3 of
+    9 workers share their CIDs and score each other 1 and everyone else 0, on
+    Dirichlet(0.3) data. Under the default scoring rule the ring earns nothing; the
+    deposit goes to the honest."""
+    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "ring-dirichlet.toml")
+    assert sc.task.scoring == DEFAULT_SCORING and sc.data.split == "dirichlet" and sc.n_workers == 9
+    out = run(run_scenario(sc, anvil.ws_url))
+    ring = {w.name for w in out.workers if w.group == "ring"}
+    assert len(ring) == 3
+    assert all(out.rewards_wei[n] == 0 for n in ring)
+    paid = sum(out.rewards_wei.values())
+    assert paid + out.refunded_wei == sc.task.deposit_wei and paid > 0
+    for rec in out.rounds.values():  # every round, not only in total
+        assert all(rec.contribution[n] == 0 for n in ring)

@@ -58,6 +58,7 @@ class WorkerInfo:
     behavior: str
     peer_id: str
     group: str
+    train_samples: int = 0  # the digits it holds for training (its validation split aside)
 
 
 @dataclass
@@ -257,7 +258,10 @@ async def assemble(
                 ring_peers=tuple(q for q in rings.get(ring or "", []) if q != nodes[name].peer_id),
             )
         )
-    infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
+    infos = [
+        WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0], len(setup.partition.workers[i].train))
+        for i, (n, b, _) in enumerate(roster)
+    ]
     return Simulation(sc, setup, recorder, requester, workers, infos, chain_id, deposit, started)
 
 
