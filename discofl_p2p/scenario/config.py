@@ -81,7 +81,7 @@ class TaskSection:
     loyalty_bonus: float = 0.1
     aggregation: str = "score_weighted"
     aggregation_params: dict[str, float | int] = field(default_factory=dict)
-    norm_bound: float = 0.0  # ml.aggregation.norm_bounded before the rule; 0: off
+    norm_bound: float = 2.0  # ml.aggregation.norm_bounded before the rule; 0: off
     scoring: str = "blockflow"  # trust.scoring.SCORING_RULES
     scoring_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
