@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from discofl_p2p.agents.behaviors import PARTICIPATION_BEHAVIOURS, SCORING_BEHAVIOURS, TRAINING_BEHAVIOURS
+from discofl_p2p.bench.robustness.matrix import builtin, cells, load_matrix, runnable_scorings
 from discofl_p2p.scenario.config import load_scenario, parse_scenario
 from discofl_p2p.scenario.plain import run_plain
 from discofl_p2p.scenario.runner import run_scenario
@@ -73,3 +75,19 @@ def test_a_ring_of_one_third_on_dirichlet_data_earns_nothing_on_the_full_stack(a
     assert paid + out.refunded_wei == sc.task.deposit_wei and paid > 0
     for rec in out.rounds.values():  # every round, not only in total
         assert all(rec.contribution[n] == 0 for n in ring)
+
+
+def test_the_scoring_matrices_together_cover_every_attack_and_rule():
+    """`scoring.toml` (training and participation attacks at 1/3) and
+    `scoring-coalitions.toml` (scoring attacks at 1/3 and 4/9): what docs/robustness.md
+    chose the default scoring rule from."""
+    attacks = {n for reg in (TRAINING_BEHAVIOURS, SCORING_BEHAVIOURS) for n in reg if n != "honest"}
+    attacks |= {n for n in PARTICIPATION_BEHAVIOURS if n != "always"}
+    used = set()
+    for name in ("scoring", "scoring-coalitions"):
+        m = load_matrix(builtin(name))
+        used |= {k.get("train") or k.get("score") or k.get("participation") for k in m.attacks.values()}
+        assert [s.label for s in m.scorings] == runnable_scorings() and m.workers == 9
+        for c in cells(m)[:: max(1, len(cells(m)) // 20)]:
+            c.scenario()  # valid scenarios
+    assert used == attacks
