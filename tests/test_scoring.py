@@ -17,6 +17,7 @@ from discofl_p2p.trust.consensus import evaluator_distance, evaluator_weights
 from discofl_p2p.trust.estimators import hodges_lehmann, trimmed_mean, weighted_lower_median
 from discofl_p2p.trust.reputation import reputations
 from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
     SCORING_RULES,
     ScoringContext,
     honesty_record,
@@ -331,8 +332,9 @@ count = 3
 """
 
 
-def test_the_default_is_blockflow_and_a_rule_with_params_parses():
-    assert parse_scenario(BASE.format(task="")).task.scoring == "blockflow"
+def test_the_default_is_consensus_and_a_rule_with_params_parses():
+    assert parse_scenario(BASE.format(task="")).task.scoring == DEFAULT_SCORING == "consensus"
+    assert parse_scenario(BASE.format(task='scoring = "blockflow"')).task.scoring == "blockflow"
     sc = parse_scenario(BASE.format(task='scoring = "reputation"\nscoring_params = { memory = 0.8, prior = 1 }'))
     assert (sc.task.scoring, sc.task.scoring_params) == ("reputation", {"memory": 0.8, "prior": 1})
     make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
@@ -349,7 +351,7 @@ def test_the_default_is_blockflow_and_a_rule_with_params_parses():
         ('scoring = "trimmed"\nscoring_params = { trim = "x" }', "task.scoring_params.trim", 5, "must be int or float"),
         ('scoring = "reputation"\nscoring_params = { memory = 1 }', "task.scoring_params.memory", 5, "[0, 1)"),
         ('scoring = "reputation"\nscoring_params = { prior = 0 }', "task.scoring_params.prior", 5, "(0, 1]"),
-        ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'blockflow' takes no parameters"),
+        ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'consensus' takes no parameters"),
         ("norm_bound = 0.5", "task.norm_bound", 4, "must be 0 (off) or >= 1"),
         ('norm_bound = "x"', "task.norm_bound", 4, "must be int or float"),
     ],

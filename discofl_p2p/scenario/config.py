@@ -25,7 +25,13 @@ from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
 from discofl_p2p.ml.splits import SCHEMES
 from discofl_p2p.ml.training import METRICS
-from discofl_p2p.trust.scoring import NEEDS_ANCHOR, SCORING_PARAM_CHECKS, SCORING_RULES, scoring_params_of
+from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
+    NEEDS_ANCHOR,
+    SCORING_PARAM_CHECKS,
+    SCORING_RULES,
+    scoring_params_of,
+)
 
 
 class ScenarioError(ValueError):
@@ -82,7 +88,7 @@ class TaskSection:
     aggregation: str = "score_weighted"
     aggregation_params: dict[str, float | int] = field(default_factory=dict)
     norm_bound: float = 2.0  # ml.aggregation.norm_bounded before the rule; 0: off
-    scoring: str = "blockflow"  # trust.scoring.SCORING_RULES
+    scoring: str = DEFAULT_SCORING  # trust.scoring.SCORING_RULES
     scoring_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120

@@ -9,7 +9,8 @@ ignored), `workers` the roster in its order, and `context` a `ScoringContext` (e
 rounds' honesty, the requester's anchor scores). The result gives every worker its
 p_k (`Contribution.score`) and its honesty as an evaluator (`Contribution.honesty`).
 `[task] scoring` names one of `SCORING_RULES` and `[task] scoring_params` its keyword
-parameters; "blockflow", the paper's rule, is the default.
+parameters. The default is "consensus", chosen by `bench robustness` (docs/robustness.md);
+"blockflow" is the paper's rule, unchanged.
 
 The requester keeps the context between rounds: after a round it appends
 `honesty_record(contrib, scores)` to the history. Pure functions, no I/O.
@@ -69,7 +70,8 @@ SCORING_RULES: dict[str, Callable[..., dict[Any, Contribution]]] = {
 NEEDS_ANCHOR = frozenset({"anchored"})
 """Rules that need `ScoringContext.anchor`, which the runners do not compute yet."""
 
-DEFAULT_SCORING = "blockflow"
+DEFAULT_SCORING = "consensus"
+"""Chosen by the benchmark (docs/robustness.md, "Choosing the default scoring rule")."""
 
 
 def scoring_params_of(rule: str) -> dict[str, tuple[type, ...]]:
