@@ -70,7 +70,8 @@ def main(dirs: list[str]) -> None:
         )
     rules = sorted({k[1] for k in rows})
     met: dict[str, list[int]] = {r: [0, 0] for r in rules}
-    broken: dict[tuple[str, str, str], Fraction] = {}
+    broken: dict[tuple[str, str, str], Fraction] = {}  # the accuracy goal or the share goal fails
+    paid: dict[tuple[str, str, str], Fraction] = {}  # the share goal alone fails
     print("| split | rule | attack | fraction | accuracy loss (points) | adversary share | Spearman | honest unpaid |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in sorted(rows, key=lambda k: (k[0], k[2], k[3], k[1])):
@@ -86,23 +87,29 @@ def main(dirs: list[str]) -> None:
         met[rule][1] += 1
         if (loss > ACC_POINTS or share > SHARE) and (split, rule, attack) not in broken:
             broken[(split, rule, attack)] = frac
+        if share > SHARE and (split, rule, attack) not in paid:
+            paid[(split, rule, attack)] = frac
         rho_s = "" if rho is None else f"{rho:.2f}"
         print(f"| {split} | {rule} | {attack} | {frac} | {loss:.1f} | {share:.3f} | {rho_s} | {unpaid} |")
     print()
     attacks = sorted({k[2] for k in rows})
     splits = sorted({k[0] for k in rows})
-    print("Breakdown fraction per attack (accuracy loss > 1 point or adversary share > 1 %; '-': holds):")
-    print()
-    print("| split | attack | " + " | ".join(rules) + " |")
-    print("| --- | --- | " + " | ".join("---" for _ in rules) + " |")
-    for split in splits:
-        for attack in attacks:
-            run_ = {(k[0], k[1], k[2]) for k in rows}
-            cols = [
-                str(broken.get((split, r, attack), "-")) if (split, r, attack) in run_ else "not run" for r in rules
-            ]
-            print(f"| {split} | {attack} | " + " | ".join(cols) + " |")
-    print()
+    run_ = {(k[0], k[1], k[2]) for k in rows}
+    for title, table in (
+        ("Breakdown fraction per attack (accuracy loss > 1 point or adversary share > 1 %)", broken),
+        ("Reward breakdown fraction per attack (adversary share > 1 %)", paid),
+    ):
+        print(f"{title}; '-': holds at every fraction run, 'not run': no such cell:")
+        print()
+        print("| split | attack | " + " | ".join(rules) + " |")
+        print("| --- | --- | " + " | ".join("---" for _ in rules) + " |")
+        for split in splits:
+            for attack in attacks:
+                cols = [
+                    str(table.get((split, r, attack), "-")) if (split, r, attack) in run_ else "not run" for r in rules
+                ]
+                print(f"| {split} | {attack} | " + " | ".join(cols) + " |")
+        print()
     for r in rules:
         print(f"{r}: all four goals met in {met[r][0]} of {met[r][1]} attacked cells")
 
