@@ -22,6 +22,7 @@ rounds = 3
 top_k = 3
 seed = 1
 norm_bound = {bound}
+scoring = "blockflow"  # the rule docs/learning-and-trust.md measured the bound under
 
 [data]
 samples_per_worker = 100
@@ -47,7 +48,8 @@ def test_the_norm_bound_neutralises_update_scaling():
     """3 of 9 workers submit base + 10 x their update. Unbounded, they drag the final
     model far below what 3 garbage trainers cost (whose models carry nothing); with
     the bound (2 x the median distance to the median model) they cost no more than
-    garbage does: what is left is the data the attackers did not contribute."""
+    garbage does: what is left is the data the attackers did not contribute. (Under
+    consensus, the default rule: 0.465 unbounded, 0.777 bounded, garbage 0.789.)"""
 
     def final(attack: str, bound: float) -> float:
         acc = run_plain(parse_scenario(SCALED.format(attack=attack, bound=bound))).final_accuracy
