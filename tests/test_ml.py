@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator
+from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator, norm_bounded
 from discofl_p2p.ml.datasets import DatasetError, load_dataset, load_embedded_mnist, load_full_mnist, parse_idx
 from discofl_p2p.ml.models import MODELS, build_model, export_initial_model, load_initial_model, parameter_count
 from discofl_p2p.ml.splits import partition
@@ -181,6 +181,43 @@ def test_krum_with_too_few_models_falls_back_to_the_median():
     # m larger than the models there are is capped at W: the mean of all four
     cs = [_c(1), _c(2), _c(3), _c(4)]
     assert make_aggregator("multi_krum", f=1, m=10)(cs)["w"][0].item() == pytest.approx(2.5)
+
+
+def _c1(v, score=1.0):
+    return Candidate({"w": torch.tensor([float(v)]), "steps": torch.tensor(3)}, score)
+
+
+def test_norm_bound_pulls_a_scaled_model_back_onto_the_radius():
+    # centre = the lower median 2; distances 1, 0, 1, 98, whose lower median is 1;
+    # bound 2: radius 2, so 100 goes to 2 + 98 x 2/98 = 4 and the others stay.
+    cs = [_c1(1), _c1(2), _c1(3), _c1(100, 0.5)]
+    assert [c.state["w"].item() for c in norm_bounded(cs, 2.0)] == [1.0, 2.0, 3.0, 4.0]
+    assert norm_bounded(cs, 2.0)[3].score == 0.5 and norm_bounded(cs, 2.0)[3].state["steps"].item() == 3
+    plain, bounded = make_aggregator("fedavg"), make_aggregator("fedavg", norm_bound=2.0)
+    assert plain(cs)["w"].item() == pytest.approx(26.5)
+    assert bounded(cs)["w"].item() == pytest.approx(2.5)
+    assert make_aggregator("score_weighted", norm_bound=2.0)(cs)["w"].item() == pytest.approx(8 / 3.5)
+    # off, and too few models to tell an outlier: unchanged
+    assert norm_bounded(cs, 0.0) == cs and norm_bounded(cs[2:], 2.0) == cs[2:]
+    with pytest.raises(ValueError, match="norm bound must be >= 0"):
+        make_aggregator("median", norm_bound=-1.0)
+
+
+def test_norm_bound_on_vectors_keeps_the_direction_and_bounds_the_distance():
+    g = torch.Generator().manual_seed(0)
+    honest = [Candidate({"w": torch.randn(50, generator=g) * 0.1}) for _ in range(6)]
+    scaled = Candidate({"w": honest[0].state["w"] * 40})
+    out = norm_bounded([*honest, scaled], 1.5)
+    flat = torch.stack([c.state["w"] for c in [*honest, scaled]])
+    centre = flat.median(0).values
+    dist = (flat - centre).norm(dim=1)
+    radius = 1.5 * float(dist.median())
+    moved = out[-1].state["w"] - centre
+    assert float(moved.norm()) == pytest.approx(radius, rel=1e-5)
+    assert torch.nn.functional.cosine_similarity(moved, scaled.state["w"] - centre, dim=0) > 0.9999
+    for before, after, d in zip(honest, out, dist.tolist()):
+        if d <= radius:
+            assert torch.equal(before.state["w"], after.state["w"])
 
 
 def test_aggregation_input_errors():

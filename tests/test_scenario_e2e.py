@@ -14,6 +14,7 @@ from discofl_p2p.chain.anvil import free_port
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import decode_scores
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
 from tests.conftest import run
 
 SMALL = """\
@@ -78,6 +79,8 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     # The schema other tools rely on.
     assert res["task"]["chain_id"] == 31337 and res["task"]["rounds"] == 2
     assert [w["behavior"] for w in res["workers"]] == ["honest"] * 3 + ["garbage"]
+    assert res["task"]["scoring"] == DEFAULT_SCORING
+    assert [w["train_samples"] for w in res["workers"]] == [400] * 4  # 80 % of 500 digits each
     assert len(res["rounds"]) == 2
     for r in res["rounds"]:
         assert set(r["models"]) == {w["name"] for w in res["workers"]}

@@ -8,14 +8,16 @@ import inspect
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discofl_p2p.scenario.config import ScenarioError, parse_scenario
 from discofl_p2p.trust.blockflow import agreement, contribution_scores, lower_median, ranking
+from discofl_p2p.trust.consensus import evaluator_distance, evaluator_weights
 from discofl_p2p.trust.estimators import hodges_lehmann, trimmed_mean, weighted_lower_median
 from discofl_p2p.trust.reputation import reputations
 from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
     SCORING_RULES,
     ScoringContext,
     honesty_record,
@@ -64,7 +66,7 @@ def _p(name: str, s, history=(), anchor=None, **params) -> dict[str, float]:
     return {k: v.score for k, v in c.items()}
 
 
-ALL = ["blockflow", "trimmed", "hodges_lehmann", "reputation", "anchored"]
+ALL = ["blockflow", "trimmed", "hodges_lehmann", "reputation", "consensus", "anchored"]
 
 
 def test_registry_holds_every_rule_with_one_signature():
@@ -129,7 +131,7 @@ def test_a_ring_of_one_third_and_a_biased_scorer_capture_blockflow():
 
 @pytest.mark.parametrize(
     "name, params",
-    [("trimmed", {}), ("trimmed", {"trim": 0.3}), ("hodges_lehmann", {}), ("anchored", {})],
+    [("trimmed", {}), ("trimmed", {"trim": 0.3}), ("hodges_lehmann", {}), ("consensus", {}), ("anchored", {})],
 )
 def test_robust_location_and_the_anchor_are_not_captured(name, params):
     p = _p(name, captured(), anchor=ANCHOR, **params)
@@ -145,9 +147,67 @@ def test_robust_location_still_pays_the_biased_scorer_most(name):
     assert p[BIASED] > max(p[h] for h in HONEST)
 
 
-def test_the_anchor_alone_also_shuts_out_the_biased_scorer():
-    p = _p("anchored", captured(), anchor=ANCHOR)
-    assert p[BIASED] == 0 and min(p[h] for h in HONEST) > 0.5
+@pytest.mark.parametrize("name", ["anchored", "consensus"])
+def test_the_anchor_and_the_consensus_weights_also_shut_out_the_biased_scorer(name):
+    p = _p(name, captured(), anchor=ANCHOR)
+    assert p[BIASED] == 0 and min(p[h] for h in HONEST) > 0.8
+
+
+def test_consensus_weighs_out_the_coalition_by_its_score_vectors():
+    # Each ring member agrees with its 2 mates (distance 0) and B, but the lower median
+    # of its 8 distances is one to an honest evaluator: weight 0. B's is 0.5 (t' = 0,
+    # up to rounding). The honest agree with the 3 other honest within 0.1: weight
+    # t'(about 0.07) = 0.75.
+    w = evaluator_weights(captured(), WORKERS)
+    assert all(w[x] == 0 for x in RING) and w[BIASED] < 1e-12
+    assert min(w[h] for h in HONEST) >= 0.75
+    assert evaluator_distance({"a": {"b": 0.5, "c": 0.2, "d": 0.0}, "b": {"a": 0.9, "c": 0.4, "d": 0.1}}, "a", "b") == (
+        pytest.approx(0.15)
+    )  # over c and d only: (0.2 + 0.1) / 2
+    assert evaluator_distance({"a": {"b": 0.5}, "b": {"a": 0.9}}, "a", "b") == 1.0  # nothing in common
+
+
+# ---------------------------------------------------------------- exact numbers, by hand
+
+# Four workers; D lies: 0 for A and B, 1.0 for C. Each model's received scores, in
+# roster order: A <- 0.9, 0.9, 0.0; B <- 0.8, 0.8, 0.0; C <- 0.6, 0.7, 1.0; D <- 0.0, 0.1, 0.0.
+FOUR = ["A", "B", "C", "D"]
+SMALL = {
+    "A": {"B": 0.8, "C": 0.6, "D": 0.0},
+    "B": {"A": 0.9, "C": 0.7, "D": 0.1},
+    "C": {"A": 0.9, "B": 0.8, "D": 0.0},
+    "D": {"A": 0.0, "B": 0.0, "C": 1.0},
+}
+t = agreement
+EXACT = {
+    # lower medians 0.9, 0.8, 0.7, 0; d: A worst on C (0.1 off), B on D (0.1), C exact, D 0.9 off
+    "blockflow": {"A": 2 / 3, "B": 2 / 3, "C": 7 / 9, "D": 0.0},
+    # trim 0.25 of 3 cuts nothing: means 0.6, 1.6/3, 2.3/3, 0.1/3; d: A t(0.8/3), B and C t(0.3)
+    "trimmed": {"A": 1.8 / 2.3, "B": 1.6 / 2.3, "C": t(0.3) / t(0.8 / 3), "D": 0.0},
+    # Walsh medians 0.45, 0.4, 0.7, 0: the liar holds a third of each model's evaluators,
+    # above Hodges-Lehmann's breakdown; d: A 1/9, B C D 1/19
+    "hodges_lehmann": {"A": 9 / 14, "B": 9 / 19, "C": 9 / 19, "D": 0.0},
+    # weights t'(0.1) = 2/3 (A, B), t'(0.05) = 9/11 (C), t'(0.6) = 0 (D): C's centre is
+    # 0.6, D's vote does not count; d: A and C exact, B 0.1 off
+    "consensus": {"A": 1.0, "B": 2 / 3, "C": 2 / 3, "D": 0.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_every_rule_on_a_small_matrix_by_hand(name):
+    p = {k: c.score for k, c in _rule(name)(SMALL, FOUR, ScoringContext()).items()}
+    assert p == pytest.approx(EXACT[name], abs=1e-12)
+
+
+def test_reputation_and_the_anchor_on_the_small_matrix_by_hand():
+    # D lost all its reputation last round (memory 0): its 1.0 for C no longer counts,
+    # C's centre is 0.6 and the result is consensus's.
+    c = _rule("reputation", memory=0.0)(SMALL, FOUR, ScoringContext(history=({"A": 1, "B": 1, "C": 1, "D": 0},)))
+    assert {k: v.score for k, v in c.items()} == pytest.approx(EXACT["consensus"], abs=1e-12)
+    # The anchor (0.9, 0.8, 0.6, 0): honesty against it, d = A 1, B t(0.1) = 2/3, C 1, D 0;
+    # centres weighted by d: A 0.9, B 0.8, C 0.6, D 0
+    c = _rule("anchored")(SMALL, FOUR, ScoringContext(anchor={"A": 0.9, "B": 0.8, "C": 0.6, "D": 0.0}))
+    assert {k: v.score for k, v in c.items()} == pytest.approx(EXACT["consensus"], abs=1e-12)
 
 
 def test_reputation_from_an_outvoted_round_survives_later_captured_rounds():
@@ -214,6 +274,34 @@ def test_p_in_unit_interval_and_relabelling_permutes(name, data):
         assert c2[perm[i]].score == pytest.approx(c[i].score)
 
 
+consensus_worlds = st.integers(5, 8).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.floats(0, 1), min_size=n, max_size=n),  # every model's true score
+        st.integers(0, n - 1),  # the liar
+        st.lists(st.one_of(st.none(), st.floats(0, 1)), min_size=n, max_size=n),  # its lie (None: abstain)
+    )
+)
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=50)
+@given(world=consensus_worlds)
+def test_no_rule_pays_an_evaluator_more_for_lying(name, world):
+    """Every other evaluator reports the truth (they agree, as on IID data): whatever
+    one evaluator submits instead of the truth, its own p does not rise. (Where the
+    honest disagree, a small lie that moves the best model's median down can raise
+    the liar's quality m' = m / max m under any median-based rule; with one liar
+    among 5 or more evaluators of a model that agree, no rule's centre moves.)"""
+    truth, liar, lie = world
+    n = len(truth)
+    workers = list(range(n))
+    honest = {a: {k: truth[k] for k in workers if k != a} for a in workers}
+    lying = honest | {liar: {k: v for k, v in enumerate(lie) if k != liar and v is not None}}
+    ctx = ScoringContext(history=(dict.fromkeys(workers, 1.0),), anchor=dict(enumerate(truth)))
+    rule = _rule(name)
+    assert rule(lying, workers, ctx)[liar].score <= rule(honest, workers, ctx)[liar].score + 1e-12
+
+
 # ---------------------------------------------------------------- the audit
 
 
@@ -244,8 +332,9 @@ count = 3
 """
 
 
-def test_the_default_is_blockflow_and_a_rule_with_params_parses():
-    assert parse_scenario(BASE.format(task="")).task.scoring == "blockflow"
+def test_the_default_is_consensus_and_a_rule_with_params_parses():
+    assert parse_scenario(BASE.format(task="")).task.scoring == DEFAULT_SCORING == "consensus"
+    assert parse_scenario(BASE.format(task='scoring = "blockflow"')).task.scoring == "blockflow"
     sc = parse_scenario(BASE.format(task='scoring = "reputation"\nscoring_params = { memory = 0.8, prior = 1 }'))
     assert (sc.task.scoring, sc.task.scoring_params) == ("reputation", {"memory": 0.8, "prior": 1})
     make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
@@ -262,7 +351,9 @@ def test_the_default_is_blockflow_and_a_rule_with_params_parses():
         ('scoring = "trimmed"\nscoring_params = { trim = "x" }', "task.scoring_params.trim", 5, "must be int or float"),
         ('scoring = "reputation"\nscoring_params = { memory = 1 }', "task.scoring_params.memory", 5, "[0, 1)"),
         ('scoring = "reputation"\nscoring_params = { prior = 0 }', "task.scoring_params.prior", 5, "(0, 1]"),
-        ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'blockflow' takes no parameters"),
+        ("scoring_params = { trim = 0.1 }", "task.scoring_params.trim", 4, "'consensus' takes no parameters"),
+        ("norm_bound = 0.5", "task.norm_bound", 4, "must be 0 (off) or >= 1"),
+        ('norm_bound = "x"', "task.norm_bound", 4, "must be int or float"),
     ],
 )
 def test_scoring_errors_name_key_and_line(task, key, line, words):

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from discofl_p2p import __version__
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="recompute every settled round of a task from the chain alone")
     audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
     audit.add_argument("--contract", required=True, help="the task's contract address")
-    audit.add_argument("--scoring", default="blockflow", help="the scoring rule the task used ([task] scoring)")
+    audit.add_argument("--scoring", default=DEFAULT_SCORING, help="the scoring rule the task used ([task] scoring)")
 
     dash = sub.add_parser("dashboard", help="a live web page for one task, read from the chain (read-only)")
     dash.add_argument("--rpc-url", required=True, help="the chain the task lives on")

@@ -134,6 +134,41 @@ def multi_krum(cands: Sequence[Candidate], f: int = 1, m: int | None = None) -> 
     return unflatten(flat[best].mean(0))
 
 
+def norm_bounded(cands: Sequence[Candidate], bound: float) -> list[Candidate]:
+    """Centred norm bound against update scaling: every model farther from the
+    coordinate-wise median of the candidates than `bound` x the median of those
+    distances is pulled back along its own direction onto that radius.
+
+    A scaled update (base + factor x its update: boosting, model replacement;
+    Bhagoji et al. 2019, Bagdasaryan et al. 2020) keeps a good score, since ReLU nets
+    tolerate it, so neither the scores nor a score-weighted mean see it; its distance
+    to the others is what gives it away. Bounding the norm of each update is the
+    standard answer (Sun, Kairouz, Suresh & McMahan, "Can You Really Backdoor Federated
+    Learning?", 2019); centring it on a robust reference instead of each worker's own
+    base is centred clipping (Karimireddy, He & Jaggi, "Learning from History for
+    Byzantine Robust Optimization", ICML 2021). The median centre needs no base, so
+    the workers' round aggregate and the requester's final model apply the same bound.
+    A clipped model keeps its score and sample count; scores still decide the weights.
+    With bound = 0 nothing changes; an adversary keeps at most `bound` x a typical
+    honest distance of influence, whatever its factor."""
+    if bound < 0:
+        raise ValueError(f"norm bound must be >= 0, got {bound}")
+    if bound == 0 or len(cands) < 3:
+        return list(cands)
+    flat, unflatten = _stack(cands)
+    centre = flat.median(dim=0).values  # the lower median per coordinate
+    dist = (flat - centre).norm(dim=1)
+    radius = bound * float(dist.median())  # the lower median of the distances
+    return [
+        Candidate(unflatten(centre + (row - centre) * (radius / d)), c.score, c.n_samples) if d > radius else c
+        for c, row, d in zip(cands, flat, dist.tolist())
+    ]
+
+
+def _bounded(rule: Callable[..., StateDict], bound: float, cands: Sequence[Candidate]) -> StateDict:
+    return rule(norm_bounded(cands, bound))
+
+
 AGGREGATORS: dict[str, Callable[..., StateDict]] = {
     "score_weighted": score_weighted,
     "sharpened": sharpened,
@@ -145,8 +180,12 @@ AGGREGATORS: dict[str, Callable[..., StateDict]] = {
 }
 
 
-def make_aggregator(name: str, **params: float | int) -> AggregationRule:
-    """The rule `name` with its parameters bound (e.g. make_aggregator("krum", f=2))."""
+def make_aggregator(name: str, *, norm_bound: float = 0.0, **params: float | int) -> AggregationRule:
+    """The rule `name` with its parameters bound (e.g. make_aggregator("krum", f=2)),
+    applied after `norm_bounded(candidates, norm_bound)` when norm_bound > 0."""
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregation rule {name!r}; choose one of {', '.join(AGGREGATORS)}")
-    return functools.partial(AGGREGATORS[name], **params)
+    rule = functools.partial(AGGREGATORS[name], **params)
+    if norm_bound < 0:
+        raise ValueError(f"norm bound must be >= 0, got {norm_bound}")
+    return functools.partial(_bounded, rule, norm_bound) if norm_bound > 0 else rule

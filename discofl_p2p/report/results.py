@@ -78,7 +78,14 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
             "deposit_wei": str(out.deposit_wei),
         },
         "workers": [
-            {"name": w.name, "address": w.address, "behavior": w.behavior, "peer_id": w.peer_id, "group": w.group}
+            {
+                "name": w.name,
+                "address": w.address,
+                "behavior": w.behavior,
+                "peer_id": w.peer_id,
+                "group": w.group,
+                "train_samples": w.train_samples,
+            }
             | ({"pid": w.pid, "exit_code": w.exit_code} if w.pid is not None else {})
             for w in out.workers
         ],

@@ -25,7 +25,13 @@ from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
 from discofl_p2p.ml.splits import SCHEMES
 from discofl_p2p.ml.training import METRICS
-from discofl_p2p.trust.scoring import NEEDS_ANCHOR, SCORING_PARAM_CHECKS, SCORING_RULES, scoring_params_of
+from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
+    NEEDS_ANCHOR,
+    SCORING_PARAM_CHECKS,
+    SCORING_RULES,
+    scoring_params_of,
+)
 
 
 class ScenarioError(ValueError):
@@ -81,7 +87,8 @@ class TaskSection:
     loyalty_bonus: float = 0.1
     aggregation: str = "score_weighted"
     aggregation_params: dict[str, float | int] = field(default_factory=dict)
-    scoring: str = "blockflow"  # trust.scoring.SCORING_RULES
+    norm_bound: float = 2.0  # ml.aggregation.norm_bounded before the rule; 0: off
+    scoring: str = DEFAULT_SCORING  # trust.scoring.SCORING_RULES
     scoring_params: dict[str, float | int] = field(default_factory=dict)
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120
@@ -421,6 +428,12 @@ class _Validator:
             ("task.quality_floor", 0 <= t.quality_floor <= 1, "must be in [0, 1]"),
             ("task.loyalty_bonus", t.loyalty_bonus >= 0, "must be >= 0"),
             ("task.aggregation", t.aggregation in AGGREGATORS, f"choose one of {', '.join(AGGREGATORS)}"),
+            (
+                "task.norm_bound",
+                t.norm_bound == 0 or t.norm_bound >= 1,
+                "must be 0 (off) or >= 1 (a multiple of the median model's distance to the median; "
+                f"below 1 it would pull in most honest models), got {t.norm_bound}",
+            ),
             ("task.scoring", t.scoring in SCORING_RULES, f"choose one of {', '.join(SCORING_RULES)}"),
             (
                 "task.scoring",

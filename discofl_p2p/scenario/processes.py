@@ -61,6 +61,7 @@ from discofl_p2p.scenario.runner import (
     RunTimedOut,
     WorkerInfo,
     build_behaviours,
+    data_partition,
     rewards_from_chain,
     worker_names,
 )
@@ -376,11 +377,19 @@ async def _outcome(
     st = await client.state()
     task_id = f"{sc.task.name}-{sc.task.seed}"
     code = {c.name: c.proc.returncode for c in run.children}
+    _, part = data_partition(sc)
     infos = [
         WorkerInfo(
-            n, accts[n].address, b, _peer_id(sc.task.seed, f"{task_id}/{n}"), n.rsplit("-", 1)[0], run.pids[n], code[n]
+            n,
+            accts[n].address,
+            b,
+            _peer_id(sc.task.seed, f"{task_id}/{n}"),
+            n.rsplit("-", 1)[0],
+            len(part.workers[i].train),
+            run.pids[n],
+            code[n],
         )
-        for n, b, _ in worker_names(sc)
+        for i, (n, b, _) in enumerate(worker_names(sc))
     ]
     return RunOutcome(
         scenario=sc,

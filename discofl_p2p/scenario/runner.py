@@ -36,9 +36,9 @@ from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account, fund
 from discofl_p2p.chain.limits import FUNDING_WEI
 from discofl_p2p.ml.aggregation import make_aggregator
-from discofl_p2p.ml.datasets import load_dataset
+from discofl_p2p.ml.datasets import Dataset, load_dataset
 from discofl_p2p.ml.models import build_model, export_initial_model
-from discofl_p2p.ml.splits import partition
+from discofl_p2p.ml.splits import Partition, partition
 from discofl_p2p.ml.training import TrainConfig
 from discofl_p2p.ml.weights import encode_state, spec_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, P2PNode, key_from_seed
@@ -58,6 +58,7 @@ class WorkerInfo:
     behavior: str
     peer_id: str
     group: str
+    train_samples: int = 0  # the digits it holds for training (its validation split aside)
     pid: int | None = None  # its OS process, in processes mode
     exit_code: int | None = None  # how that process ended (negative: the signal that ended it)
 
@@ -153,8 +154,9 @@ def build_worker(
     )
 
 
-def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
-    """The task's public setup, and w0 (the requester's: its TorchScript archive)."""
+def data_partition(sc: Scenario) -> tuple[Dataset, Partition]:
+    """The scenario's data set and its split among the workers (seeded: every process
+    that computes it gets the same)."""
     data = load_dataset(sc.data.dataset, sc.data.directory or None)
     part = partition(
         data.y,
@@ -165,6 +167,12 @@ def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
         per_worker=sc.data.samples_per_worker or None,
         seed=sc.task.seed,
     )
+    return data, part
+
+
+def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
+    """The task's public setup, and w0 (the requester's: its TorchScript archive)."""
+    data, part = data_partition(sc)
     model = build_model(sc.model.name, seed=sc.task.seed)
     state = model.state_dict()
     setup = TaskSetup(
@@ -180,7 +188,7 @@ def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
             optimizer=sc.model.optimizer,
         ),
         metric=sc.task.metric,
-        aggregate=make_aggregator(sc.task.aggregation, **sc.task.aggregation_params),
+        aggregate=make_aggregator(sc.task.aggregation, norm_bound=sc.task.norm_bound, **sc.task.aggregation_params),
         max_model_bytes=2 * len(encode_state(state)) + 4096,
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
@@ -293,7 +301,10 @@ async def assemble(
     for name, a in accts.items():
         log.info("node_started", agent=name, peer_id=nodes[name].peer_id, address=a.address)
     log.info("node_started", agent="requester", peer_id=req_node.peer_id, address=req_acct.address)
-    infos = [WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0]) for n, b, _ in roster]
+    infos = [
+        WorkerInfo(n, accts[n].address, b, nodes[n].peer_id, n.rsplit("-", 1)[0], len(setup.partition.workers[i].train))
+        for i, (n, b, _) in enumerate(roster)
+    ]
     return Simulation(sc, setup, recorder, requester, workers, infos, chain_id, deposit, started)
 
 

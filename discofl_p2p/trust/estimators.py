@@ -10,11 +10,11 @@ against), then score with BlockFlow's own agreement, normalisation and min.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from discofl_p2p.trust.blockflow import lower_median
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, lower_median, received, score_against
 
 Worker = TypeVar("Worker", bound=Hashable)
 
@@ -56,6 +56,12 @@ def weighted_lower_median(values: Sequence[float], weights: Sequence[float]) -> 
     return pairs[-1][0]  # rounding: never reached with exact sums
 
 
+def weighted_by(weights: Mapping[Worker, float]) -> Callable[[list[tuple[Worker, float]]], float]:
+    """An estimate for `score_by_centre`: the lower median of the scores a model
+    received, each weighted by its evaluator's weight in `weights`."""
+    return lambda got: weighted_lower_median([v for _, v in got], [weights[a] for a, _ in got])
+
+
 def trimmed_mean(values: Sequence[float], trim: float) -> float:
     """The mean after cutting floor(trim x n) values at each end (0 <= trim < 0.5)."""
     if not values:
@@ -74,3 +80,16 @@ def hodges_lehmann(values: Sequence[float]) -> float:
         raise ValueError("estimate of nothing")
     walsh = [(values[i] + values[j]) / 2 for i in range(len(values)) for j in range(i, len(values))]
     return lower_median(walsh)
+
+
+def score_by_centre(
+    scores: Mapping[Worker, Mapping[Worker, float]],
+    workers: Sequence[Worker],
+    estimate: Callable[[list[tuple[Worker, float]]], float],
+) -> dict[Worker, Contribution]:
+    """BlockFlow's p_k with m_k = `estimate` of the (evaluator, score) pairs k received
+    (a worker nobody scored has m = 0): what every rule that changes only the centre
+    shares. Checks the matrix first."""
+    check_matrix(scores, workers)
+    got = received(scores, workers)
+    return score_against(scores, workers, {k: estimate(g) for k, g in got.items() if g})

@@ -26,12 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
-from discofl_p2p.trust.estimators import (
-    ScoringContext,
-    Worker,
-    weighted_lower_median,
-)
+from discofl_p2p.trust.blockflow import Contribution
+from discofl_p2p.trust.estimators import ScoringContext, Worker, score_by_centre, weighted_by
 
 
 def reputations(
@@ -58,8 +54,5 @@ def reputation(
     prior: float = 1.0,
 ) -> dict[Worker, Contribution]:
     """BlockFlow with m_k the reputation-weighted lower median (see the module)."""
-    check_matrix(scores, workers)
     rep = reputations(context.history, workers, memory=memory, prior=prior)
-    got = received(scores, workers)
-    centre = {k: weighted_lower_median([v for _, v in g], [rep[a] for a, _ in g]) for k, g in got.items() if g}
-    return score_against(scores, workers, centre)
+    return score_by_centre(scores, workers, weighted_by(rep))

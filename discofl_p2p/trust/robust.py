@@ -23,13 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
-from discofl_p2p.trust.estimators import (
-    ScoringContext,
-    Worker,
-    hodges_lehmann,
-    trimmed_mean,
-)
+from discofl_p2p.trust.blockflow import Contribution
+from discofl_p2p.trust.estimators import ScoringContext, Worker, hodges_lehmann, score_by_centre, trimmed_mean
 
 
 def trimmed(
@@ -39,10 +34,7 @@ def trimmed(
     trim: float = 0.25,
 ) -> dict[Worker, Contribution]:
     """m_k = the `trim`-trimmed mean of the scores k received; then as BlockFlow."""
-    check_matrix(scores, workers)
-    got = received(scores, workers)
-    centre = {k: trimmed_mean([v for _, v in g], trim) for k, g in got.items() if g}
-    return score_against(scores, workers, centre)
+    return score_by_centre(scores, workers, lambda got: trimmed_mean([v for _, v in got], trim))
 
 
 def hodges_lehmann_rule(
@@ -51,7 +43,4 @@ def hodges_lehmann_rule(
     context: ScoringContext[Worker],
 ) -> dict[Worker, Contribution]:
     """m_k = the Hodges-Lehmann estimate of the scores k received; then as BlockFlow."""
-    check_matrix(scores, workers)
-    got = received(scores, workers)
-    centre = {k: hodges_lehmann([v for _, v in g]) for k, g in got.items() if g}
-    return score_against(scores, workers, centre)
+    return score_by_centre(scores, workers, lambda got: hodges_lehmann([v for _, v in got]))

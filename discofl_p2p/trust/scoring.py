@@ -9,7 +9,8 @@ ignored), `workers` the roster in its order, and `context` a `ScoringContext` (e
 rounds' honesty, the requester's anchor scores). The result gives every worker its
 p_k (`Contribution.score`) and its honesty as an evaluator (`Contribution.honesty`).
 `[task] scoring` names one of `SCORING_RULES` and `[task] scoring_params` its keyword
-parameters; "blockflow", the paper's rule, is the default.
+parameters. The default is "consensus", chosen by `bench robustness` (docs/robustness.md);
+"blockflow" is the paper's rule, unchanged.
 
 The requester keeps the context between rounds: after a round it appends
 `honesty_record(contrib, scores)` to the history. Pure functions, no I/O.
@@ -25,6 +26,7 @@ from typing import Any
 
 from discofl_p2p.trust.anchor import anchored
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores
+from discofl_p2p.trust.consensus import consensus
 from discofl_p2p.trust.estimators import ScoringContext, Worker
 from discofl_p2p.trust.reputation import reputation
 from discofl_p2p.trust.robust import hodges_lehmann_rule, trimmed
@@ -61,13 +63,15 @@ SCORING_RULES: dict[str, Callable[..., dict[Any, Contribution]]] = {
     "trimmed": trimmed,
     "hodges_lehmann": hodges_lehmann_rule,
     "reputation": reputation,
+    "consensus": consensus,
     "anchored": anchored,
 }
 
 NEEDS_ANCHOR = frozenset({"anchored"})
 """Rules that need `ScoringContext.anchor`, which the runners do not compute yet."""
 
-DEFAULT_SCORING = "blockflow"
+DEFAULT_SCORING = "consensus"
+"""Chosen by the benchmark (docs/robustness.md, "Choosing the default scoring rule")."""
 
 
 def scoring_params_of(rule: str) -> dict[str, tuple[type, ...]]:
