@@ -20,6 +20,14 @@ pragma solidity ^0.8.24;
 ///         settlement cheap for many workers.
 ///      During evaluation the chain holds only hiding commitments and a shuffled list,
 ///      so nobody but the requester can tell from the chain who submitted which model.
+/// @dev Scores are committed, then revealed (commit-reveal, as in BlockFlow): until every
+///      worker committed its scores or the evaluation deadline passed, the chain holds
+///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), so a late
+///      evaluator has nobody's scores to copy. Reveals are taken from then until the
+///      reveal deadline (the evaluation deadline plus evaluationPeriod); the contract
+///      checks each against its commitment, so every ScoresRevealed event carries the
+///      scores that were committed blind. A committed score row that is not revealed
+///      counts as no evaluation at all (the evaluator scored nobody: honesty 0).
 /// @dev Liveness: if the requester lets a deadline pass by more than the grace period
 ///      without opening evaluation or settling, anyone may end the task
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
@@ -50,9 +58,10 @@ contract DiscoFLTask {
         bool registered;
         uint16 index; // registration order, 0-based
         uint32 submittedRound;
-        uint32 scoredRound;
+        uint32 scoredRound; // the last round it committed scores in
         uint96 credit; // withdrawable wei
         bool shareClaimed; // its share of an abandoned task was added to a withdrawal
+        uint32 revealedRound; // the last round it revealed its scores in
     }
 
     // ------------------------------------------------------------------ errors
@@ -77,6 +86,10 @@ contract DiscoFLTask {
     error NoWorkers();
     error AlreadySubmitted();
     error AlreadyScored();
+    error NotCommitted();
+    error AlreadyRevealed();
+    error CommitsStillOpen(uint64 deadline);
+    error BadScoreReveal();
     error DeadlinePassed(uint64 deadline);
     error DeadlineNotReached(uint64 deadline);
     error ModelCountMismatch(uint256 expected, uint256 given);
@@ -109,7 +122,9 @@ contract DiscoFLTask {
     event RoundStarted(uint32 indexed round, uint64 deadline);
     event ModelCommitted(uint32 indexed round, address indexed worker, bytes32 commitment);
     event EvaluationOpened(uint32 indexed round, bytes32[] models, uint64 deadline);
-    event ScoresSubmitted(uint32 indexed round, address indexed evaluator, bytes scores);
+    event ScoresCommitted(uint32 indexed round, address indexed evaluator, bytes32 commitment);
+    /// @dev `scores` match the evaluator's ScoresCommitted commitment (checked here).
+    event ScoresRevealed(uint32 indexed round, address indexed evaluator, bytes scores);
     /// @dev rankedOwners[i] owns the model at position ranking[i] and earned rewards[i].
     ///      The full mapping (every submitter's position, NOT_OPENED = excluded) is in
     ///      the settleRound calldata, which anyone can read back and re-verify.
@@ -165,6 +180,8 @@ contract DiscoFLTask {
     uint32 public scoredCount;
     uint32 public modelCount;
     uint16 public participantCount; // workers that committed a model; packed with the above
+    uint64 public revealDeadline; // the last second reveals of the round's scores are taken
+    uint32 public revealedCount; // score commitments revealed this round
     bytes32 public modelListHash;
     bytes32 public commitmentAccumulator;
 
@@ -176,6 +193,9 @@ contract DiscoFLTask {
     mapping(address => bool) public allowed;
 
     mapping(address => Worker) public workers;
+    /// @dev Each worker's score commitment of the round it last committed in; kept
+    ///      (overwritten next round, not cleared) so that a round costs 5k, not 20k.
+    mapping(address => bytes32) public scoreCommitment;
     address[] public workerList;
 
     // ------------------------------------------------------------------ setup
@@ -307,30 +327,56 @@ contract DiscoFLTask {
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
+        revealDeadline = evalDeadline + evaluationPeriod; // both <= MAX_PERIOD: no overflow
         emit EvaluationOpened(round, models, evalDeadline);
     }
 
-    /// @param scores one big-endian uint16 per published model, in published order:
-    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
-    ///        Kept in calldata and the event only: about 16 gas per score.
-    function submitScores(uint32 round, bytes calldata scores) external {
+    /// @notice Commits the caller's scores of the round's published models, blind:
+    ///         `commitment` = keccak256(abi.encode(this, round, evaluator, salt, scores))
+    ///         (see revealScores for `scores`). Taken until the evaluation deadline.
+    function commitScores(uint32 round, bytes32 commitment) external {
         _inPhase(Phase.Evaluation);
         _atRound(round);
         if (block.timestamp > deadline) revert DeadlinePassed(deadline);
         Worker storage w = workers[msg.sender];
         if (!w.registered) revert NotRegistered();
         if (w.scoredRound == round) revert AlreadyScored();
+        w.scoredRound = round;
+        scoreCommitment[msg.sender] = commitment;
+        scoredCount += 1;
+        emit ScoresCommitted(round, msg.sender, commitment);
+    }
+
+    /// @notice Reveals the scores the caller committed this round. Taken once commits
+    ///         closed (every worker committed, or the evaluation deadline passed) and
+    ///         until the reveal deadline.
+    /// @param scores one big-endian uint16 per published model, in published order:
+    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
+    ///        Kept in calldata and the event only: about 16 gas per score.
+    function revealScores(uint32 round, bytes calldata scores, bytes32 salt) external {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        uint64 d = deadline;
+        if (scoredCount < workerCount && block.timestamp <= d) revert CommitsStillOpen(d);
+        if (block.timestamp > revealDeadline) revert DeadlinePassed(revealDeadline);
+        Worker storage w = workers[msg.sender];
+        if (w.scoredRound != round) revert NotCommitted();
+        if (w.revealedRound == round) revert AlreadyRevealed();
         if (scores.length != 2 * uint256(modelCount)) {
             revert BadScoresLength(2 * uint256(modelCount), scores.length);
         }
-        w.scoredRound = round;
-        scoredCount += 1;
-        emit ScoresSubmitted(round, msg.sender, scores);
+        if (keccak256(abi.encode(address(this), round, msg.sender, salt, scores)) != scoreCommitment[msg.sender]) {
+            revert BadScoreReveal();
+        }
+        w.revealedRound = round;
+        revealedCount += 1;
+        emit ScoresRevealed(round, msg.sender, scores);
     }
 
     /// @notice Reveals who submitted which model, verifies every commitment, and credits
-    ///         the round's rewards. Allowed once every worker scored, or once the
-    ///         evaluation deadline passed.
+    ///         the round's rewards. Allowed once commits closed (every worker committed
+    ///         scores, or the evaluation deadline passed) and every committed score row
+    ///         was revealed, or else once the reveal deadline passed.
     /// @param models     the list published by openEvaluation, in the same order
     /// @param submitters every submitter of the round, in submission (event) order
     /// @param positions  positions[i]: where submitters[i]'s model stands in `models`,
@@ -350,9 +396,7 @@ contract DiscoFLTask {
     ) external onlyRequester {
         _inPhase(Phase.Evaluation);
         _atRound(round);
-        if (scoredCount < workerCount && block.timestamp <= deadline) {
-            revert DeadlineNotReached(deadline);
-        }
+        _checkSettleable();
         uint256 n = models.length;
         uint256 m = submitters.length;
         if (n != modelCount) revert ModelCountMismatch(modelCount, n);
@@ -413,6 +457,14 @@ contract DiscoFLTask {
         } else {
             _startRound(round + 1);
         }
+    }
+
+    /// @dev Reverts unless the round's scores are final: commits closed and every
+    ///      committed row revealed, or the reveal deadline passed.
+    function _checkSettleable() private view {
+        if (block.timestamp > revealDeadline) return;
+        if (scoredCount < workerCount && block.timestamp <= deadline) revert DeadlineNotReached(deadline);
+        if (revealedCount < scoredCount) revert DeadlineNotReached(revealDeadline);
     }
 
     // ------------------------------------------------------------------ money
@@ -484,12 +536,12 @@ contract DiscoFLTask {
     // ------------------------------------------------------------------ views
 
     /// @notice When the grace period of the current phase ends: the submission or
-    ///         evaluation deadline (or the time the last round settled) plus
-    ///         gracePeriod; 0 where none runs (registration, closed, abandoned).
+    ///         reveal deadline (or the time the last round settled) plus gracePeriod;
+    ///         0 where none runs (registration, closed, abandoned).
     function graceEnd() public view returns (uint256) {
         Phase p = phase;
         if (p != Phase.Submission && p != Phase.Evaluation && p != Phase.Finished) return 0;
-        return uint256(deadline) + gracePeriod;
+        return uint256(p == Phase.Evaluation ? revealDeadline : deadline) + gracePeriod;
     }
 
     /// @notice What withdraw() would pay `who` now.
@@ -580,6 +632,7 @@ contract DiscoFLTask {
         phase = Phase.Submission;
         submittedCount = 0;
         scoredCount = 0;
+        revealedCount = 0;
         modelCount = 0;
         commitmentAccumulator = bytes32(uint256(round)); // nonzero: no 20k first write
         uint64 d = uint64(block.timestamp) + submissionPeriod;

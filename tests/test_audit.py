@@ -11,7 +11,7 @@ import pytest
 
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.encoding import encode_scores, reveal
-from discofl_p2p.chain.scripted import commit_all, deploy_and_register
+from discofl_p2p.chain.scripted import commit_all, deploy_and_register, score_all
 from discofl_p2p.commands.audit import audit_task
 from discofl_p2p.trust.rewards import top_k_rewards
 from discofl_p2p.trust.settlement import audit_top_k_round
@@ -39,8 +39,8 @@ def _play(anvil, dishonest: bool) -> str:
             subs = await commit_all(task, 1, random.Random(1))
             digests = [s.digest for s in subs]
             await req.open_evaluation(1, digests)
-            for i, w in enumerate(task.workers):
-                await w.submit_scores(1, encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]))
+            rows = [encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]) for i in range(4)]
+            await score_all(task.workers, 1, rows)
             ranking = [0, 1, 2] if dishonest else [3, 2, 1]
             await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), ranking)
             return req.address
@@ -104,8 +104,7 @@ def test_an_honest_requester_passes_the_audit_when_ties_are_broken_whatever_the_
             await req.open_evaluation(1, digests)
             owners = [s.worker for s in subs]
             rows = {w.account.address: [None if o == w.account.address else 0.5 for o in owners] for w in task.workers}
-            for w in task.workers:
-                await w.submit_scores(1, encode_scores(rows[w.account.address]))
+            await score_all(task.workers, 1, [encode_scores(rows[w.account.address]) for w in task.workers])
             contrib = contribution_scores(score_matrix(owners, rows), tie_order({o: o for o in owners}))
             ranked, _ = settle(contrib, owners, {}, policy="top_k", top_k=4, pot=ETH, floor=0.0, bonus=0.0)
             assert ranked != owners  # registration order would rank otherwise

@@ -174,13 +174,15 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
             subs = [await _commit(task, w, 2, rng) for w in (w1, w2)]
             await advance_time(w3, PERIOD + 1)
             await req.open_evaluation(2, [s.digest for s in subs if s.digest])
-            await w1.submit_scores(2, encode_scores([0.5, 0.5]))
-            eval_deadline = (await req.state()).deadline
-            assert await req.view("graceEnd") == eval_deadline + GRACE
-            await ensure_time_past(w3, eval_deadline + GRACE - MARGIN)
+            await w1.commit_scores(2, encode_scores([0.5, 0.5]), bytes(32))
+            st = await req.state()
+            # The grace period runs from the reveal deadline: until then the round may still settle.
+            assert st.reveal_deadline == st.deadline + PERIOD
+            assert await req.view("graceEnd") == st.reveal_deadline + GRACE
+            await ensure_time_past(w3, st.reveal_deadline + GRACE - MARGIN)
             with _reverts("GracePeriodNotOver"):
                 await w3_.end_abandoned_task()
-            await ensure_time_past(w3, eval_deadline + GRACE)
+            await ensure_time_past(w3, st.reveal_deadline + GRACE)
             res = await w3_.end_abandoned_task()  # a participant may end it too
             pool = p.deposit_wei - p.deposit_wei // 3
             share, rest = pool // 3, pool % 3  # w3 took part in round 1: it counts

@@ -74,7 +74,9 @@ class _Round:
     checked: dict[str, StateDict | None] = field(default_factory=dict)  # address -> valid state or None
     published: list[bytes] = field(default_factory=list)
     owner_at: list[str] = field(default_factory=list)
-    scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position
+    scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position (revealed)
+    score_commits: set[str] = field(default_factory=set)  # evaluators that committed scores
+    commits_closed: bool = False  # every worker committed scores, or the evaluation deadline passed
     excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
     valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)
@@ -366,8 +368,13 @@ class RequesterAgent:
             r.deadline = a["deadline"]
             self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
             r.accuracy = self._spawn(self._test_accuracy(r))
-        elif ev.name == "ScoresSubmitted":
+        elif ev.name == "ScoresCommitted":
+            self.rounds[a["round"]].score_commits.add(a["evaluator"])
+        elif ev.name == "ScoresRevealed":
+            # The contract checked the row against its commitment; reveals open only once
+            # commits closed, so every ScoresCommitted of the round came before this.
             r = self.rounds[a["round"]]
+            r.commits_closed = True
             row = r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
             self._log(
                 "scores_received",
@@ -453,7 +460,16 @@ class RequesterAgent:
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             await self._open(self.rounds[r], forced=True)
         elif what == "evaluation_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            # Commits are closed now; the rows committed so far may still be revealed.
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
+            self.rounds[r].commits_closed = True
+            scored, revealed = await self.client.view("scoredCount"), await self.client.view("revealedCount")
+            if revealed >= scored:
+                await self._settle(self.rounds[r], forced=True)
+            else:
+                self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
+        elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)
 
     # ---------------------------------------------------------------- rounds
@@ -463,7 +479,13 @@ class RequesterAgent:
         if r.phase == "submission":
             if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
                 await self._open(r, forced=False)
-        elif r.phase == "evaluation" and set(r.scores) >= everyone:
+        elif (
+            r.phase == "evaluation"
+            and set(r.scores) >= r.score_commits
+            and (r.commits_closed or r.score_commits >= everyone)
+        ):
+            # Every committed row revealed, once commits closed (all committed, or the
+            # evaluation deadline passed: the timer or a reveal says so).
             await self._settle(r, forced=False)
 
     async def _open(self, r: _Round, *, forced: bool) -> None:
@@ -565,6 +587,7 @@ class RequesterAgent:
                 "evaluation_deadline_passed",
                 round=r.number,
                 missing=sorted(self.names[w] for w in set(self.registered) - set(r.scores)),
+                unrevealed=sorted(self.names[w] for w in r.score_commits - set(r.scores)),
             )
 
     # ---------------------------------------------------------------- the end

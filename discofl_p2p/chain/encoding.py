@@ -1,4 +1,5 @@
-"""The contract's wire formats, as pure functions: commitments and packed scores.
+"""The contract's wire formats, as pure functions: commitments (of models and of
+scores) and packed scores.
 
 Scores travel as one big-endian uint16 per published model: basis points in
 [0, 10000], or ABSTAIN (0xFFFF) for a model the evaluator did not score (one it
@@ -29,6 +30,19 @@ def commitment(contract: str, round_: int, worker: str, model_digest: bytes, sal
         encode(
             ["address", "uint32", "address", "bytes32", "bytes32"],
             [to_canonical_address(contract), round_, to_canonical_address(worker), model_digest, salt],
+        )
+    )
+
+
+def score_commitment(contract: str, round_: int, evaluator: str, salt: bytes, packed_scores: bytes) -> bytes:
+    """keccak256(abi.encode(contract, round, evaluator, salt, scores)): what an evaluator
+    commits before anyone's scores are public, and the contract checks its reveal against."""
+    if len(salt) != 32:
+        raise ValueError("a score commitment's salt must be 32 bytes")
+    return keccak(
+        encode(
+            ["address", "uint32", "address", "bytes32", "bytes"],
+            [to_canonical_address(contract), round_, to_canonical_address(evaluator), salt, packed_scores],
         )
     )
 

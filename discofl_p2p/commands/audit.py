@@ -1,7 +1,8 @@
 """`discofl-p2p audit --contract ADDR`: recompute every settled round from the chain.
 
 Reads the registered workers, each round's published models, every evaluator's
-scores and the settlement (its calldata reveals who submitted which model), then
+revealed scores (a committed row never revealed counts as no evaluation, as the
+requester counts it) and the settlement (its calldata reveals who submitted which model), then
 recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
 one the task was settled with) and, under the Top-K rule, the ranking and rewards the contract
 should have paid. Exit 0 when every round matches, 1 when one does not.
@@ -47,7 +48,7 @@ async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING)
             scores = {
                 e.args["evaluator"]: decode_scores(bytes(e.args["scores"]))
                 for e in events
-                if e.name == "ScoresSubmitted" and e.args["round"] == r
+                if e.name == "ScoresRevealed" and e.args["round"] == r
             }
             audits.append(
                 audit_top_k_round(

@@ -2,9 +2,9 @@
 
 `settle` is the one rule that turns contributions into a ranking and rewards;
 the requester agent and the plain loop both call it. Anyone can audit a task: the
-scores are in ScoresSubmitted events, the mapping of models to workers in the
-settleRound calldata, the payouts in RoundSettled. Under the Top-K rule the ranking
-and the rewards follow from those alone (`audit_top_k_round`).
+scores are in ScoresRevealed events (a row committed and never revealed counts as
+none), the mapping of models to workers in the settleRound calldata, the payouts in
+RoundSettled. Under the Top-K rule the ranking and the rewards follow from those alone (`audit_top_k_round`).
 """
 
 from __future__ import annotations
