@@ -33,6 +33,14 @@ pragma solidity ^0.8.24;
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
 ///      that committed at least one model, as pull credits. A finished task that the
 ///      requester does not close may be closed by anyone after the grace period.
+/// @dev Withholding: the requester may leave a model out of the published list (an
+///      opening it never got, a copy, a model that fails its checks), but it gains
+///      nothing by it: what no round paid never returns to the requester; at close it
+///      is shared equally by the workers that committed a model (only the rounding
+///      remainder, or everything if nobody took part, is refunded). An excluded worker
+///      may post its opening (disputeExclusion) until the evaluation deadline, which
+///      makes the exclusion of a valid opening provable: the audit checks it against
+///      the worker's ModelCommitted commitment and the settlement calldata.
 /// @dev Registration is open to anyone by default; a task deployed allowlistOnly takes
 ///      only addresses the requester allowed (at deployment or with allowWorkers).
 contract DiscoFLTask {
@@ -90,6 +98,7 @@ contract DiscoFLTask {
     error AlreadyRevealed();
     error CommitsStillOpen(uint64 deadline);
     error BadScoreReveal();
+    error NotSubmitted();
     error DeadlinePassed(uint64 deadline);
     error DeadlineNotReached(uint64 deadline);
     error ModelCountMismatch(uint256 expected, uint256 given);
@@ -134,9 +143,13 @@ contract DiscoFLTask {
         uint16[] ranking,
         uint256[] rewards
     );
+    /// @dev `worker` posted the opening of its round commitment: its model is `digest`.
+    event ExclusionDisputed(uint32 indexed round, address indexed worker, bytes32 digest, bytes32 salt);
     event TrainingFinished(uint32 rounds);
     event Withdrawn(address indexed worker, uint256 amount);
-    event TaskClosed(uint256 refund);
+    /// @dev `refund` went back to the requester; each of the `participants` may withdraw
+    ///      `share` (what the rounds left unpaid, in equal parts) on top of its credit.
+    event TaskClosed(uint256 refund, uint32 participants, uint256 share);
     /// @dev Anyone ended the task after the requester stalled in `phase` of `round`:
     ///      each of the `participants` (workers that committed a model) may withdraw
     ///      `share` on top of its credit; the rounding remainder is credited to the
@@ -188,7 +201,7 @@ contract DiscoFLTask {
     uint256 public totalCredited;
     uint256 public totalWithdrawn;
     uint256 public refunded;
-    uint256 public abandonShare; // each participant's share once abandoned
+    uint256 public participantShare; // each participant's share of the rest, once abandoned or closed
 
     mapping(address => bool) public allowed;
 
@@ -373,6 +386,18 @@ contract DiscoFLTask {
         emit ScoresRevealed(round, msg.sender, scores);
     }
 
+    /// @notice A worker whose model is not in the published list posts its opening
+    ///         (digest, salt) until the evaluation deadline, so that anyone can check
+    ///         whether the requester withheld a valid one. Emits only: the check is
+    ///         off-chain (`audit`), and settlement costs nothing more.
+    function disputeExclusion(uint32 round, bytes32 digest, bytes32 salt) external {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        if (block.timestamp > deadline) revert DeadlinePassed(deadline);
+        if (workers[msg.sender].submittedRound != round) revert NotSubmitted();
+        emit ExclusionDisputed(round, msg.sender, digest, salt);
+    }
+
     /// @notice Reveals who submitted which model, verifies every commitment, and credits
     ///         the round's rewards. Allowed once commits closed (every worker committed
     ///         scores, or the evaluation deadline passed) and every committed score row
@@ -474,9 +499,9 @@ contract DiscoFLTask {
     function withdraw() external {
         Worker storage w = workers[msg.sender];
         uint256 amount = w.credit;
-        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) {
+        if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) {
             w.shareClaimed = true;
-            amount += abandonShare;
+            amount += participantShare;
         }
         if (amount == 0) revert NothingToWithdraw();
         w.credit = 0;
@@ -486,11 +511,14 @@ contract DiscoFLTask {
         if (!ok) revert TransferFailed();
     }
 
-    /// @notice Ends the task: before training starts (a cancellation) or after the last
-    ///         round. Everything not credited to a worker goes back to the requester.
-    ///         Only the requester may cancel; anyone may close a finished task once
-    ///         its grace period is over (every round was settled, so what is left is
-    ///         the requester's all the same).
+    /// @notice Ends the task: before training starts (a cancellation: the whole deposit
+    ///         goes back to the requester) or after the last round. Then what the rounds
+    ///         left unpaid (an empty ranking, explicit amounts below the pot) is shared
+    ///         equally by the participants, as on abandonment: the requester decides
+    ///         what is left unpaid, so it must not get it back. Only the rounding
+    ///         remainder (or everything, if nobody took part) is refunded. Only the
+    ///         requester may cancel; anyone may close a finished task once its grace
+    ///         period is over.
     function closeTask() external {
         Phase p = phase;
         if (p != Phase.Registration && p != Phase.Finished) revert WrongPhase(Phase.Finished, p);
@@ -500,9 +528,14 @@ contract DiscoFLTask {
             if (block.timestamp <= until) revert GracePeriodNotOver(until);
         }
         phase = Phase.Closed;
-        uint256 refund = deposit - totalCredited;
+        uint256 rest = deposit - totalCredited;
+        uint256 n = p == Phase.Finished ? participantCount : 0;
+        uint256 share = n == 0 ? 0 : rest / n;
+        participantShare = share;
+        totalCredited += share * n;
+        uint256 refund = rest - share * n;
         refunded = refund;
-        emit TaskClosed(refund);
+        emit TaskClosed(refund, uint32(n), share);
         if (refund != 0) {
             (bool ok, ) = requester.call{value: refund}("");
             if (!ok) revert TransferFailed();
@@ -527,7 +560,7 @@ contract DiscoFLTask {
         uint256 n = participantCount;
         uint256 share = n == 0 ? 0 : rest / n;
         uint256 toRequester = rest - share * n;
-        abandonShare = share;
+        participantShare = share;
         if (toRequester != 0) workers[requester].credit += uint96(toRequester);
         totalCredited = deposit;
         emit TaskAbandoned(p, currentRound, uint32(n), share, toRequester);
@@ -548,7 +581,7 @@ contract DiscoFLTask {
     function withdrawable(address who) external view returns (uint256) {
         Worker storage w = workers[who];
         uint256 amount = w.credit;
-        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) amount += abandonShare;
+        if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) amount += participantShare;
         return amount;
     }
 

@@ -310,5 +310,5 @@ def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
     # recomputes every round from the chain, agrees with what the contract paid.
     for rec in sim.recorder.rounds.values():
         assert all(e not in row for e, row in rec.scores.items()) and len(rec.scores) == n_models
-    audits, _ = run(audit_task(anvil.ws_url, contract))
+    audits = run(audit_task(anvil.ws_url, contract)).rounds
     assert len(audits) == n_rounds and all(a.ok for a in audits)

@@ -126,6 +126,10 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     for a in took_part:
                         awarded[a] += ev.args["share"]
                     awarded[req.account.address] += ev.args["requesterCredit"]
+                elif ev.name == "TaskClosed":  # what the rounds left unpaid, shared by the participants
+                    assert ev.args["participants"] == len(took_part) or ev.args["share"] == 0
+                    for a in took_part if ev.args["participants"] else ():
+                        awarded[a] += ev.args["share"]
             next_block = head + 1
             credits = [await req.withdrawable_of(a) for a in addresses]
             # Conservation: every wei is held, withdrawn or refunded.

@@ -41,7 +41,7 @@ from discofl_p2p.p2p.node import Inbox, P2PNode
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle, tie_order
+from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 log = structlog.get_logger("discofl.requester")
 
@@ -545,9 +545,7 @@ class RequesterAgent:
         everyone = tie_order({self.names[a]: a for a in self.registered})
         contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history)))
         self._honesty_history.append(honesty_record(contrib, matrix))
-        published = set(name_at)
-        for n in everyone:
-            self.streaks[n] = self.streaks.get(n, 0) + 1 if n in published else 0
+        self.streaks = streaks_after(self.streaks, everyone, name_at)
         ranked, rewards = settle(
             contrib,
             name_at,

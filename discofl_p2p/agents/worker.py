@@ -17,9 +17,13 @@ EvaluationOpened(r)  fetch every published model (requester first, then peers th
 ScoresCommitted      once every worker committed its scores, or the evaluation
                      deadline passed (a task of its own watches the chain's clock),
                      reveal its scores.
+                     If its own model is not in the list, it posts its opening on-chain
+                     (disputeExclusion), so that the exclusion can be checked.
 TrainingFinished     withdraw its credit.
-TaskAbandoned        (the requester stalled) withdraw its share, stop.
-TaskClosed           stop.
+TaskAbandoned        (the requester stalled) withdraw its share, stop. Its own watchdog
+                     (`watchdog.py`) ends the task itself once the requester stalled
+                     past the grace period.
+TaskClosed           withdraw its share of what the rounds left unpaid (if any), stop.
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
@@ -42,6 +46,7 @@ from discofl_p2p.agents.behaviors import WorkerBehaviour
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
 from discofl_p2p.agents.identity import sign_binding, verify_binding
 from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
+from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
 from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
 from discofl_p2p.chain.errors import ContractRevert
@@ -84,6 +89,7 @@ class WorkerAgent:
     # tell each other their CIDs over their own direct messages (RING_PROTOCOL).
     ring_peers: tuple[str, ...] = ()
     withdrawn_wei: int = 0
+    watchdog_s: float = WATCHDOG_POLL_S  # how often it checks whether the requester stalled
     w0: bytes | None = None  # fetched from the requester, checked against the contract
     _spec: Spec | None = None
     _binding: str = ""  # its signed peer binding (identity.py)
@@ -102,6 +108,7 @@ class WorkerAgent:
     _commit_seen: asyncio.Event = field(default_factory=asyncio.Event)
     _reveals: set[asyncio.Task[None]] = field(default_factory=set)
     _tg: asyncio.TaskGroup | None = None
+    _salts: dict[int, bytes] = field(default_factory=dict)  # round -> its model commitment's salt
 
     @property
     def address(self) -> str:
@@ -156,6 +163,7 @@ class WorkerAgent:
                 self._tg = tg
                 listener = tg.create_task(self._listen(announcements))
                 ring = tg.create_task(self._listen_ring(ring_inbox)) if ring_inbox else None
+                watchdog = tg.create_task(watch_for_abandonment(self.client, poll_s=self.watchdog_s, agent=self.name))
                 await self._gas(0, self.client.register())
                 try:
                     async for ev in events:
@@ -163,6 +171,7 @@ class WorkerAgent:
                             break
                 finally:
                     listener.cancel()
+                    watchdog.cancel()
                     if ring:
                         ring.cancel()
                     for t in list(self._reveals):  # a task that ended leaves nothing to reveal
@@ -241,6 +250,8 @@ class WorkerAgent:
             await self._withdraw()
             return False
         elif ev.name == "TaskClosed":
+            if ev.args["share"]:
+                await self._withdraw()
             return False
         return True
 
@@ -296,7 +307,7 @@ class WorkerAgent:
         self._own[r] = (cid, state)
         if self.ring_peers and self.behavior.shares_cids:
             await self._tell_ring(r, cid)
-        salt = new_salt()
+        salt = self._salts[r] = new_salt()
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
@@ -330,6 +341,8 @@ class WorkerAgent:
         setup, w0 = self.setup, self._w0()
         cids = [cid_from_digest(bytes(d)) for d in digests]
         own_cid = self._own.get(r, (None, None))[0]
+        if own_cid is not None and own_cid not in cids:
+            await self._dispute(r, own_cid)
         x, y = setup.data.x[self.split.val], setup.data.y[self.split.val]
 
         async def judge(cid: str) -> tuple[StateDict, float] | None:
@@ -367,6 +380,7 @@ class WorkerAgent:
         # (decoded above) are all it needs to aggregate next round.
         await self.node.forget_before(setup.task_id, r)
         self._own = {k: v for k, v in self._own.items() if k >= r}
+        self._salts = {k: v for k, v in self._salts.items() if k > r}
         self._holders = {k: v for k, v in self._holders.items() if k >= r}
         if random.Random(self._seed("announce", r)).random() >= setup.announce_loss:
             holding = {"kind": "holding", "round": r, "worker": self.address, "binding": self._binding}
@@ -406,6 +420,18 @@ class WorkerAgent:
         task = self._tg.create_task(self._reveal(r, packed, salt, deadline))
         self._reveals.add(task)
         task.add_done_callback(self._reveals.discard)
+
+    async def _dispute(self, r: int, cid: str) -> None:
+        """Its model was left out of the published list: it posts its opening on-chain,
+        which proves the exclusion of a valid opening to anyone (`audit`)."""
+        salt = self._salts.get(r)
+        if salt is None:
+            return
+        try:
+            res = await self._gas(r, self.client.dispute_exclusion(r, digest_of(cid), salt))
+            self._log("exclusion_disputed", r, cid=cid, gas=res.gas_used)
+        except ContractRevert as e:
+            log.warning("dispute_refused", worker=self.name, round=r, error=e.name)
 
     async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
         """Reveals its committed scores once commits are closed: every worker committed

@@ -397,6 +397,11 @@ class TaskClient:
     async def reveal_scores(self, round_: int, packed_scores: bytes, salt: bytes) -> TxResult:
         return await self._call("revealScores", round_, packed_scores, salt)
 
+    async def dispute_exclusion(self, round_: int, digest: bytes, salt: bytes) -> TxResult:
+        """Posts the opening of this account's commitment of `round_` (its model was left
+        out of the published list), until the evaluation deadline; `audit` checks it."""
+        return await self._call("disputeExclusion", round_, digest, salt)
+
     async def settle_round(
         self,
         round_: int,

@@ -44,7 +44,7 @@ from discofl_p2p.scenario.runner import build_behaviours, build_setup, worker_na
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle, tie_order
+from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
 """The address the plain loop's commitments are bound to (there is no contract)."""
@@ -165,8 +165,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
         rec.scores = score_matrix(canon, rows)
         contrib = scoring(rec.scores, tie_order(address), ScoringContext(history=tuple(honesty_history)))
         honesty_history.append(honesty_record(contrib, rec.scores))
-        for n in names:
-            streaks[n] = streaks[n] + 1 if n in published else 0
+        streaks = streaks_after(streaks, names, published)
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking, rec.rewards_wei = settle(
             contrib,
