@@ -77,10 +77,20 @@ class _Round:
     scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position (revealed)
     score_commits: set[str] = field(default_factory=set)  # evaluators that committed scores
     commits_closed: bool = False  # every worker committed scores, or the evaluation deadline passed
+    commits_total: int | None = None  # the chain's count of score commitments, read once the deadline passed
     excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
     valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
+
+
+def _reveals_complete(r: _Round, everyone: set[str]) -> bool:
+    """Whether every committed score row of `r` is revealed and no more can be
+    committed: all workers committed, or a reveal was seen (reveals open only once
+    commits close, and every commitment's event comes before them), or the deadline
+    passed and as many reveals were seen as the chain counted commitments."""
+    closed = r.commits_closed or r.score_commits >= everyone or r.commits_total is not None
+    return closed and set(r.scores) >= r.score_commits and len(r.scores) >= (r.commits_total or 0)
 
 
 class OpeningRejected(ValueError):
@@ -461,13 +471,12 @@ class RequesterAgent:
             await self._open(self.rounds[r], forced=True)
         elif what == "evaluation_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
             # Commits are closed now; the rows committed so far may still be revealed.
+            # Commits are closed: it settles (`_advance`) once it has seen as many reveals
+            # as the chain counts commitments; the events may lag the chain, so it
+            # never settles from the chain's counts alone (a row would be missing).
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
-            self.rounds[r].commits_closed = True
-            scored, revealed = await self.client.view("scoredCount"), await self.client.view("revealedCount")
-            if revealed >= scored:
-                await self._settle(self.rounds[r], forced=True)
-            else:
-                self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
+            self.rounds[r].commits_total = await self.client.view("scoredCount")
+            self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
         elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
             await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)
@@ -479,13 +488,7 @@ class RequesterAgent:
         if r.phase == "submission":
             if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
                 await self._open(r, forced=False)
-        elif (
-            r.phase == "evaluation"
-            and set(r.scores) >= r.score_commits
-            and (r.commits_closed or r.score_commits >= everyone)
-        ):
-            # Every committed row revealed, once commits closed (all committed, or the
-            # evaluation deadline passed: the timer or a reveal says so).
+        elif r.phase == "evaluation" and _reveals_complete(r, everyone):
             await self._settle(r, forced=False)
 
     async def _open(self, r: _Round, *, forced: bool) -> None:

@@ -27,7 +27,7 @@ TaskClosed           withdraw its share of what the rounds left unpaid (if any),
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
-model_committed, model_fetched (one per model), scores_committed, scores_revealed,
+model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
 withdrawn.
 """
 
@@ -49,6 +49,7 @@ from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_s
 from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
 from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
+from discofl_p2p.chain.encoding import new_salt as encoding_salt
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
@@ -108,7 +109,7 @@ class WorkerAgent:
     _commit_seen: asyncio.Event = field(default_factory=asyncio.Event)
     _reveals: set[asyncio.Task[None]] = field(default_factory=set)
     _tg: asyncio.TaskGroup | None = None
-    _salts: dict[int, bytes] = field(default_factory=dict)  # round -> its model commitment's salt
+    _salts: dict[int, bytes] = field(default_factory=dict)  # round -> salt of its model committed on-chain
 
     @property
     def address(self) -> str:
@@ -307,7 +308,7 @@ class WorkerAgent:
         self._own[r] = (cid, state)
         if self.ring_peers and self.behavior.shares_cids:
             await self._tell_ring(r, cid)
-        salt = self._salts[r] = new_salt()
+        salt = new_salt()
         c = commitment(self.client.address, r, self.address, digest_of(cid), salt)
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
@@ -316,6 +317,7 @@ class WorkerAgent:
         self._log("opening_sent", r, cid=cid)
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
+            self._salts[r] = salt  # committed: it may dispute an exclusion with it
             self._log("model_committed", r, gas=res.gas_used)
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
@@ -505,5 +507,6 @@ class WorkerAgent:
 def new_salt() -> bytes:
     """A commitment's salt: a secret, so from the OS's CSPRNG, never from the scenario
     seed (anyone holding the scenario file could recompute a seeded salt, then match
-    each commitment to its model and so each worker to its model)."""
-    return secrets.token_bytes(32)
+    each commitment to its model and so each worker to its model). 128 random bits,
+    zero-padded (`encoding.new_salt`)."""
+    return encoding_salt()

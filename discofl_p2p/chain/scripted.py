@@ -10,7 +10,6 @@ import asyncio
 import functools
 import hashlib
 import random
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from web3 import AsyncWeb3
 
 from discofl_p2p.chain.client import TaskClient, TaskParams
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, new_salt, reveal
 from discofl_p2p.chain.limits import FUNDING_WEI
 
 
@@ -67,7 +66,7 @@ async def commit_all(
     out = []
     for w in task.workers:
         a = w.account.address
-        digest, salt = hashlib.sha256(rng.randbytes(64)).digest(), rng.randbytes(32)
+        digest, salt = hashlib.sha256(rng.randbytes(64)).digest(), new_salt(rng)
         c = commitment(task.requester.address, round_, a, digest, salt)
         g = (await w.submit_model(round_, c)).gas_used
         if gas is not None:
@@ -81,9 +80,10 @@ async def score_all(
 ) -> dict[str, list[int]]:
     """Each evaluator commits its packed row of scores, then (commits closed once all
     of them committed, or once the evaluation deadline passed) each reveals it.
-    Salts from `rng` when given (reproducible gas figures), else from `secrets`.
+    Salts as the agents draw them (`encoding.new_salt`), from `rng` when given
+    (reproducible gas figures).
     Returns the gas of each commitScores and revealScores, in evaluator order."""
-    salts = [rng.randbytes(32) if rng else secrets.token_bytes(32) for _ in evaluators]
+    salts = [new_salt(rng) for _ in evaluators]
     gas: dict[str, list[int]] = {"commitScores": [], "revealScores": []}
     for w, row, salt in zip(evaluators, rows, salts, strict=True):
         gas["commitScores"].append((await w.commit_scores(round_, row, salt)).gas_used)
@@ -161,7 +161,7 @@ async def settle_at_scale(
     await _bounded([w.register for w in task.workers])
     await req.start_training()
     rng = random.Random(seed)
-    openings = [(hashlib.sha256(rng.randbytes(32)).digest(), rng.randbytes(32)) for _ in task.workers]
+    openings = [(hashlib.sha256(rng.randbytes(32)).digest(), new_salt(rng)) for _ in task.workers]
 
     async def commit(w: TaskClient, digest: bytes, salt: bytes) -> None:
         await w.submit_model(1, commitment(req.address, 1, w.account.address, digest, salt))
