@@ -15,7 +15,13 @@ rankings and rewards as the full stack (`tests/test_replay.py`):
   scores come too late to count; in `stop` mode it does nothing from its round on;
 - scores go through the chain's encoding (`encode_scores`, basis points) as the
   requester reads them, and the same BlockFlow, Top-K and reward functions settle the
-  round (`trust.settlement.settle`); the final model is built as the requester builds it.
+  round (`trust.settlement.settle`); the final model is built as the requester builds it;
+- commit-reveal of scores decides nothing here: every on-time worker reveals what it
+  committed, and a `copy_median` scorer, which under commit-reveal never sees a row
+  to copy before it must commit, submits its true scores, as in the full stack.
+
+What the close shares out (the pots the rounds left unpaid, split among the workers
+that committed a model) is not in its rewards, nor in the full stack's records.
 
 What it leaves out: the published order (a secret shuffle in the full stack, that
 decides nothing), salts, gas. It also measures each published model's test accuracy,
