@@ -20,11 +20,27 @@ pragma solidity ^0.8.24;
 ///         settlement cheap for many workers.
 ///      During evaluation the chain holds only hiding commitments and a shuffled list,
 ///      so nobody but the requester can tell from the chain who submitted which model.
+/// @dev Scores are committed, then revealed (commit-reveal, as in BlockFlow): until every
+///      worker committed its scores or the evaluation deadline passed, the chain holds
+///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), so a late
+///      evaluator has nobody's scores to copy. Reveals are taken from then until the
+///      reveal deadline (the evaluation deadline plus evaluationPeriod); the contract
+///      checks each against its commitment, so every ScoresRevealed event carries the
+///      scores that were committed blind. A committed score row that is not revealed
+///      counts as no evaluation at all (the evaluator scored nobody: honesty 0).
 /// @dev Liveness: if the requester lets a deadline pass by more than the grace period
 ///      without opening evaluation or settling, anyone may end the task
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
 ///      that committed at least one model, as pull credits. A finished task that the
 ///      requester does not close may be closed by anyone after the grace period.
+/// @dev Withholding: the requester may leave a model out of the published list (an
+///      opening it never got, a copy, a model that fails its checks), but it gains
+///      nothing by it: what no round paid never returns to the requester; at close it
+///      is shared equally by the workers that committed a model (only the rounding
+///      remainder, or everything if nobody took part, is refunded). An excluded worker
+///      may post its opening (disputeExclusion) until the evaluation deadline, which
+///      makes the exclusion of a valid opening provable: the audit checks it against
+///      the worker's ModelCommitted commitment and the settlement calldata.
 /// @dev Registration is open to anyone by default; a task deployed allowlistOnly takes
 ///      only addresses the requester allowed (at deployment or with allowWorkers).
 contract DiscoFLTask {
@@ -50,9 +66,10 @@ contract DiscoFLTask {
         bool registered;
         uint16 index; // registration order, 0-based
         uint32 submittedRound;
-        uint32 scoredRound;
+        uint32 scoredRound; // the last round it committed scores in
         uint96 credit; // withdrawable wei
         bool shareClaimed; // its share of an abandoned task was added to a withdrawal
+        uint32 revealedRound; // the last round it revealed its scores in
     }
 
     // ------------------------------------------------------------------ errors
@@ -77,6 +94,11 @@ contract DiscoFLTask {
     error NoWorkers();
     error AlreadySubmitted();
     error AlreadyScored();
+    error NotCommitted();
+    error AlreadyRevealed();
+    error CommitsStillOpen(uint64 deadline);
+    error BadScoreReveal();
+    error NotSubmitted();
     error DeadlinePassed(uint64 deadline);
     error DeadlineNotReached(uint64 deadline);
     error ModelCountMismatch(uint256 expected, uint256 given);
@@ -109,7 +131,9 @@ contract DiscoFLTask {
     event RoundStarted(uint32 indexed round, uint64 deadline);
     event ModelCommitted(uint32 indexed round, address indexed worker, bytes32 commitment);
     event EvaluationOpened(uint32 indexed round, bytes32[] models, uint64 deadline);
-    event ScoresSubmitted(uint32 indexed round, address indexed evaluator, bytes scores);
+    event ScoresCommitted(uint32 indexed round, address indexed evaluator, bytes32 commitment);
+    /// @dev `scores` match the evaluator's ScoresCommitted commitment (checked here).
+    event ScoresRevealed(uint32 indexed round, address indexed evaluator, bytes scores);
     /// @dev rankedOwners[i] owns the model at position ranking[i] and earned rewards[i].
     ///      The full mapping (every submitter's position, NOT_OPENED = excluded) is in
     ///      the settleRound calldata, which anyone can read back and re-verify.
@@ -119,9 +143,13 @@ contract DiscoFLTask {
         uint16[] ranking,
         uint256[] rewards
     );
+    /// @dev `worker` posted the opening of its round commitment: its model is `digest`.
+    event ExclusionDisputed(uint32 indexed round, address indexed worker, bytes32 digest, bytes32 salt);
     event TrainingFinished(uint32 rounds);
     event Withdrawn(address indexed worker, uint256 amount);
-    event TaskClosed(uint256 refund);
+    /// @dev `refund` went back to the requester; each of the `participants` may withdraw
+    ///      `share` (what the rounds left unpaid, in equal parts) on top of its credit.
+    event TaskClosed(uint256 refund, uint32 participants, uint256 share);
     /// @dev Anyone ended the task after the requester stalled in `phase` of `round`:
     ///      each of the `participants` (workers that committed a model) may withdraw
     ///      `share` on top of its credit; the rounding remainder is credited to the
@@ -165,18 +193,27 @@ contract DiscoFLTask {
     uint32 public scoredCount;
     uint32 public modelCount;
     uint16 public participantCount; // workers that committed a model; packed with the above
+    uint64 public revealDeadline; // the last second reveals of the round's scores are taken
+    uint32 public revealedCount; // score commitments revealed this round
+    /// @dev Every wei credited so far (<= deposit < 2^96). Packed with the two fields
+    ///      above, whose slot the first openEvaluation already wrote: the first
+    ///      settlement then updates a nonzero slot (5k gas) instead of a zero one (22k).
+    uint96 public totalCredited;
     bytes32 public modelListHash;
     bytes32 public commitmentAccumulator;
 
-    uint256 public totalCredited;
     uint256 public totalWithdrawn;
     uint256 public refunded;
-    uint256 public abandonShare; // each participant's share once abandoned
+    uint256 public participantShare; // each participant's share of the rest, once abandoned or closed
 
     mapping(address => bool) public allowed;
 
     mapping(address => Worker) public workers;
-    address[] public workerList;
+    /// @dev Each worker's score commitment of the round it last committed in; kept
+    ///      (overwritten next round, not cleared) so that a round costs 5k, not 20k.
+    mapping(address => bytes32) public scoreCommitment;
+    // No list of workers in storage: the WorkerRegistered events name them all, and a
+    // list would cost every registration a fresh slot (about 27k gas).
 
     // ------------------------------------------------------------------ setup
 
@@ -263,7 +300,6 @@ contract DiscoFLTask {
         w.registered = true;
         w.index = uint16(n);
         workerCount = n + 1;
-        workerList.push(msg.sender);
         emit WorkerRegistered(msg.sender, uint16(n));
     }
 
@@ -307,30 +343,68 @@ contract DiscoFLTask {
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
+        revealDeadline = evalDeadline + evaluationPeriod; // both <= MAX_PERIOD: no overflow
         emit EvaluationOpened(round, models, evalDeadline);
     }
 
-    /// @param scores one big-endian uint16 per published model, in published order:
-    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
-    ///        Kept in calldata and the event only: about 16 gas per score.
-    function submitScores(uint32 round, bytes calldata scores) external {
+    /// @notice Commits the caller's scores of the round's published models, blind:
+    ///         `commitment` = keccak256(abi.encode(this, round, evaluator, salt, scores))
+    ///         (see revealScores for `scores`). Taken until the evaluation deadline.
+    function commitScores(uint32 round, bytes32 commitment) external {
         _inPhase(Phase.Evaluation);
         _atRound(round);
         if (block.timestamp > deadline) revert DeadlinePassed(deadline);
         Worker storage w = workers[msg.sender];
         if (!w.registered) revert NotRegistered();
         if (w.scoredRound == round) revert AlreadyScored();
+        w.scoredRound = round;
+        scoreCommitment[msg.sender] = commitment;
+        scoredCount += 1;
+        emit ScoresCommitted(round, msg.sender, commitment);
+    }
+
+    /// @notice Reveals the scores the caller committed this round. Taken once commits
+    ///         closed (every worker committed, or the evaluation deadline passed) and
+    ///         until the reveal deadline.
+    /// @param scores one big-endian uint16 per published model, in published order:
+    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
+    ///        Kept in calldata and the event only: about 16 gas per score.
+    function revealScores(uint32 round, bytes calldata scores, bytes32 salt) external {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        uint64 d = deadline;
+        if (scoredCount < workerCount && block.timestamp <= d) revert CommitsStillOpen(d);
+        if (block.timestamp > revealDeadline) revert DeadlinePassed(revealDeadline);
+        Worker storage w = workers[msg.sender];
+        if (w.scoredRound != round) revert NotCommitted();
+        if (w.revealedRound == round) revert AlreadyRevealed();
         if (scores.length != 2 * uint256(modelCount)) {
             revert BadScoresLength(2 * uint256(modelCount), scores.length);
         }
-        w.scoredRound = round;
-        scoredCount += 1;
-        emit ScoresSubmitted(round, msg.sender, scores);
+        if (keccak256(abi.encode(address(this), round, msg.sender, salt, scores)) != scoreCommitment[msg.sender]) {
+            revert BadScoreReveal();
+        }
+        w.revealedRound = round;
+        revealedCount += 1;
+        emit ScoresRevealed(round, msg.sender, scores);
+    }
+
+    /// @notice A worker whose model is not in the published list posts its opening
+    ///         (digest, salt) until the evaluation deadline, so that anyone can check
+    ///         whether the requester withheld a valid one. Emits only: the check is
+    ///         off-chain (`audit`), and settlement costs nothing more.
+    function disputeExclusion(uint32 round, bytes32 digest, bytes32 salt) external {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        if (block.timestamp > deadline) revert DeadlinePassed(deadline);
+        if (workers[msg.sender].submittedRound != round) revert NotSubmitted();
+        emit ExclusionDisputed(round, msg.sender, digest, salt);
     }
 
     /// @notice Reveals who submitted which model, verifies every commitment, and credits
-    ///         the round's rewards. Allowed once every worker scored, or once the
-    ///         evaluation deadline passed.
+    ///         the round's rewards. Allowed once commits closed (every worker committed
+    ///         scores, or the evaluation deadline passed) and every committed score row
+    ///         was revealed, or else once the reveal deadline passed.
     /// @param models     the list published by openEvaluation, in the same order
     /// @param submitters every submitter of the round, in submission (event) order
     /// @param positions  positions[i]: where submitters[i]'s model stands in `models`,
@@ -350,9 +424,7 @@ contract DiscoFLTask {
     ) external onlyRequester {
         _inPhase(Phase.Evaluation);
         _atRound(round);
-        if (scoredCount < workerCount && block.timestamp <= deadline) {
-            revert DeadlineNotReached(deadline);
-        }
+        _checkSettleable();
         uint256 n = models.length;
         uint256 m = submitters.length;
         if (n != modelCount) revert ModelCountMismatch(modelCount, n);
@@ -403,7 +475,7 @@ contract DiscoFLTask {
             }
             rankedOwners[i] = who;
         }
-        totalCredited += credited;
+        totalCredited += uint96(credited);
         emit RoundSettled(round, rankedOwners, ranking, rewards);
 
         if (round == rounds) {
@@ -415,6 +487,14 @@ contract DiscoFLTask {
         }
     }
 
+    /// @dev Reverts unless the round's scores are final: commits closed and every
+    ///      committed row revealed, or the reveal deadline passed.
+    function _checkSettleable() private view {
+        if (block.timestamp > revealDeadline) return;
+        if (scoredCount < workerCount && block.timestamp <= deadline) revert DeadlineNotReached(deadline);
+        if (revealedCount < scoredCount) revert DeadlineNotReached(revealDeadline);
+    }
+
     // ------------------------------------------------------------------ money
 
     /// @notice Pays the caller its credit and, once the task was abandoned, its share
@@ -422,9 +502,9 @@ contract DiscoFLTask {
     function withdraw() external {
         Worker storage w = workers[msg.sender];
         uint256 amount = w.credit;
-        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) {
+        if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) {
             w.shareClaimed = true;
-            amount += abandonShare;
+            amount += participantShare;
         }
         if (amount == 0) revert NothingToWithdraw();
         w.credit = 0;
@@ -434,11 +514,14 @@ contract DiscoFLTask {
         if (!ok) revert TransferFailed();
     }
 
-    /// @notice Ends the task: before training starts (a cancellation) or after the last
-    ///         round. Everything not credited to a worker goes back to the requester.
-    ///         Only the requester may cancel; anyone may close a finished task once
-    ///         its grace period is over (every round was settled, so what is left is
-    ///         the requester's all the same).
+    /// @notice Ends the task: before training starts (a cancellation: the whole deposit
+    ///         goes back to the requester) or after the last round. Then what the rounds
+    ///         left unpaid (an empty ranking, explicit amounts below the pot) is shared
+    ///         equally by the participants, as on abandonment: the requester decides
+    ///         what is left unpaid, so it must not get it back. Only the rounding
+    ///         remainder (or everything, if nobody took part) is refunded. Only the
+    ///         requester may cancel; anyone may close a finished task once its grace
+    ///         period is over.
     function closeTask() external {
         Phase p = phase;
         if (p != Phase.Registration && p != Phase.Finished) revert WrongPhase(Phase.Finished, p);
@@ -448,9 +531,14 @@ contract DiscoFLTask {
             if (block.timestamp <= until) revert GracePeriodNotOver(until);
         }
         phase = Phase.Closed;
-        uint256 refund = deposit - totalCredited;
+        uint256 rest = deposit - totalCredited;
+        uint256 n = p == Phase.Finished ? participantCount : 0;
+        uint256 share = n == 0 ? 0 : rest / n;
+        participantShare = share;
+        totalCredited += uint96(share * n);
+        uint256 refund = rest - share * n;
         refunded = refund;
-        emit TaskClosed(refund);
+        emit TaskClosed(refund, uint32(n), share);
         if (refund != 0) {
             (bool ok, ) = requester.call{value: refund}("");
             if (!ok) revert TransferFailed();
@@ -475,28 +563,28 @@ contract DiscoFLTask {
         uint256 n = participantCount;
         uint256 share = n == 0 ? 0 : rest / n;
         uint256 toRequester = rest - share * n;
-        abandonShare = share;
+        participantShare = share;
         if (toRequester != 0) workers[requester].credit += uint96(toRequester);
-        totalCredited = deposit;
+        totalCredited = uint96(deposit);
         emit TaskAbandoned(p, currentRound, uint32(n), share, toRequester);
     }
 
     // ------------------------------------------------------------------ views
 
     /// @notice When the grace period of the current phase ends: the submission or
-    ///         evaluation deadline (or the time the last round settled) plus
-    ///         gracePeriod; 0 where none runs (registration, closed, abandoned).
+    ///         reveal deadline (or the time the last round settled) plus gracePeriod;
+    ///         0 where none runs (registration, closed, abandoned).
     function graceEnd() public view returns (uint256) {
         Phase p = phase;
         if (p != Phase.Submission && p != Phase.Evaluation && p != Phase.Finished) return 0;
-        return uint256(deadline) + gracePeriod;
+        return uint256(p == Phase.Evaluation ? revealDeadline : deadline) + gracePeriod;
     }
 
     /// @notice What withdraw() would pay `who` now.
     function withdrawable(address who) external view returns (uint256) {
         Worker storage w = workers[who];
         uint256 amount = w.credit;
-        if (w.submittedRound != 0 && !w.shareClaimed && phase == Phase.Abandoned) amount += abandonShare;
+        if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) amount += participantShare;
         return amount;
     }
 
@@ -580,15 +668,12 @@ contract DiscoFLTask {
         phase = Phase.Submission;
         submittedCount = 0;
         scoredCount = 0;
+        revealedCount = 0;
         modelCount = 0;
         commitmentAccumulator = bytes32(uint256(round)); // nonzero: no 20k first write
         uint64 d = uint64(block.timestamp) + submissionPeriod;
         deadline = d;
         emit RoundStarted(round, d);
-    }
-
-    function getWorkers() external view returns (address[] memory) {
-        return workerList;
     }
 
     function heldBalance() external view returns (uint256) {

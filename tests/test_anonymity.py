@@ -1,7 +1,7 @@
 """Authorship during evaluation: can a chain observer link an evaluator to its model?
 
 While evaluation is open, the chain shows each round's published list (EvaluationOpened)
-and each evaluator's row of scores (ScoresSubmitted), and nothing else about who wrote
+and each evaluator's revealed row of scores (ScoresRevealed), and nothing else about who wrote
 which model. The observer here tries, for each evaluator's row, to point at the
 evaluator's own model by one strategy at a time. Ground truth comes from the
 settleRound calldata, which reveals the mapping only once the round is over.
@@ -230,7 +230,7 @@ count = 8
 
 async def _observe(ws_url: str, contract: str) -> tuple[dict, dict, dict]:
     """What the chain says: per round, the published digests (EvaluationOpened) and each
-    evaluator's row (ScoresSubmitted); and, as ground truth only, each submitter's
+    evaluator's row (ScoresRevealed); and, as ground truth only, each submitter's
     position from the settleRound calldata."""
     w3 = await connect(ws_url)
     try:
@@ -241,7 +241,7 @@ async def _observe(ws_url: str, contract: str) -> tuple[dict, dict, dict]:
         for ev in await c.past_events():
             if ev.name == "EvaluationOpened":
                 published[ev.args["round"]] = list(ev.args["models"])
-            elif ev.name == "ScoresSubmitted":
+            elif ev.name == "ScoresRevealed":
                 rows[(ev.args["round"], ev.args["evaluator"])] = decode_scores(bytes(ev.args["scores"]))
             elif ev.name == "RoundSettled":
                 tx = await w3.eth.get_transaction(ev.tx_hash)  # type: ignore[arg-type]
@@ -310,5 +310,5 @@ def test_a_chain_observer_cannot_link_evaluators_to_their_models(anvil):
     # recomputes every round from the chain, agrees with what the contract paid.
     for rec in sim.recorder.rounds.values():
         assert all(e not in row for e, row in rec.scores.items()) and len(rec.scores) == n_models
-    audits, _ = run(audit_task(anvil.ws_url, contract))
+    audits = run(audit_task(anvil.ws_url, contract)).rounds
     assert len(audits) == n_rounds and all(a.ok for a in audits)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.encoding import encode_scores, reveal
-from discofl_p2p.chain.scripted import commit_all, deploy_and_register
+from discofl_p2p.chain.scripted import commit_all, deploy_and_register, score_all
 from discofl_p2p.commands.audit import audit_task
 from discofl_p2p.trust.rewards import top_k_rewards
 from discofl_p2p.trust.settlement import audit_top_k_round
@@ -39,8 +40,8 @@ def _play(anvil, dishonest: bool) -> str:
             subs = await commit_all(task, 1, random.Random(1))
             digests = [s.digest for s in subs]
             await req.open_evaluation(1, digests)
-            for i, w in enumerate(task.workers):
-                await w.submit_scores(1, encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]))
+            rows = [encode_scores([None if j == i else (j + 1) / 5 for j in range(4)]) for i in range(4)]
+            await score_all(task.workers, 1, rows)
             ranking = [0, 1, 2] if dishonest else [3, 2, 1]
             await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), ranking)
             return req.address
@@ -53,8 +54,10 @@ def _play(anvil, dishonest: bool) -> str:
 def test_audit_on_chain_accepts_an_honest_requester_and_catches_a_dishonest_one(anvil):
     for dishonest in (False, True):
         contract = _play(anvil, dishonest)
-        (audit,), rule = run(audit_task(anvil.ws_url, contract))
-        assert rule == "TOP_K"
+        task = run(audit_task(anvil.ws_url, contract))
+        (audit,), rule = task.rounds, task.rule
+        assert rule == "TOP_K" and task.unsettled == []
+        assert (audit.excluded, audit.withheld, audit.unpaid) == ([], [], 0)
         assert audit.expected_rewards == top_k_rewards(10**18, 3)
         assert audit.ok is (not dishonest)
         # Worker 4's model is worth most to everyone: it must be ranked first.
@@ -104,8 +107,7 @@ def test_an_honest_requester_passes_the_audit_when_ties_are_broken_whatever_the_
             await req.open_evaluation(1, digests)
             owners = [s.worker for s in subs]
             rows = {w.account.address: [None if o == w.account.address else 0.5 for o in owners] for w in task.workers}
-            for w in task.workers:
-                await w.submit_scores(1, encode_scores(rows[w.account.address]))
+            await score_all(task.workers, 1, [encode_scores(rows[w.account.address]) for w in task.workers])
             contrib = contribution_scores(score_matrix(owners, rows), tie_order({o: o for o in owners}))
             ranked, _ = settle(contrib, owners, {}, policy="top_k", top_k=4, pot=ETH, floor=0.0, bonus=0.0)
             assert ranked != owners  # registration order would rank otherwise
@@ -116,5 +118,112 @@ def test_an_honest_requester_passes_the_audit_when_ties_are_broken_whatever_the_
         finally:
             await w3.provider.disconnect()
 
-    (audit,), _ = run(audit_task(anvil.ws_url, run(go())))
+    (audit,) = run(audit_task(anvil.ws_url, run(go()))).rounds
     assert audit.ok, (audit.expected_ranking, audit.paid_ranking)
+
+
+def test_a_requester_that_withholds_every_model_keeps_nothing_and_the_audit_proves_it(anvil):
+    """The demonstrated attack: publish [], pass every submitter NOT_OPENED, rank nobody.
+    Before, the whole deposit went back to the requester and the audit said ok. Now the
+    workers post their openings (disputeExclusion), the unpaid pot is shared by them at
+    close (the requester gets only the rounding remainder), and the audit fails,
+    naming every withheld valid opening."""
+    from discofl_p2p.chain.devchain import advance_time
+
+    deposit = 10**18 + 1  # not a multiple of 3: a rounding remainder of 2 wei
+
+    async def go() -> tuple[str, dict[str, int], int]:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=1, top_k=3, max_workers=3, deposit_wei=deposit)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=90)
+            req = task.requester
+            subs = await commit_all(task, 1, random.Random(4))
+            await req.open_evaluation(1, [])
+            for w, s in zip(task.workers, subs, strict=True):
+                await w.dispute_exclusion(1, s.digest, s.salt)
+            await advance_time(w3, 2 * p.evaluation_period_s + 1)  # nobody scores: past the reveal deadline
+            await req.settle_round(1, [], *reveal(req.address, 1, [replace(s, salt=None) for s in subs], []), [])
+            closed = (await req.close_task()).events[0]
+            paid = {w.account.address: (await w.withdraw()).events[0].args["amount"] for w in task.workers}
+            return req.address, paid, closed.args["refund"]
+        finally:
+            await w3.provider.disconnect()
+
+    contract, paid, refund = run(go())
+    assert refund == deposit % 3 == 2
+    assert set(paid.values()) == {deposit // 3}
+    task = run(audit_task(anvil.ws_url, contract))
+    (audit,) = task.rounds
+    assert sorted(audit.excluded) == sorted(audit.withheld) == sorted(paid) and audit.unpaid == deposit
+    assert not audit.ok and not task.ok
+    assert (task.closed, task.refund, task.participant_share) == (True, 2, deposit // 3)
+
+
+def test_a_dispute_of_a_copy_is_no_proof_of_withholding(anvil):
+    """A worker that copied another's model is left out rightly (one model, one
+    owner); its opening is valid, but it names a listed model: not withheld."""
+    from discofl_p2p.chain.encoding import Submission, commitment
+
+    async def go() -> str:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=1, top_k=2, max_workers=2, deposit_wei=10**18)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 2, seed=91)
+            req, (w1, w2) = task.requester, task.workers
+            (original,) = await commit_all(replace(task, workers=[w1]), 1, random.Random(5))
+            salt = b"\x05" * 32
+            c2 = commitment(req.address, 1, w2.account.address, original.digest, salt)
+            await w2.submit_model(1, c2)
+            copy = Submission(w2.account.address, c2, original.digest, salt)
+            await req.open_evaluation(1, [original.digest])
+            await w2.dispute_exclusion(1, original.digest, salt)
+            await score_all(task.workers, 1, [encode_scores([None]), encode_scores([0.9])])
+            subs = [original, replace(copy, salt=None)]
+            await req.settle_round(1, [original.digest], *reveal(req.address, 1, subs, [original.digest]), [0])
+            return req.address
+        finally:
+            await w3.provider.disconnect()
+
+    (audit,) = run(audit_task(anvil.ws_url, run(go()))).rounds
+    assert len(audit.excluded) == 1 and audit.withheld == [] and audit.ok
+
+
+def test_the_audit_checks_the_amounts_of_an_explicit_policy_through_settle(anvil):
+    """Under the Explicit rule the requester posts the amounts: the audit recomputes them
+    with `settle` (here the proportional policy) and catches amounts that differ."""
+    from discofl_p2p.chain.client import RewardRule
+    from discofl_p2p.trust.blockflow import contribution_scores, score_matrix
+    from discofl_p2p.trust.settlement import settle, tie_order
+
+    def play(dishonest: bool) -> str:
+        async def go() -> str:
+            w3 = await connect(anvil.ws_url)
+            try:
+                p = TaskParams(rounds=1, top_k=3, max_workers=3, deposit_wei=10**18, rule=RewardRule.EXPLICIT)
+                task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=92 + dishonest)
+                req = task.requester
+                subs = await commit_all(task, 1, random.Random(6))
+                digests = [s.digest for s in subs]
+                await req.open_evaluation(1, digests)
+                owners = [s.worker for s in subs]
+                rows = {o: [None if j == i else (j + 2) / 5 for j in range(3)] for i, o in enumerate(owners)}
+                await score_all(task.workers, 1, [encode_scores(rows[w.account.address]) for w in task.workers])
+                contrib = contribution_scores(score_matrix(owners, rows), tie_order({o: o for o in owners}))
+                ranked, rewards = settle(
+                    contrib, owners, {}, policy="proportional", top_k=3, pot=10**18, floor=0.0, bonus=0.0
+                )
+                amounts = [rewards[o] for o in ranked]
+                if dishonest:
+                    amounts[0], amounts[-1] = amounts[0] - 10**15, amounts[-1] + 10**15
+                positions = [owners.index(o) for o in ranked]
+                await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), positions, amounts)
+                return req.address
+            finally:
+                await w3.provider.disconnect()
+
+        return run(go())
+
+    for dishonest in (False, True):
+        task = run(audit_task(anvil.ws_url, play(dishonest), policy="proportional"))
+        assert task.rule == "EXPLICIT" and task.ok is (not dishonest)

@@ -44,10 +44,13 @@ def _row(out: str, label: str, *, last: bool = False) -> str:
     return rows[-1] if last else rows[0]
 
 
+ROUND_CALLS = ("deploy", "register", "submitModel", "openEvaluation", "commitScores", "revealScores", "settleRound")
+
+
 @pytest.mark.slow
 def test_bench_gas_quick_prints_every_call(anvil):
     out = _bench("gas", "--rounds", "1", "--rpc-url", anvil.rpc_url)
-    for call in ("deploy", "register", "submitModel", "openEvaluation", "submitScores", "settleRound", "withdraw"):
+    for call in (*ROUND_CALLS, "withdraw"):
         gas = re.search(rf"│\s*({NUMBER})\s*│", _row(out, call))
         assert gas and int(gas.group(1).replace(",", "")) > 21_000, _row(out, call)
     assert "per worker per round, W = 6" in out
@@ -57,8 +60,9 @@ def test_bench_gas_json_names_the_fork_and_every_call(anvil):
     figures = json.loads(_bench("gas", "--rounds", "1", "--json", "--rpc-url", anvil.rpc_url))
     assert figures["fork"] == (run(_node_info(anvil.ws_url)))["hardFork"]
     calls = figures["calls"]["6"]
-    assert set(calls) >= {"deploy", "register", "submitModel", "openEvaluation", "submitScores", "settleRound"}
+    assert set(calls) >= set(ROUND_CALLS)
     assert all(isinstance(g, int) and g > 21_000 for g in calls.values())
+    assert calls["workerPerRound"] == calls["submitModel"] + calls["commitScores"] + calls["revealScores"]
 
 
 async def _node_info(ws_url: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from discofl_p2p.chain.client import LOG_RANGE, ChainEvent, Phase, TaskClient, T
 from discofl_p2p.chain.devchain import derive_account, ensure_time_past, fund, is_anvil
 from discofl_p2p.chain.encoding import Submission, encode_scores, reveal
 from discofl_p2p.chain.limits import ETH, FUNDING_WEI
-from discofl_p2p.chain.scripted import ScriptedTask, commit_all, deploy_and_register, play_round
+from discofl_p2p.chain.scripted import ScriptedTask, commit_all, deploy_and_register, play_round, score_all
 from tests.conftest import run
 
 GWEI = 10**9
@@ -177,8 +177,7 @@ async def _open(task: ScriptedTask, subs: list[Submission]) -> list[bytes]:
 
 
 async def _score(task: ScriptedTask, subs: list[Submission]) -> None:
-    for w, own in zip(task.workers, subs):
-        await w.submit_scores(1, encode_scores([None if s is own else 0.5 for s in subs]))
+    await score_all(task.workers, 1, [encode_scores([None if s is own else 0.5 for s in subs]) for own in subs])
 
 
 async def _settle(task: ScriptedTask, subs: list[Submission], models: list[bytes]) -> None:
@@ -186,7 +185,11 @@ async def _settle(task: ScriptedTask, subs: list[Submission], models: list[bytes
 
 
 ROUND_EVENTS = (
-    ["ModelCommitted"] * 3 + ["EvaluationOpened"] + ["ScoresSubmitted"] * 3 + ["RoundSettled", "TrainingFinished"]
+    ["ModelCommitted"] * 3
+    + ["EvaluationOpened"]
+    + ["ScoresCommitted"] * 3
+    + ["ScoresRevealed"] * 3
+    + ["RoundSettled", "TrainingFinished"]
 )
 
 
@@ -259,7 +262,7 @@ def test_stream_reconnects_after_its_websocket_drops(chain):
 
                 await _score(task, subs)
                 proxy.drop(clean=False)
-                got += [await _next(stream) for _ in range(3)]
+                got += [await _next(stream) for _ in range(6)]  # 3 commits, 3 reveals
                 await _settle(task, subs, models)
                 got += [await _next(stream) for _ in range(2)]
                 assert proxy.connections >= 4

@@ -25,6 +25,7 @@ from discofl_p2p.chain.encoding import (
     decode_scores,
     encode_scores,
     reveal,
+    score_commitment,
 )
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import (
@@ -36,7 +37,7 @@ from discofl_p2p.chain.limits import (
     MAX_WORKERS,
     MIN_GRACE_PERIOD_S,
 )
-from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round
+from discofl_p2p.chain.scripted import commit_all, deploy_and_register, play_round, score_all
 from discofl_p2p.trust.rewards import round_pot, top_k_rewards
 from tests.conftest import run
 
@@ -199,7 +200,8 @@ def test_event_stream_delivers_every_event_in_order(anvil):
                 + ["TrainingStarted", "RoundStarted"]
                 + ["ModelCommitted"] * 3
                 + ["EvaluationOpened"]
-                + ["ScoresSubmitted"] * 3
+                + ["ScoresCommitted"] * 3
+                + ["ScoresRevealed"] * 3
                 + ["RoundSettled", "TrainingFinished"]
             )
         finally:
@@ -371,7 +373,9 @@ def test_withdraw_to_a_worker_that_rejects_eth_reverts_transfer_failed_and_keeps
             c = commitment(req.address, 1, worker_addr, digest, salt)
             await as_worker("submitModel", 1, c)
             await req.open_evaluation(1, [digest])
-            await as_worker("submitScores", 1, encode_scores([None]))
+            row, row_salt = encode_scores([0.5]), b"\x0c" * 32
+            await as_worker("commitScores", 1, score_commitment(req.address, 1, worker_addr, row_salt, row))
+            await as_worker("revealScores", 1, row, row_salt)
             sub = [Submission(worker_addr, c, digest, salt)]
             await req.settle_round(1, [digest], *reveal(req.address, 1, sub, [digest]), [0])
             assert await req.credit_of(worker_addr) == p.deposit_wei
@@ -441,8 +445,9 @@ def test_access_rules(anvil):
                 await w1.open_evaluation(1, [digest])
             with _reverts("DeadlineNotReached"):
                 await req.open_evaluation(1, [digest])  # w2, w3 have not submitted yet
+            row, row_salt = encode_scores([0.5]), b"\x03" * 32
             with _reverts("WrongPhase"):
-                await w1.submit_scores(1, encode_scores([None]))
+                await w1.commit_scores(1, row, row_salt)
             with _reverts("WrongPhase"):
                 await req.close_task()  # training is running
             with _reverts("WrongPhase"):
@@ -456,13 +461,13 @@ def test_access_rules(anvil):
             with _reverts("ModelCountMismatch"):
                 await req.open_evaluation(1, [digest, digest])
             await req.open_evaluation(1, [digest])
-            with _reverts("BadScoresLength"):
-                await w2.submit_scores(1, encode_scores([0.5, 0.5]))
             with _reverts("NotRegistered"):
-                await outsider.submit_scores(1, encode_scores([0.5]))
-            await w2.submit_scores(1, encode_scores([0.5]))
+                await outsider.commit_scores(1, row, row_salt)
+            await w2.commit_scores(1, row, row_salt)
             with _reverts("AlreadyScored"):
-                await w2.submit_scores(1, encode_scores([0.5]))
+                await w2.commit_scores(1, row, row_salt)
+            with _reverts("CommitsStillOpen"):
+                await w2.reveal_scores(1, row, row_salt)  # w1, w3 may still commit: nothing public yet
             sub = [Submission(w1.account.address, c1, digest, salt)]
             args = reveal(req.address, 1, sub, [digest])
             with _reverts("NotRequester"):
@@ -471,7 +476,18 @@ def test_access_rules(anvil):
                 await req.settle_round(1, [digest], *args, [0])  # w1, w3 have not scored
             await advance_time(w3, p.evaluation_period_s + 1)
             with _reverts("DeadlinePassed"):
-                await w3_.submit_scores(1, encode_scores([0.5]))
+                await w3_.commit_scores(1, row, row_salt)
+            with _reverts("NotCommitted"):
+                await w3_.reveal_scores(1, row, row_salt)
+            with _reverts("BadScoresLength"):
+                await w2.reveal_scores(1, encode_scores([0.5, 0.5]), row_salt)
+            with _reverts("BadScoreReveal"):
+                await w2.reveal_scores(1, encode_scores([0.6]), row_salt)  # not what it committed
+            with _reverts("DeadlineNotReached"):
+                await req.settle_round(1, [digest], *args, [0])  # w2 has not revealed yet
+            await w2.reveal_scores(1, row, row_salt)
+            with _reverts("AlreadyRevealed"):
+                await w2.reveal_scores(1, row, row_salt)
             with _reverts("RankingTooLong"):
                 await req.settle_round(1, [digest], *args, [0, 0, 0])
             with _reverts("BadRanking"):
@@ -521,8 +537,7 @@ async def _round_to_settlement(task, rng):
     models = [s.digest for s in subs]
     rng.shuffle(models)
     await req.open_evaluation(1, models)
-    for w in task.workers:
-        await w.submit_scores(1, encode_scores([0.9] * len(models)))
+    await score_all(task.workers, 1, [encode_scores([0.9] * len(models))] * len(task.workers))
     return subs, models
 
 
@@ -603,8 +618,7 @@ def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
             subs[1] = Submission(subs[1].worker, subs[1].commitment)  # never sent its opening
             models = [subs[2].digest, subs[0].digest]
             await req.open_evaluation(1, models)
-            for w in task.workers:
-                await w.submit_scores(1, encode_scores([0.5, 0.5]))
+            await score_all(task.workers, 1, [encode_scores([0.5, 0.5])] * 3)
             submitters, positions, openings = reveal(req.address, 1, subs, models)
             assert positions == [1, NOT_OPENED, 0]
             with _reverts("BadRanking"):
@@ -631,13 +645,58 @@ def test_round_settles_after_deadline_with_missing_workers(anvil):
             await w1.submit_model(1, c)
             await advance_time(w3, p.submission_period_s + 1)
             await req.open_evaluation(1, [d])
-            await w2.submit_scores(1, encode_scores([0.8]))
+            await w2.commit_scores(1, encode_scores([0.8]), b"\x09" * 32)
             await advance_time(w3, p.evaluation_period_s + 1)
+            await w2.reveal_scores(1, encode_scores([0.8]), b"\x09" * 32)  # the only committer revealed
             args = reveal(req.address, 1, [Submission(w1.account.address, c, d, s)], [d])
             await req.settle_round(1, [d], *args, [0])
             st = await req.state()
             assert (st.phase, st.round, st.submitted_count) == (Phase.SUBMISSION, 2, 0)
             assert await req.credit_of(w1.account.address) == round_pot(p.deposit_wei, 2, 1)
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_scores_stay_hidden_until_commits_close_and_an_unrevealed_row_waits_only_for_the_reveal_deadline(anvil):
+    """Commit-reveal of scores: while commits are open the chain holds only hashes
+    (nothing a late evaluator could copy); a row committed but never revealed holds the
+    round only until the reveal deadline, and counts as no evaluation."""
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(max_workers=3, top_k=1, rounds=1)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=23)
+            req, (w1, w2, w3_) = task.requester, task.workers
+            subs = await commit_all(task, 1, random.Random(9))
+            models = [s.digest for s in subs]
+            await req.open_evaluation(1, models)
+            rows = {w: encode_scores([0.25 * (i + 1)] * 3) for i, w in enumerate((w1, w2))}
+            salts = {w1: b"\x11" * 32, w2: b"\x12" * 32}
+            for w in (w1, w2):
+                await w.commit_scores(1, rows[w], salts[w])
+            seen = await req.past_events()
+            assert "ScoresRevealed" not in [e.name for e in seen]
+            assert all(rows[w] not in bytes(e.args.get("commitment", b"")) for e in seen for w in rows)
+            with _reverts("CommitsStillOpen"):
+                await w1.reveal_scores(1, rows[w1], salts[w1])  # w3 has not committed
+            await advance_time(w3, p.evaluation_period_s + 1)
+            with _reverts("DeadlinePassed"):
+                await w3_.commit_scores(1, rows[w1], b"\x13" * 32)  # too late to commit a copy
+            await w1.reveal_scores(1, rows[w1], salts[w1])
+            args = reveal(req.address, 1, subs, models)
+            with _reverts("DeadlineNotReached"):
+                await req.settle_round(1, models, *args, [0])  # w2 committed and may still reveal
+            st = await req.state()
+            assert (st.scored_count, st.revealed_count) == (2, 1)
+            await advance_time(w3, p.evaluation_period_s + 1)  # past the reveal deadline
+            with _reverts("DeadlinePassed"):
+                await w2.reveal_scores(1, rows[w2], salts[w2])
+            await req.settle_round(1, models, *args, [0])
+            revealed = [e.args["evaluator"] for e in await req.past_events() if e.name == "ScoresRevealed"]
+            assert revealed == [w1.account.address]
         finally:
             await w3.provider.disconnect()
 
@@ -668,7 +727,8 @@ def test_on_chain_top_k_split_equals_python_reference_to_the_wei(anvil):
 CALL_OF_EVENT = {
     "ModelCommitted": "submitModel",
     "EvaluationOpened": "openEvaluation",
-    "ScoresSubmitted": "submitScores",
+    "ScoresCommitted": "commitScores",
+    "ScoresRevealed": "revealScores",
     "RoundSettled": "settleRound",
 }
 

@@ -5,12 +5,14 @@ transaction (calldata and the EIP-7825 gas cap)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 
 import pytest
 from eth_abi import encode
 
+from discofl_p2p.agents.watchdog import watch_for_abandonment
 from discofl_p2p.chain.anvil import Anvil
 from discofl_p2p.chain.client import Phase, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, ensure_time_past, fund
@@ -174,13 +176,15 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
             subs = [await _commit(task, w, 2, rng) for w in (w1, w2)]
             await advance_time(w3, PERIOD + 1)
             await req.open_evaluation(2, [s.digest for s in subs if s.digest])
-            await w1.submit_scores(2, encode_scores([0.5, 0.5]))
-            eval_deadline = (await req.state()).deadline
-            assert await req.view("graceEnd") == eval_deadline + GRACE
-            await ensure_time_past(w3, eval_deadline + GRACE - MARGIN)
+            await w1.commit_scores(2, encode_scores([0.5, 0.5]), bytes(32))
+            st = await req.state()
+            # The grace period runs from the reveal deadline: until then the round may still settle.
+            assert st.reveal_deadline == st.deadline + PERIOD
+            assert await req.view("graceEnd") == st.reveal_deadline + GRACE
+            await ensure_time_past(w3, st.reveal_deadline + GRACE - MARGIN)
             with _reverts("GracePeriodNotOver"):
                 await w3_.end_abandoned_task()
-            await ensure_time_past(w3, eval_deadline + GRACE)
+            await ensure_time_past(w3, st.reveal_deadline + GRACE)
             res = await w3_.end_abandoned_task()  # a participant may end it too
             pool = p.deposit_wei - p.deposit_wei // 3
             share, rest = pool // 3, pool % 3  # w3 took part in round 1: it counts
@@ -256,16 +260,20 @@ def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_
                 await outsider.end_abandoned_task()
             before = await w3.eth.get_balance(req.account.address)
             res = await outsider.close_task()
-            assert (res.events[0].name, res.events[0].args["refund"]) == ("TaskClosed", leftover)
-            assert await w3.eth.get_balance(req.account.address) - before == leftover  # outsider paid the gas
+            # Round 2's unpaid pot does not go back to the requester: the three workers
+            # that took part share it; only the rounding remainder is refunded.
+            share, refund = leftover // 3, leftover % 3
+            (closed,) = res.events
+            assert closed.name == "TaskClosed"
+            assert (closed.args["refund"], closed.args["participants"], closed.args["share"]) == (refund, 3, share)
+            assert await w3.eth.get_balance(req.account.address) - before == refund  # outsider paid the gas
             st = await req.state()
-            assert (st.phase, st.refunded) == (Phase.CLOSED, leftover)
+            assert (st.phase, st.refunded) == (Phase.CLOSED, refund)
             await _conserved(req, everyone)
-            for w in task.workers:  # the workers keep exactly what the rounds credited them
+            for w in task.workers:  # each worker: what the rounds credited it, plus its share
                 a = w.account.address
-                assert await req.withdrawable_of(a) == credits[a]
-                if credits[a]:
-                    await _withdraw_exactly(w3, w, credits[a])
+                assert await req.withdrawable_of(a) == credits[a] + share
+                await _withdraw_exactly(w3, w, credits[a] + share)
             with _reverts("NothingToWithdraw"):
                 await outsider.withdraw()
             assert (await req.state()).held == 0
@@ -370,7 +378,8 @@ def test_allowlisted_task_refuses_outsiders_and_takes_the_listed_workers(anvil):
                 await req.allow_workers([outsider.account.address])  # only during registration
             st = await req.state()
             assert (st.phase, st.worker_count) == (Phase.SUBMISSION, 3)
-            assert set(await req.view("getWorkers")) == {*listed, late.account.address}
+            registered = {e.args["worker"] for e in await req.past_events() if e.name == "WorkerRegistered"}
+            assert registered == {*listed, late.account.address}
         finally:
             await w3.provider.disconnect()
 
@@ -487,3 +496,33 @@ def test_anvil_enforces_the_gas_cap_only_when_asked():
     for enforced in (False, True):
         with Anvil(extra_args=["--enable-tx-gas-limit"] if enforced else []) as a:
             run(go(a, enforced))
+
+
+def test_a_workers_watchdog_ends_a_task_whose_requester_stalls(anvil):
+    """Two workers commit; the requester never opens evaluation. A worker's watchdog
+    does nothing before the grace period is over, then ends the task itself (time
+    travel on anvil); another worker's watchdog then finds nothing to do."""
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=2), 2, seed=310)
+            req, (w1, w2) = task.requester, task.workers
+            rng = random.Random(10)
+            for w in (w1, w2):
+                await _commit(task, w, 1, rng)
+            watch = asyncio.create_task(watch_for_abandonment(w1, poll_s=0.1))
+            grace_end = await req.view("graceEnd")
+            await ensure_time_past(w3, grace_end - MARGIN)
+            await asyncio.sleep(0.5)  # several polls
+            assert not watch.done() and (await req.state()).phase == Phase.SUBMISSION
+            await ensure_time_past(w3, grace_end)
+            assert await asyncio.wait_for(watch, 30) is True
+            (ended,) = [e for e in await req.past_events() if e.name == "TaskAbandoned"]
+            assert (await w3.eth.get_transaction(ended.tx_hash))["from"] == w1.account.address  # type: ignore[arg-type]
+            assert (await req.state()).phase == Phase.ABANDONED
+            assert await watch_for_abandonment(w2, poll_s=0.1) is False
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())

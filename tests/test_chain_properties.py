@@ -22,7 +22,20 @@ from discofl_p2p.chain.limits import MIN_GRACE_PERIOD_S
 from discofl_p2p.chain.scripted import deploy_and_register
 from tests.conftest import run
 
-ACTIONS = ["register", "start", "submit", "open", "scores", "settle", "withdraw", "close", "wait", "grace", "abandon"]
+ACTIONS = [
+    "register",
+    "start",
+    "submit",
+    "open",
+    "scores",
+    "reveal",
+    "settle",
+    "withdraw",
+    "close",
+    "wait",
+    "grace",
+    "abandon",
+]
 N_ACTORS = 4  # actor 0 is the requester, 1..3 may be workers
 
 
@@ -44,6 +57,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
         rng = random.Random(seed)
         subs: dict[int, list[Submission]] = {}
         published: dict[int, list[bytes]] = {}
+        score_rows: dict[tuple[int, str], tuple[bytes, bytes]] = {}  # (round, evaluator) -> (row, salt)
         addresses = [a.account.address for a in actors]
         withdrawn: dict[str, int] = dict.fromkeys(addresses, 0)  # from withdraw() results
         awarded: dict[str, int] = dict.fromkeys(addresses, 0)  # from RoundSettled events
@@ -70,7 +84,12 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     await me.open_evaluation(r, models)
                     published[r] = models
                 elif action == "scores":
-                    await me.submit_scores(r, encode_scores([rng.random() for _ in published.get(r, [])]))
+                    row, salt = encode_scores([rng.random() for _ in published.get(r, [])]), rng.randbytes(32)
+                    score_rows[(r, me.account.address)] = (row, salt)
+                    await me.commit_scores(r, row, salt)
+                elif action == "reveal":
+                    row, salt = score_rows.get((r, me.account.address), (b"", bytes(32)))
+                    await me.reveal_scores(r, row, salt)
                 elif action == "settle":
                     models = published.get(r, [])
                     ranking = rng.sample(range(len(models)), min(len(models), top_k))
@@ -83,7 +102,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                 elif action == "close":
                     await me.close_task()
                 elif action == "wait":
-                    await advance_time(w3, 101)
+                    await advance_time(w3, 101)  # past a submission or evaluation deadline
                 elif action == "grace":
                     await advance_time(w3, MIN_GRACE_PERIOD_S + 101)
                 elif action == "abandon":
@@ -107,6 +126,10 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     for a in took_part:
                         awarded[a] += ev.args["share"]
                     awarded[req.account.address] += ev.args["requesterCredit"]
+                elif ev.name == "TaskClosed":  # what the rounds left unpaid, shared by the participants
+                    assert ev.args["participants"] == len(took_part) or ev.args["share"] == 0
+                    for a in took_part if ev.args["participants"] else ():
+                        awarded[a] += ev.args["share"]
             next_block = head + 1
             credits = [await req.withdrawable_of(a) for a in addresses]
             # Conservation: every wei is held, withdrawn or refunded.

@@ -101,7 +101,7 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
             for ev in await c.past_events():
                 if ev.name == "Withdrawn":
                     withdrawn[by_addr[ev.args["worker"]]] += ev.args["amount"]
-                if ev.name == "ScoresSubmitted":
+                if ev.name == "ScoresRevealed":
                     scores[(ev.args["round"], by_addr[ev.args["evaluator"]])] = decode_scores(ev.args["scores"])
             return credits, withdrawn, await c.state(), scores
         finally:

@@ -68,7 +68,7 @@ async def _scores_on_chain(anvil, outcome: RunOutcome) -> dict[str, list[float |
         return {
             by_addr[ev.args["evaluator"]]: decode_scores(ev.args["scores"])
             for ev in await c.past_events()
-            if ev.name == "ScoresSubmitted"
+            if ev.name == "ScoresRevealed"
         }
     finally:
         await w3.provider.disconnect()
@@ -77,6 +77,8 @@ async def _scores_on_chain(anvil, outcome: RunOutcome) -> dict[str, list[float |
 def test_salts_come_from_the_os_not_from_the_scenario():
     salts = {new_salt() for _ in range(100)}
     assert len(salts) == 100 and all(len(s) == 32 for s in salts)
+    # 128 random bits after 16 zero bytes (cheaper calldata at settlement): all distinct.
+    assert all(s[:16] == bytes(16) for s in salts) and len({s[16:] for s in salts}) == 100
 
 
 async def _salts_on_chain(anvil, outcome: RunOutcome) -> dict[tuple[int, str], bytes]:
@@ -225,14 +227,15 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
     for w in workers:
         mine = _timeline(events, w, 1)
         _before(mine, "round_started", "model_trained", "blob_stored", "opening_sent", "model_committed")
-        _before(mine, "model_committed", "model_fetched", "scores_submitted")
+        _before(mine, "model_committed", "model_fetched", "scores_committed", "scores_revealed")
         assert by[(w, "model_trained", None)]["samples"] == 80 and by[(w, "model_trained", None)]["seconds"] >= 0
         assert stored[w]["bytes"] > 0 and by[(w, "model_committed", None)]["gas"] > 0
         fetched = [e for e in events if e.get("agent") == w and e["event"] == "model_fetched"]
         assert sorted(e["cid"] for e in fetched) == sorted(stored[o]["cid"] for o in workers if o != w)
         assert all(e["bytes"] == stored[w]["bytes"] and e["provider"] and e["seconds"] >= 0 for e in fetched)
-        submitted = by[(w, "scores_submitted", None)]
+        submitted = by[(w, "scores_committed", None)]
         assert (submitted["scored"], submitted["abstained"]) == (3, 0) and submitted["gas"] > 0
+        assert by[(w, "scores_revealed", None)]["gas"] > 0
     withdrawn = [e for e in events if e.get("event") == "withdrawn"]
     assert withdrawn and {e["agent"] for e in withdrawn} <= set(settled["ranking"])
     assert all(e["amount"] > 0 and e["round"] == 1 for e in withdrawn)

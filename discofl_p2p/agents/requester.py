@@ -41,7 +41,7 @@ from discofl_p2p.p2p.node import Inbox, P2PNode
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle, tie_order
+from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 log = structlog.get_logger("discofl.requester")
 
@@ -74,11 +74,23 @@ class _Round:
     checked: dict[str, StateDict | None] = field(default_factory=dict)  # address -> valid state or None
     published: list[bytes] = field(default_factory=list)
     owner_at: list[str] = field(default_factory=list)
-    scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position
+    scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position (revealed)
+    score_commits: set[str] = field(default_factory=set)  # evaluators that committed scores
+    commits_closed: bool = False  # every worker committed scores, or the evaluation deadline passed
+    commits_total: int | None = None  # the chain's count of score commitments, read once the deadline passed
     excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
     valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
+
+
+def _reveals_complete(r: _Round, everyone: set[str]) -> bool:
+    """Whether every committed score row of `r` is revealed and no more can be
+    committed: all workers committed, or a reveal was seen (reveals open only once
+    commits close, and every commitment's event comes before them), or the deadline
+    passed and as many reveals were seen as the chain counted commitments."""
+    closed = r.commits_closed or r.score_commits >= everyone or r.commits_total is not None
+    return closed and set(r.scores) >= r.score_commits and len(r.scores) >= (r.commits_total or 0)
 
 
 class OpeningRejected(ValueError):
@@ -366,8 +378,13 @@ class RequesterAgent:
             r.deadline = a["deadline"]
             self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
             r.accuracy = self._spawn(self._test_accuracy(r))
-        elif ev.name == "ScoresSubmitted":
+        elif ev.name == "ScoresCommitted":
+            self.rounds[a["round"]].score_commits.add(a["evaluator"])
+        elif ev.name == "ScoresRevealed":
+            # The contract checked the row against its commitment; reveals open only once
+            # commits closed, so every ScoresCommitted of the round came before this.
             r = self.rounds[a["round"]]
+            r.commits_closed = True
             row = r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
             self._log(
                 "scores_received",
@@ -453,7 +470,15 @@ class RequesterAgent:
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             await self._open(self.rounds[r], forced=True)
         elif what == "evaluation_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            # Commits are closed now; the rows committed so far may still be revealed.
+            # Commits are closed: it settles (`_advance`) once it has seen as many reveals
+            # as the chain counts commitments; the events may lag the chain, so it
+            # never settles from the chain's counts alone (a row would be missing).
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
+            self.rounds[r].commits_total = await self.client.view("scoredCount")
+            self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
+        elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
+            await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)
 
     # ---------------------------------------------------------------- rounds
@@ -463,7 +488,7 @@ class RequesterAgent:
         if r.phase == "submission":
             if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
                 await self._open(r, forced=False)
-        elif r.phase == "evaluation" and set(r.scores) >= everyone:
+        elif r.phase == "evaluation" and _reveals_complete(r, everyone):
             await self._settle(r, forced=False)
 
     async def _open(self, r: _Round, *, forced: bool) -> None:
@@ -523,9 +548,7 @@ class RequesterAgent:
         everyone = tie_order({self.names[a]: a for a in self.registered})
         contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history)))
         self._honesty_history.append(honesty_record(contrib, matrix))
-        published = set(name_at)
-        for n in everyone:
-            self.streaks[n] = self.streaks.get(n, 0) + 1 if n in published else 0
+        self.streaks = streaks_after(self.streaks, everyone, name_at)
         ranked, rewards = settle(
             contrib,
             name_at,
@@ -565,6 +588,7 @@ class RequesterAgent:
                 "evaluation_deadline_passed",
                 round=r.number,
                 missing=sorted(self.names[w] for w in set(self.registered) - set(r.scores)),
+                unrevealed=sorted(self.names[w] for w in r.score_commits - set(r.scores)),
             )
 
     # ---------------------------------------------------------------- the end

@@ -11,15 +11,24 @@ RoundStarted(r)      aggregate the last round's models with its own scores, trai
 EvaluationOpened(r)  fetch every published model (requester first, then peers that
                      hold the round), verify it against w0, score it on the validation
                      split, score its own model with a decoy (behaviors.self_score),
-                     submit the scores; then serve the round's models itself and
-                     forget the earlier rounds' (nobody fetches them any more).
+                     commit the scores blind (a salted hash); then serve the round's
+                     models itself and forget the earlier rounds' (nobody fetches
+                     them any more).
+ScoresCommitted      once every worker committed its scores, or the evaluation
+                     deadline passed (a task of its own watches the chain's clock),
+                     reveal its scores.
+                     If its own model is not in the list, it posts its opening on-chain
+                     (disputeExclusion), so that the exclusion can be checked.
 TrainingFinished     withdraw its credit.
-TaskAbandoned        (the requester stalled) withdraw its share, stop.
-TaskClosed           stop.
+TaskAbandoned        (the requester stalled) withdraw its share, stop. Its own watchdog
+                     (`watchdog.py`) ends the task itself once the requester stalled
+                     past the grace period.
+TaskClosed           withdraw its share of what the rounds left unpaid (if any), stop.
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
-model_committed, model_fetched (one per model), scores_submitted, withdrawn.
+model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
+withdrawn.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from discofl_p2p.agents.behaviors import WorkerBehaviour
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
 from discofl_p2p.agents.identity import sign_binding, verify_binding
 from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
+from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
-from discofl_p2p.chain.encoding import commitment, encode_scores
+from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
+from discofl_p2p.chain.encoding import new_salt as encoding_salt
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
@@ -51,6 +62,9 @@ log = structlog.get_logger("discofl.worker")
 
 MAX_W0_BYTES = 64 * 2**20
 """The largest w0 (a TorchScript archive) a worker fetches."""
+
+REVEAL_POLL_S = 1.0
+"""How often a worker waiting to reveal its scores reads the chain's clock."""
 
 
 class W0Rejected(Exception):
@@ -76,6 +90,7 @@ class WorkerAgent:
     # tell each other their CIDs over their own direct messages (RING_PROTOCOL).
     ring_peers: tuple[str, ...] = ()
     withdrawn_wei: int = 0
+    watchdog_s: float = WATCHDOG_POLL_S  # how often it checks whether the requester stalled
     w0: bytes | None = None  # fetched from the requester, checked against the contract
     _spec: Spec | None = None
     _binding: str = ""  # its signed peer binding (identity.py)
@@ -89,6 +104,12 @@ class WorkerAgent:
     _started: dict[int, float] = field(default_factory=dict)  # round -> when it saw it start
     # The decoy self-scores are secrets (a replayable draw would tell the decoy apart).
     _secret_rng: random.Random = field(default_factory=secrets.SystemRandom)
+    _worker_count: int = 0  # from TrainingStarted
+    _score_commits: dict[int, int] = field(default_factory=dict)  # round -> ScoresCommitted seen
+    _commit_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    _reveals: set[asyncio.Task[None]] = field(default_factory=set)
+    _tg: asyncio.TaskGroup | None = None
+    _salts: dict[int, bytes] = field(default_factory=dict)  # round -> salt of its model committed on-chain
 
     @property
     def address(self) -> str:
@@ -140,8 +161,10 @@ class WorkerAgent:
         events = self.client.events()
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 listener = tg.create_task(self._listen(announcements))
                 ring = tg.create_task(self._listen_ring(ring_inbox)) if ring_inbox else None
+                watchdog = tg.create_task(watch_for_abandonment(self.client, poll_s=self.watchdog_s, agent=self.name))
                 await self._gas(0, self.client.register())
                 try:
                     async for ev in events:
@@ -149,8 +172,11 @@ class WorkerAgent:
                             break
                 finally:
                     listener.cancel()
+                    watchdog.cancel()
                     if ring:
                         ring.cancel()
+                    for t in list(self._reveals):  # a task that ended leaves nothing to reveal
+                        t.cancel()
         finally:
             await events.aclose()
 
@@ -202,6 +228,11 @@ class WorkerAgent:
         a = ev.args
         if ev.name == "WorkerRegistered":
             self._registered.add(a["worker"])
+        elif ev.name == "TrainingStarted":
+            self._worker_count = a["workers"]
+        elif ev.name == "ScoresCommitted":
+            self._score_commits[a["round"]] = self._score_commits.get(a["round"], 0) + 1
+            self._commit_seen.set()
         elif ev.name == "RoundStarted":
             r = a["round"]
             self._started[r] = time.monotonic()
@@ -213,13 +244,15 @@ class WorkerAgent:
             await self._submit(r)
         elif ev.name == "EvaluationOpened":
             if not self.behavior.stopped(a["round"]):
-                await self._evaluate(a["round"], list(a["models"]))
+                await self._evaluate(a["round"], list(a["models"]), a["deadline"], ev.block_number)
         elif ev.name == "TrainingFinished":
             await self._withdraw()
         elif ev.name == "TaskAbandoned":  # the requester stalled: collect the share, stop
             await self._withdraw()
             return False
         elif ev.name == "TaskClosed":
+            if ev.args["share"]:
+                await self._withdraw()
             return False
         return True
 
@@ -284,6 +317,7 @@ class WorkerAgent:
         self._log("opening_sent", r, cid=cid)
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
+            self._salts[r] = salt  # committed: it may dispute an exclusion with it
             self._log("model_committed", r, gas=res.gas_used)
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
@@ -305,10 +339,12 @@ class WorkerAgent:
 
     # ---------------------------------------------------------------- evaluation
 
-    async def _evaluate(self, r: int, digests: list[bytes]) -> None:
+    async def _evaluate(self, r: int, digests: list[bytes], deadline: int, opened_at: int) -> None:
         setup, w0 = self.setup, self._w0()
         cids = [cid_from_digest(bytes(d)) for d in digests]
         own_cid = self._own.get(r, (None, None))[0]
+        if own_cid is not None and own_cid not in cids:
+            await self._dispute(r, own_cid)
         x, y = setup.data.x[self.split.val], setup.data.y[self.split.val]
 
         async def judge(cid: str) -> tuple[StateDict, float] | None:
@@ -346,6 +382,7 @@ class WorkerAgent:
         # (decoded above) are all it needs to aggregate next round.
         await self.node.forget_before(setup.task_id, r)
         self._own = {k: v for k, v in self._own.items() if k >= r}
+        self._salts = {k: v for k, v in self._salts.items() if k > r}
         self._holders = {k: v for k, v in self._holders.items() if k >= r}
         if random.Random(self._seed("announce", r)).random() >= setup.announce_loss:
             holding = {"kind": "holding", "round": r, "worker": self.address, "binding": self._binding}
@@ -369,14 +406,75 @@ class WorkerAgent:
         submitted: list[float | None] = [None] * len(cids)
         for k, i in enumerate(canon):
             submitted[i] = in_canon[k]
+        if self.behavior.copies_median:
+            submitted = await self._copy_median(r, submitted, deadline, opened_at)
         if self.behavior.late(r):
             await self._wait_for("RoundSettled", r)
+        packed, salt = encode_scores(submitted), new_salt()
         try:
-            res = await self._gas(r, self.client.submit_scores(r, encode_scores(submitted)))
-            abstained = sum(s is None for s in submitted)
-            self._log("scores_submitted", r, gas=res.gas_used, scored=len(submitted) - abstained, abstained=abstained)
+            res = await self._gas(r, self.client.commit_scores(r, packed, salt))
         except ContractRevert as e:
             log.warning("scores_refused", worker=self.name, round=r, error=e.name)
+            return
+        abstained = sum(s is None for s in submitted)
+        self._log("scores_committed", r, gas=res.gas_used, scored=len(submitted) - abstained, abstained=abstained)
+        assert self._tg is not None
+        task = self._tg.create_task(self._reveal(r, packed, salt, deadline))
+        self._reveals.add(task)
+        task.add_done_callback(self._reveals.discard)
+
+    async def _dispute(self, r: int, cid: str) -> None:
+        """Its model was left out of the published list: it posts its opening on-chain,
+        which proves the exclusion of a valid opening to anyone (`audit`)."""
+        salt = self._salts.get(r)
+        if salt is None:
+            return
+        try:
+            res = await self._gas(r, self.client.dispute_exclusion(r, digest_of(cid), salt))
+            self._log("exclusion_disputed", r, cid=cid, gas=res.gas_used)
+        except ContractRevert as e:
+            log.warning("dispute_refused", worker=self.name, round=r, error=e.name)
+
+    async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
+        """Reveals its committed scores once commits are closed: every worker committed
+        (the ScoresCommitted events say so) or the chain's clock passed the evaluation
+        deadline (read every REVEAL_POLL_S: no event marks it)."""
+        while self._score_commits.get(r, 0) < self._worker_count:
+            if (await self.client.w3.eth.get_block("latest"))["timestamp"] > deadline:
+                break
+            self._commit_seen.clear()
+            try:
+                await asyncio.wait_for(self._commit_seen.wait(), REVEAL_POLL_S)
+            except TimeoutError:
+                pass
+        try:
+            res = await self._gas(r, self.client.reveal_scores(r, packed, salt))
+            self._log("scores_revealed", r, gas=res.gas_used)
+        except ContractRevert as e:
+            log.warning("reveal_refused", worker=self.name, round=r, error=e.name)
+
+    async def _copy_median(
+        self, r: int, honest: list[float | None], deadline: int, opened_at: int
+    ) -> list[float | None]:
+        """The copy-the-median late scorer (behaviors/copy_median.py): waits while it
+        may still commit for the others' scores to appear on the chain, then submits
+        their per-model median; with nothing to copy it submits `honest`."""
+        waited, step = 0.0, REVEAL_POLL_S / 4
+        rows: list[list[float | None]] = []
+        while waited < self.behavior.copy_wait_s():
+            events = await self.client.past_events(opened_at)
+            rows = [
+                decode_scores(bytes(e.args["scores"]))
+                for e in events
+                if e.name == "ScoresRevealed" and e.args["round"] == r and e.args["evaluator"] != self.address
+            ]
+            if rows or (await self.client.w3.eth.get_block("latest"))["timestamp"] >= deadline:
+                break
+            await asyncio.sleep(step)
+            waited += step
+        copied = self.behavior.copy_scores(rows, honest)
+        self._log("copy_median", r, rows_seen=len(rows), copied=copied is not honest)
+        return copied
 
     async def _fetch(self, r: int, cid: str) -> bytes:
         """One published model, from the first of `_providers` that delivers it (or
@@ -409,5 +507,6 @@ class WorkerAgent:
 def new_salt() -> bytes:
     """A commitment's salt: a secret, so from the OS's CSPRNG, never from the scenario
     seed (anyone holding the scenario file could recompute a seeded salt, then match
-    each commitment to its model and so each worker to its model)."""
-    return secrets.token_bytes(32)
+    each commitment to its model and so each worker to its model). 128 random bits,
+    zero-padded (`encoding.new_salt`)."""
+    return encoding_salt()

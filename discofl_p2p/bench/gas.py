@@ -30,8 +30,21 @@ async def fork_of(ws_url: str) -> str:
 
 
 def as_json(results: dict[int, dict[str, list[int]]], fork: str) -> dict[str, object]:
-    """`{"fork": ..., "calls": {"6": {"settleRound": N, ...}, ...}}`, max over rounds."""
-    return {"fork": fork, "calls": {str(w): {c: max(g) for c, g in calls.items()} for w, calls in results.items()}}
+    """`{"fork": ..., "calls": {"6": {"settleRound": N, ...}, ...}}`, max over rounds;
+    `workerPerRound` is a worker's own gas in a round (`worker_round_gas`)."""
+    return {
+        "fork": fork,
+        "calls": {
+            str(w): {c: max(g) for c, g in calls.items()} | {"workerPerRound": worker_round_gas(calls)}
+            for w, calls in results.items()
+        },
+    }
+
+
+def worker_round_gas(gas: dict[str, list[int]]) -> int:
+    """What one worker's own transactions of a round cost: commit a model, commit
+    scores, reveal them (max over workers and rounds)."""
+    return max(gas["submitModel"]) + max(gas["commitScores"]) + max(gas["revealScores"])
 
 
 async def measure(ws_url: str, workers: int, rounds: int, top_k: int = 6) -> dict[str, list[int]]:
@@ -43,7 +56,8 @@ async def measure(ws_url: str, workers: int, rounds: int, top_k: int = 6) -> dic
         for r in range(1, rounds + 1):
             await play_round(task, r, rng, lambda n: rng.sample(range(n), min(top_k, n)))
         task.record("closeTask", (await task.requester.close_task()).gas_used)
-        task.record("withdraw", (await task.workers[0].withdraw()).gas_used)
+        paid = [w for w in task.workers if await w.withdrawable_of(w.account.address)]
+        task.record("withdraw", (await paid[0].withdraw()).gas_used)
         return task.gas
     finally:
         await w3.provider.disconnect()
@@ -62,7 +76,8 @@ def render(results: dict[int, dict[str, list[int]]], rounds: int) -> Table:
         "startTraining",
         "submitModel",
         "openEvaluation",
-        "submitScores",
+        "commitScores",
+        "revealScores",
         "settleRound",
         "closeTask",
         "withdraw",
@@ -74,9 +89,7 @@ def render(results: dict[int, dict[str, list[int]]], rounds: int) -> Table:
         t.add_row(*row)
     for w in ws:
         g = results[w]
-        per_agent = (
-            max(g["submitModel"]) + max(g["submitScores"]) + max(g["settleRound"]) / w + max(g["openEvaluation"]) / w
-        )
+        per_agent = worker_round_gas(g) + max(g["settleRound"]) / w + max(g["openEvaluation"]) / w
         t.add_row(
             f"per worker per round, W = {w}",
             *[""] * (ws.index(w)),

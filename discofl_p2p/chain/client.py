@@ -43,6 +43,7 @@ from web3.exceptions import (
 from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
+from discofl_p2p.chain.encoding import score_commitment
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
@@ -153,6 +154,10 @@ class TaskState:
     deposit: int
     participant_count: int = 0
     """Registered workers that committed at least one model (they share an abandoned task)."""
+    revealed_count: int = 0
+    """Score commitments of the round revealed so far (scored_count counts the commitments)."""
+    reveal_deadline: int = 0
+    """The last second the round's scores may be revealed (0 before evaluation opens)."""
 
 
 async def connect(ws_url: str) -> AsyncWeb3:
@@ -383,8 +388,19 @@ class TaskClient:
     async def open_evaluation(self, round_: int, models: Sequence[bytes]) -> TxResult:
         return await self._call("openEvaluation", round_, list(models))
 
-    async def submit_scores(self, round_: int, packed_scores: bytes) -> TxResult:
-        return await self._call("submitScores", round_, packed_scores)
+    async def commit_scores(self, round_: int, packed_scores: bytes, salt: bytes) -> TxResult:
+        """Commits the packed scores blind (`encoding.score_commitment`); reveal them with
+        the same salt once commits closed (`reveal_scores`)."""
+        c = score_commitment(self.address, round_, self.account.address, salt, packed_scores)
+        return await self._call("commitScores", round_, c)
+
+    async def reveal_scores(self, round_: int, packed_scores: bytes, salt: bytes) -> TxResult:
+        return await self._call("revealScores", round_, packed_scores, salt)
+
+    async def dispute_exclusion(self, round_: int, digest: bytes, salt: bytes) -> TxResult:
+        """Posts the opening of this account's commitment of `round_` (its model was left
+        out of the published list), until the evaluation deadline; `audit` checks it."""
+        return await self._call("disputeExclusion", round_, digest, salt)
 
     async def settle_round(
         self,
@@ -433,6 +449,8 @@ class TaskClient:
             "workerCount",
             "submittedCount",
             "scoredCount",
+            "revealedCount",
+            "revealDeadline",
             "modelCount",
             "totalCredited",
             "totalWithdrawn",
@@ -450,6 +468,8 @@ class TaskClient:
             worker_count=v["workerCount"],
             submitted_count=v["submittedCount"],
             scored_count=v["scoredCount"],
+            revealed_count=v["revealedCount"],
+            reveal_deadline=v["revealDeadline"],
             model_count=v["modelCount"],
             total_credited=v["totalCredited"],
             total_withdrawn=v["totalWithdrawn"],

@@ -18,7 +18,7 @@ from web3 import AsyncWeb3
 
 from discofl_p2p.chain.client import TaskClient, TaskParams
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, new_salt, reveal
 from discofl_p2p.chain.limits import FUNDING_WEI
 
 
@@ -66,13 +66,30 @@ async def commit_all(
     out = []
     for w in task.workers:
         a = w.account.address
-        digest, salt = hashlib.sha256(rng.randbytes(64)).digest(), rng.randbytes(32)
+        digest, salt = hashlib.sha256(rng.randbytes(64)).digest(), new_salt(rng)
         c = commitment(task.requester.address, round_, a, digest, salt)
         g = (await w.submit_model(round_, c)).gas_used
         if gas is not None:
             gas["submitModel"] = max(gas.get("submitModel", 0), g)
         out.append(Submission(a, c, digest, salt))
     return out
+
+
+async def score_all(
+    evaluators: Sequence[TaskClient], round_: int, rows: Sequence[bytes], rng: random.Random | None = None
+) -> dict[str, list[int]]:
+    """Each evaluator commits its packed row of scores, then (commits closed once all
+    of them committed, or once the evaluation deadline passed) each reveals it.
+    Salts as the agents draw them (`encoding.new_salt`), from `rng` when given
+    (reproducible gas figures).
+    Returns the gas of each commitScores and revealScores, in evaluator order."""
+    salts = [new_salt(rng) for _ in evaluators]
+    gas: dict[str, list[int]] = {"commitScores": [], "revealScores": []}
+    for w, row, salt in zip(evaluators, rows, salts, strict=True):
+        gas["commitScores"].append((await w.commit_scores(round_, row, salt)).gas_used)
+    for w, row, salt in zip(evaluators, rows, salts, strict=True):
+        gas["revealScores"].append((await w.reveal_scores(round_, row, salt)).gas_used)
+    return gas
 
 
 RankingFn = Callable[[int], Sequence[int]]
@@ -88,7 +105,8 @@ async def play_round(
     amounts: Callable[[int], Sequence[int]] | None = None,
 ) -> dict[str, int]:
     """One full round: every worker commits, the requester shuffles and opens
-    evaluation, every worker scores, the requester reveals and settles.
+    evaluation, every worker commits its scores and then reveals them, the requester
+    reveals the models' owners and settles.
     Returns the gas of each kind of call in this round (max over workers)."""
     gas: dict[str, int] = {}
     submissions = await commit_all(task, round_, rng, gas)
@@ -97,10 +115,9 @@ async def play_round(
     rng.shuffle(owners)
     models = [digests[o] for o in owners]
     gas["openEvaluation"] = (await task.requester.open_evaluation(round_, models)).gas_used
-    for w in task.workers:
-        scores = [None if o == w.account.address else rng.random() for o in owners]
-        g = (await w.submit_scores(round_, encode_scores(scores))).gas_used
-        gas["submitScores"] = max(gas.get("submitScores", 0), g)
+    rows = [encode_scores([rng.random() for _ in owners]) for _ in task.workers]
+    for call, used in (await score_all(task.workers, round_, rows, rng)).items():
+        gas[call] = max(used)
     rank = list(ranking(len(models)))
     res = await task.requester.settle_round(
         round_,
@@ -144,7 +161,7 @@ async def settle_at_scale(
     await _bounded([w.register for w in task.workers])
     await req.start_training()
     rng = random.Random(seed)
-    openings = [(hashlib.sha256(rng.randbytes(32)).digest(), rng.randbytes(32)) for _ in task.workers]
+    openings = [(hashlib.sha256(rng.randbytes(32)).digest(), new_salt(rng)) for _ in task.workers]
 
     async def commit(w: TaskClient, digest: bytes, salt: bytes) -> None:
         await w.submit_model(1, commitment(req.address, 1, w.account.address, digest, salt))
@@ -157,7 +174,7 @@ async def settle_at_scale(
     models = [d for d, _ in openings]
     rng.shuffle(models)
     await req.open_evaluation(1, models)
-    await advance_time(w3, params.evaluation_period_s + 1)
+    await advance_time(w3, 2 * params.evaluation_period_s + 1)  # past the reveal deadline
     res = await req.settle_round(1, models, *reveal(req.address, 1, subs, models), list(range(min(top_k, n_workers))))
     tx = await w3.eth.get_transaction(res.tx_hash)  # type: ignore[arg-type]
     return res.gas_used, len(tx["input"])

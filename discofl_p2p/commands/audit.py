@@ -1,30 +1,87 @@
 """`discofl-p2p audit --contract ADDR`: recompute every settled round from the chain.
 
 Reads the registered workers, each round's published models, every evaluator's
-scores and the settlement (its calldata reveals who submitted which model), then
+revealed scores (a committed row never revealed counts as no evaluation, as the
+requester counts it) and the settlement (its calldata reveals who submitted which model), then
 recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
-one the task was settled with) and, under the Top-K rule, the ranking and rewards the contract
-should have paid. Exit 0 when every round matches, 1 when one does not.
+one the task was settled with) and the ranking and rewards the contract should have
+paid, through `trust.settlement.settle` under the task's reward policy (`--policy`,
+`--floor`, `--bonus` for an Explicit-rule task; Top-K is on the chain). It reports the
+submitters each round excluded, the excluded ones that posted a valid opening of a
+model nobody published (withheld: the audit fails), each round's unpaid pot, the
+rounds never settled and what the close shared out. Exit 0 when every round matches,
+1 when one does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from eth_typing import HexStr
 from rich.console import Console
 from rich.table import Table
 
-from discofl_p2p.chain.client import RewardRule, TaskClient, connect
+from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
-from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
+from discofl_p2p.chain.encoding import NOT_OPENED, commitment, decode_scores
 from discofl_p2p.trust.blockflow import score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import RoundAudit, audit_top_k_round, tie_order
+from discofl_p2p.trust.settlement import RoundAudit, audit_round, streaks_after, tie_order
 
 
-async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING) -> tuple[list[RoundAudit], str]:
+@dataclass
+class TaskAudit:
+    """Every settled round recomputed (`rounds`), the contract's reward rule, and what
+    the settlements alone do not show: rounds started and never settled, and what the
+    close shared out (`participant_share` each, `refund` to the requester)."""
+
+    rounds: list[RoundAudit]
+    rule: str
+    unsettled: list[int] = field(default_factory=list)
+    closed: bool = False
+    refund: int = 0
+    participant_share: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.rounds)
+
+
+def _withheld(
+    contract: str,
+    r: int,
+    events: list[ChainEvent],
+    excluded: set[str],
+    commitments: dict[str, bytes],
+    listed: set[bytes],
+) -> list[str]:
+    """The excluded submitters of round `r` whose posted opening matches their
+    commitment and names a model listed in no round so far (not a copy or replay)."""
+    out = []
+    for e in events:
+        if e.name != "ExclusionDisputed" or e.args["round"] != r or e.args["worker"] not in excluded:
+            continue
+        who, digest = e.args["worker"], bytes(e.args["digest"])
+        valid = commitment(contract, r, who, digest, bytes(e.args["salt"])) == commitments.get(who)
+        if valid and digest not in listed and who not in out:
+            out.append(who)
+    return out
+
+
+async def audit_task(
+    ws_url: str,
+    contract: str,
+    scoring: str = DEFAULT_SCORING,
+    *,
+    policy: str = "top_k",
+    floor: float = 0.0,
+    bonus: float = 0.0,
+) -> TaskAudit:
+    """Recomputes every settled round; `policy`, `floor` and `bonus` are the task's
+    reward policy and its parameters (`[task]` in its scenario), which the chain
+    does not hold."""
     rule_fn = make_scoring_rule(scoring)
     history: list[dict[str, float]] = []  # as the requester kept it: earlier rounds' honesty
     w3 = await connect(ws_url)
@@ -35,76 +92,111 @@ async def audit_task(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING)
         events = await c.past_events()
         # Ties break in address order, as the requester breaks them (trust.settlement).
         registered = tie_order({e.args["worker"]: e.args["worker"] for e in events if e.name == "WorkerRegistered"})
-        audits = []
+        out = TaskAudit([], rule.name)
+        streaks: dict[str, int] = {}
+        listed: set[bytes] = set()  # every digest published so far
+        settled_rounds = {e.args["round"] for e in events if e.name == "RoundSettled"}
+        out.unsettled = sorted({e.args["round"] for e in events if e.name == "RoundStarted"} - settled_rounds)
+        for e in events:
+            if e.name == "TaskClosed":
+                out.closed, out.refund, out.participant_share = True, e.args["refund"], e.args["share"]
         for settled in (e for e in events if e.name == "RoundSettled"):
             r = settled.args["round"]
             tx = await w3.eth.get_transaction(HexStr(settled.tx_hash))
             _, args = c.contract.decode_function_input(tx["input"])
             owner_at = [""] * len(args["models"])
+            excluded = set()
             for who, pos in zip(args["submitters"], args["positions"]):
                 if pos != NOT_OPENED:
                     owner_at[pos] = who
+                else:
+                    excluded.add(who)
+            listed |= {bytes(m) for m in args["models"]}
+            commitments = {
+                e.args["worker"]: bytes(e.args["commitment"])
+                for e in events
+                if e.name == "ModelCommitted" and e.args["round"] == r
+            }
             scores = {
                 e.args["evaluator"]: decode_scores(bytes(e.args["scores"]))
                 for e in events
-                if e.name == "ScoresSubmitted" and e.args["round"] == r
+                if e.name == "ScoresRevealed" and e.args["round"] == r
             }
-            audits.append(
-                audit_top_k_round(
+            streaks = streaks_after(streaks, registered, owner_at)
+            out.rounds.append(
+                audit_round(
                     r,
                     registered,
                     owner_at,
                     scores,
-                    top_k if rule == RewardRule.TOP_K else len(registered),
                     round_pot(deposit, rounds, r),
                     settled.args["rankedOwners"],
                     settled.args["rewards"],
+                    policy=policy if rule == RewardRule.EXPLICIT else "top_k",
+                    top_k=top_k,
+                    streaks=streaks,
+                    floor=floor,
+                    bonus=bonus,
                     scoring=rule_fn,
                     context=ScoringContext(history=tuple(history)),
+                    excluded=[w for w in args["submitters"] if w in excluded],
+                    withheld=_withheld(c.address, r, events, excluded, commitments, listed),
                 )
             )
-            history.append(honesty_record(audits[-1].contribution, score_matrix(owner_at, scores)))
-        return audits, rule.name
+            history.append(honesty_record(out.rounds[-1].contribution, score_matrix(owner_at, scores)))
+        return out
     finally:
         await w3.provider.disconnect()
 
 
-def audit_main(ws_url: str, contract: str, scoring: str = DEFAULT_SCORING) -> int:
+def audit_main(
+    ws_url: str,
+    contract: str,
+    scoring: str = DEFAULT_SCORING,
+    *,
+    policy: str = "top_k",
+    floor: float = 0.0,
+    bonus: float = 0.0,
+) -> int:
     try:
         make_scoring_rule(scoring)
     except ValueError as e:
         Console(stderr=True).print(f"discofl-p2p audit: {e}")
         return 2
-    audits, rule = asyncio.run(audit_task(ws_url, contract, scoring))
+    task = asyncio.run(audit_task(ws_url, contract, scoring, policy=policy, floor=floor, bonus=bonus))
     console = Console(width=140)
-    if not audits:
+    for r in task.unsettled:
+        console.print(f"round {r}: [yellow]not settled[/] (the task is running, or was abandoned)")
+    if task.closed:
+        console.print(
+            f"closed: refund to the requester {task.refund} wei; each participant's share of the unpaid pots "
+            f"{task.participant_share} wei"
+        )
+    if not task.rounds:
         console.print("no settled round to audit")
         return 0
-    all_ok = True
-    for a in audits:
+    for a in task.rounds:
         t = Table(
             title=f"round {a.round}: "
-            + ("[green]matches the chain[/]" if a.ok or rule != "TOP_K" else "[bold red]DOES NOT MATCH the chain[/]")
+            + ("[green]matches the chain[/]" if a.ok else "[bold red]DOES NOT MATCH the chain[/]")
+            + f"; unpaid pot {a.unpaid} wei"
         )
-        for col in ("worker", "m_k", "d_k", "p_k", "expected reward", "paid reward"):
-            t.add_column(col, justify="left" if col == "worker" else "right")
+        for col in ("worker", "m_k", "d_k", "p_k", "expected reward", "paid reward", "note"):
+            t.add_column(col, justify="left" if col in ("worker", "note") else "right")
         expected = dict(zip(a.expected_ranking, a.expected_rewards))
         paid = dict(zip(a.paid_ranking, a.paid_rewards))
         for w, c in a.contribution.items():
+            note = "WITHHELD: valid opening disputed" if w in a.withheld else "excluded" if w in a.excluded else ""
             t.add_row(
                 w,
                 f"{c.median:.4f}",
                 f"{c.honesty_raw:.4f}",
                 f"{c.score:.4f}",
-                str(expected.get(w, 0)) if rule == "TOP_K" else "-",
+                str(expected.get(w, 0)),
                 str(paid.get(w, 0)),
+                note,
             )
         console.print(t)
-        all_ok &= a.ok or rule != "TOP_K"
-    if rule != "TOP_K":
-        console.print(
-            f"reward rule {rule}: contributions recomputed; the amounts follow an off-chain policy "
-            "and are shown, not checked"
-        )
-    console.print("audit: every settled round matches" if all_ok else "audit: MISMATCH")
-    return 0 if all_ok else 1
+    console.print(f"reward rule {task.rule}, policy {policy if task.rule == 'EXPLICIT' else 'top_k'}")
+    console.print("audit: every settled round matches" if task.ok else "audit: MISMATCH")
+    return 0 if task.ok else 1

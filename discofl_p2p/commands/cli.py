@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
     audit.add_argument("--contract", required=True, help="the task's contract address")
     audit.add_argument("--scoring", default=DEFAULT_SCORING, help="the scoring rule the task used ([task] scoring)")
+    audit.add_argument(
+        "--policy",
+        default="top_k",
+        choices=["top_k", "proportional", "loyalty"],
+        help="the reward policy of an Explicit-rule task ([task] reward_policy)",
+    )
+    audit.add_argument("--floor", type=float, default=0.0, help="the policy's quality floor ([task] quality_floor)")
+    audit.add_argument("--bonus", type=float, default=0.0, help="the loyalty bonus ([task] loyalty_bonus)")
 
     dash = sub.add_parser("dashboard", help="a live web page for one task, read from the chain (read-only)")
     dash.add_argument("--rpc-url", required=True, help="the chain the task lives on")
@@ -215,7 +223,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.audit import audit_main
 
-        return audit_main(to_ws_url(args.rpc_url), args.contract, args.scoring)
+        return audit_main(
+            to_ws_url(args.rpc_url), args.contract, args.scoring, policy=args.policy, floor=args.floor, bonus=args.bonus
+        )
     if args.command == "dashboard":
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.dashboard import dashboard_main

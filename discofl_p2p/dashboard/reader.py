@@ -3,7 +3,7 @@
 `TaskReader` follows one DiscoFLTask: it reads every past event, then follows new ones
 with `TaskClient.events()`, and after each batch rebuilds a `snapshot()`: a plain,
 JSON-ready dict with the task's state, its workers and its rounds. Contributions are
-recomputed with BlockFlow from the ScoresSubmitted events and the settleRound calldata
+recomputed with BlockFlow from the ScoresRevealed events and the settleRound calldata
 (which says which position each submitter's model holds), as `discofl-p2p audit` does.
 
 It is read-only: it never signs or sends a transaction, and holds no key.
@@ -343,7 +343,7 @@ class TaskReader:
                 r = rounds.setdefault(a["round"], _Round(a["round"]))
                 r.models = ["0x" + bytes(m).hex() for m in a["models"]]
                 r.evaluation_deadline = a["deadline"]
-            elif ev.name == "ScoresSubmitted":
+            elif ev.name == "ScoresRevealed":
                 rounds.setdefault(a["round"], _Round(a["round"])).scores[a["evaluator"]] = decode_scores(
                     bytes(a["scores"])
                 )

@@ -15,7 +15,13 @@ rankings and rewards as the full stack (`tests/test_replay.py`):
   scores come too late to count; in `stop` mode it does nothing from its round on;
 - scores go through the chain's encoding (`encode_scores`, basis points) as the
   requester reads them, and the same BlockFlow, Top-K and reward functions settle the
-  round (`trust.settlement.settle`); the final model is built as the requester builds it.
+  round (`trust.settlement.settle`); the final model is built as the requester builds it;
+- commit-reveal of scores decides nothing here: every on-time worker reveals what it
+  committed, and a `copy_median` scorer, which under commit-reveal never sees a row
+  to copy before it must commit, submits its true scores, as in the full stack.
+
+What the close shares out (the pots the rounds left unpaid, split among the workers
+that committed a model) is not in its rewards, nor in the full stack's records.
 
 What it leaves out: the published order (a secret shuffle in the full stack, that
 decides nothing), salts, gas. It also measures each published model's test accuracy,
@@ -44,7 +50,7 @@ from discofl_p2p.scenario.runner import build_behaviours, build_setup, worker_na
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle, tie_order
+from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
 """The address the plain loop's commitments are bound to (there is no contract)."""
@@ -165,8 +171,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
         rec.scores = score_matrix(canon, rows)
         contrib = scoring(rec.scores, tie_order(address), ScoringContext(history=tuple(honesty_history)))
         honesty_history.append(honesty_record(contrib, rec.scores))
-        for n in names:
-            streaks[n] = streaks[n] + 1 if n in published else 0
+        streaks = streaks_after(streaks, names, published)
         rec.contribution = {n: c.score for n, c in contrib.items()}
         rec.ranking, rec.rewards_wei = settle(
             contrib,

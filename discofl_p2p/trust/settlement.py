@@ -2,15 +2,16 @@
 
 `settle` is the one rule that turns contributions into a ranking and rewards;
 the requester agent and the plain loop both call it. Anyone can audit a task: the
-scores are in ScoresSubmitted events, the mapping of models to workers in the
-settleRound calldata, the payouts in RoundSettled. Under the Top-K rule the ranking
-and the rewards follow from those alone (`audit_top_k_round`).
+scores are in ScoresRevealed events (a row committed and never revealed counts as
+none), the mapping of models to workers in the settleRound calldata, the payouts in
+RoundSettled. The ranking and the rewards follow from those and the reward policy's
+parameters (`audit_round`, through the same `settle`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores, ranking, score_matrix
@@ -22,16 +23,86 @@ W = TypeVar("W", bound=Hashable)
 
 @dataclass(frozen=True)
 class RoundAudit:
+    """One settled round recomputed from the chain, beside what the chain paid.
+
+    `excluded`: the submitters passed NOT_OPENED; `withheld`: those among them that
+    posted a valid opening (disputeExclusion) of a model that is neither in the
+    round's list nor in an earlier one (so not a copy or a replay the requester had
+    to leave out); `unpaid`: what the round's pot did not pay (shared by the
+    participants at close)."""
+
     round: int
     contribution: dict[str, Contribution]
     expected_ranking: list[str]
     paid_ranking: list[str]
     expected_rewards: list[int]
     paid_rewards: list[int]
+    excluded: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)
+    unpaid: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.expected_ranking == self.paid_ranking and self.expected_rewards == self.paid_rewards
+        return (
+            self.expected_ranking == self.paid_ranking
+            and self.expected_rewards == self.paid_rewards
+            and not self.withheld
+        )
+
+
+ScoringFn = Callable[[dict[str, dict[str, float]], list[str], ScoringContext[str]], dict[str, Contribution]]
+
+
+def audit_round(
+    round_: int,
+    registered: Sequence[str],
+    owner_at: Sequence[str],
+    scores: Mapping[str, Sequence[float | None]],
+    pot: int,
+    paid_ranking: Sequence[str],
+    paid_rewards: Sequence[int],
+    *,
+    policy: str = "top_k",
+    top_k: int,
+    streaks: Mapping[str, int] | None = None,
+    floor: float = 0.0,
+    bonus: float = 0.0,
+    scoring: ScoringFn | None = None,
+    context: ScoringContext[str] | None = None,
+    excluded: Sequence[str] = (),
+    withheld: Sequence[str] = (),
+) -> RoundAudit:
+    """One settled round recomputed: the contributions with BlockFlow, or with
+    `scoring` (a rule from `trust.scoring.make_scoring_rule`) and its `context` (the
+    earlier rounds' honesty); the ranking and amounts with `settle`, the function the
+    requester and the plain loop call, under the task's reward `policy`."""
+    matrix = score_matrix(owner_at, scores)
+    if scoring is None:
+        contrib = contribution_scores(matrix, list(registered))
+    else:
+        contrib = scoring(matrix, list(registered), context if context is not None else ScoringContext())
+    published = [w for w in owner_at if w]
+    ranked, rewards = settle(
+        contrib,
+        published,
+        streaks if streaks is not None else dict.fromkeys(published, 1),
+        policy=policy,
+        top_k=top_k,
+        pot=pot,
+        floor=floor,
+        bonus=bonus,
+    )
+    return RoundAudit(
+        round_,
+        contrib,
+        ranked,
+        list(paid_ranking),
+        [rewards[w] for w in ranked],
+        list(paid_rewards),
+        list(excluded),
+        list(withheld),
+        pot - sum(paid_rewards),
+    )
 
 
 def audit_top_k_round(
@@ -44,22 +115,29 @@ def audit_top_k_round(
     paid_ranking: Sequence[str],
     paid_rewards: Sequence[int],
     *,
-    scoring: Callable[[dict[str, dict[str, float]], list[str], ScoringContext[str]], dict[str, Contribution]]
-    | None = None,
+    scoring: ScoringFn | None = None,
     context: ScoringContext[str] | None = None,
 ) -> RoundAudit:
-    """One settled round recomputed: with BlockFlow, or with `scoring` (a rule from
-    `trust.scoring.make_scoring_rule`) and its `context` (the earlier rounds' honesty)."""
-    matrix = score_matrix(owner_at, scores)
-    if scoring is None:
-        contrib = contribution_scores(matrix, list(registered))
-    else:
-        contrib = scoring(matrix, list(registered), context if context is not None else ScoringContext())
-    published = set(owner_at)
-    expected = ranking({w: c for w, c in contrib.items() if w in published}, top_k)
-    return RoundAudit(
-        round_, contrib, expected, list(paid_ranking), top_k_rewards(pot, len(expected)), list(paid_rewards)
+    """`audit_round` under the Top-K policy."""
+    return audit_round(
+        round_,
+        registered,
+        owner_at,
+        scores,
+        pot,
+        paid_ranking,
+        paid_rewards,
+        top_k=top_k,
+        scoring=scoring,
+        context=context,
     )
+
+
+def streaks_after(streaks: Mapping[str, int], everyone: Sequence[str], published: Sequence[str]) -> dict[str, int]:
+    """The rounds in a row each worker was published, after one more round (the
+    loyalty policy's input; the requester keeps it the same way)."""
+    out = set(published)
+    return {w: streaks.get(w, 0) + 1 if w in out else 0 for w in everyone}
 
 
 def tie_order(address_of: Mapping[W, str]) -> list[W]:

@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 /// @notice Test-only: a worker that is a contract. Its operator drives a task through
-///         `forward` (register, submitModel, submitScores, withdraw, ...), so the task
+///         `forward` (register, submitModel, commitScores, revealScores, withdraw, ...), so the task
 ///         sees this contract as msg.sender. It refuses ETH until `setAccepting(true)`.
 contract RejectingWorker {
     error Rejected();

@@ -111,6 +111,19 @@ class TrainingBehaviour(Component):
 class ScoringBehaviour(Component):
     """Honest by default: submits its true scores; its own position gets a decoy."""
 
+    copies_median: ClassVar[bool] = False
+    """Whether it waits for the others' scores on the chain and copies them
+    (`copy_wait_s`, `copy_scores`; the worker reads the chain for it)."""
+
+    def copy_wait_s(self) -> float:
+        """How long (wall-clock seconds) it waits for others' scores before committing."""
+        return 0.0
+
+    def copy_scores(self, rows: Sequence[Sequence[float | None]], honest: list[float | None]) -> list[float | None]:
+        """What it submits given the other evaluators' rows it could read (published
+        order) and the row it would submit otherwise; `honest` itself when it copies nothing."""
+        return honest
+
     def scores(
         self, true_scores: Sequence[float | None], ring_positions: set[int] | None, seed: int
     ) -> list[float | None]:
@@ -231,6 +244,16 @@ class WorkerBehaviour:
         self, true_scores: Sequence[float | None], ring_positions: set[int] | None, seed: int
     ) -> list[float | None]:
         return self.scoring.scores(true_scores, ring_positions, seed)
+
+    @property
+    def copies_median(self) -> bool:
+        return self.scoring.copies_median
+
+    def copy_wait_s(self) -> float:
+        return self.scoring.copy_wait_s()
+
+    def copy_scores(self, rows: Sequence[Sequence[float | None]], honest: list[float | None]) -> list[float | None]:
+        return self.scoring.copy_scores(rows, honest)
 
     def self_score(self, row: Sequence[float | None], own: int, rng: random.Random, grid: int | None) -> float | None:
         """What goes at position `own` (its own model) of the `row` that `scores`
