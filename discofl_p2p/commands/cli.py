@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     dash.add_argument("--port", type=int, default=9545, help="port to bind (default 9545; 0 picks a free one)")
     dash.add_argument("--run", metavar="DIR", help="a scenario's output directory: worker names, accuracy")
+    dash.add_argument(
+        "--scoring", default=DEFAULT_SCORING, help="the task's scoring rule ([task] scoring), for its contributions"
+    )
 
     demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
@@ -230,7 +233,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.dashboard import dashboard_main
 
-        return dashboard_main(to_ws_url(args.rpc_url), args.contract, args.host, args.port, args.run)
+        return dashboard_main(to_ws_url(args.rpc_url), args.contract, args.host, args.port, args.run, args.scoring)
     if args.command == "demo":
         from discofl_p2p.commands.demo import demo_main
 

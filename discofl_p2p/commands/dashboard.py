@@ -12,10 +12,11 @@ from pathlib import Path
 
 from discofl_p2p.dashboard.reader import TaskReader
 from discofl_p2p.dashboard.server import make_app, start_site
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
 
 
-async def serve(ws_url: str, contract: str | None, host: str, port: int, run_dir: Path | None) -> None:
-    runner, url = await start_site(make_app(TaskReader(ws_url, contract, run_dir)), host, port)
+async def serve(ws_url: str, contract: str | None, host: str, port: int, run_dir: Path | None, scoring: str) -> None:
+    runner, url = await start_site(make_app(TaskReader(ws_url, contract, run_dir, scoring)), host, port)
     print(f"dashboard: {url} (Ctrl-C stops it)", flush=True)
     try:
         await asyncio.Event().wait()  # until interrupted
@@ -23,13 +24,15 @@ async def serve(ws_url: str, contract: str | None, host: str, port: int, run_dir
         await runner.cleanup()
 
 
-def dashboard_main(ws_url: str, contract: str | None, host: str, port: int, run_dir: str | None) -> int:
+def dashboard_main(
+    ws_url: str, contract: str | None, host: str, port: int, run_dir: str | None, scoring: str = DEFAULT_SCORING
+) -> int:
     run = Path(run_dir) if run_dir else None
     if contract is None and run is None:
         print("discofl-p2p dashboard: give --contract, or --run naming a scenario's output directory", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(ws_url, contract, host, port, run))
+        asyncio.run(serve(ws_url, contract, host, port, run, scoring))
     except KeyboardInterrupt:
         pass
     except ValueError as e:

@@ -33,7 +33,8 @@ from web3 import AsyncWeb3
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
 from discofl_p2p.dashboard.traffic import p2p_figures
-from discofl_p2p.trust.blockflow import contribution_scores, score_matrix
+from discofl_p2p.trust.blockflow import score_matrix
+from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
 
 _log = logging.getLogger("discofl.dashboard")
 
@@ -191,9 +192,14 @@ class TaskReader:
     """Follows one task on the chain; `snapshot()` is its latest view, `version` counts
     rebuilds, and `wait_newer(v)` waits for a version above `v`."""
 
-    def __init__(self, ws_url: str, contract: str | None = None, run_dir: Path | None = None) -> None:
+    def __init__(
+        self, ws_url: str, contract: str | None = None, run_dir: Path | None = None, scoring: str = DEFAULT_SCORING
+    ) -> None:
+        """`scoring`: the task's contribution scoring rule ([task] scoring; the chain
+        does not hold it), with which the contributions are recomputed as `audit` does."""
         if contract is None and run_dir is None:
             raise ValueError("the dashboard needs --contract, or --run naming a run that deployed one")
+        self.scoring = make_scoring_rule(scoring)
         self.ws_url = ws_url
         self.contract = _addr(contract) if contract else None
         if contract and self.contract is None:
@@ -362,6 +368,7 @@ class TaskReader:
                 withdrawn[a["worker"]] = withdrawn.get(a["worker"], 0) + a["amount"]
         cumulative = dict.fromkeys(registered, 0)
         out_rounds = []
+        history: list[dict[str, float]] = []  # earlier rounds' honesty, as the requester keeps it
         for n in sorted(rounds):
             r = rounds[n]
             rewards: dict[str, int] = {}
@@ -376,7 +383,9 @@ class TaskReader:
                     cumulative[who] = cumulative.get(who, 0) + amount
             if r.owner_at is not None:
                 owner_at = [o or "" for o in r.owner_at]
-                c = contribution_scores(score_matrix(owner_at, r.scores), registered)
+                matrix = score_matrix(owner_at, r.scores)
+                c = self.scoring(matrix, registered, ScoringContext(history=tuple(history)))
+                history.append(honesty_record(c, matrix))
                 contributions = {
                     w: {
                         "median": x.median,

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from discofl_p2p.dashboard.reader import TaskReader
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
 
 _log = logging.getLogger("discofl.dashboard")
 
@@ -145,7 +146,13 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 
 @contextlib.contextmanager
 def dashboard_thread(
-    ws_url: str, *, contract: str | None = None, run_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0
+    ws_url: str,
+    *,
+    contract: str | None = None,
+    run_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    scoring: str = DEFAULT_SCORING,
 ) -> Iterator[str]:
     """Serves a dashboard from a thread of its own (its own event loop) while the block
     runs; yields its URL. `scenario --dashboard` uses it beside the run."""
@@ -157,7 +164,7 @@ def dashboard_thread(
 
     async def serve() -> None:
         try:
-            runner, u = await start_site(make_app(TaskReader(ws_url, contract, run_dir)), host, port)
+            runner, u = await start_site(make_app(TaskReader(ws_url, contract, run_dir, scoring)), host, port)
         except BaseException as e:
             failure.append(e)
             ready.set()
@@ -187,14 +194,18 @@ def dashboard_thread(
 
 @contextlib.contextmanager
 def run_dashboard(
-    port: int | None, ws_url: str, run_dir: Path | None, say: Callable[[str], object] = print
+    port: int | None,
+    ws_url: str,
+    run_dir: Path | None,
+    say: Callable[[str], object] = print,
+    scoring: str = DEFAULT_SCORING,
 ) -> Iterator[str | None]:
     """`scenario --dashboard [PORT]`: a dashboard on 127.0.0.1 beside the run while the
     block runs (nothing when `port` is None). It finds the contract in the run's
-    log.jsonl once the requester deploys it."""
+    log.jsonl once the requester deploys it; `scoring` is the scenario's rule."""
     if port is None:
         yield None
         return
-    with dashboard_thread(ws_url, run_dir=run_dir, port=port) as url:
+    with dashboard_thread(ws_url, run_dir=run_dir, port=port, scoring=scoring) as url:
         say(f"dashboard: {url}")
         yield url
