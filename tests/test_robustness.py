@@ -258,3 +258,32 @@ def test_quick_matrix_runs_every_attack(tmp_path):
     table = _csv(out / "results.csv")
     assert {r["attack"] for r in table} == set(load_matrix(builtin("quick")).attacks)
     assert len(table) == 2 * 2 * len(load_matrix(builtin("quick")).attacks)
+
+
+def test_the_rings_matrix_reaches_beyond_half_of_the_evaluators():
+    m = load_matrix(builtin("rings"))
+    assert Fraction(1, 2) < max(m.fractions) and Fraction(5, 9) in m.fractions
+    ring_cells = [c for c in cells(m) if c.fraction == Fraction(2, 3)]
+    assert {c.attack for c in ring_cells} == {"collusion", "guessing_ring", "stealthy_ring", "ring_promotes_poison"}
+    for c in ring_cells[:4]:
+        sc = c.scenario()
+        assert c.adversaries == 6 and [g.count for g in sc.workers] == [3, 6]
+
+
+def test_full_stack_sample_picks_distinct_cells_and_names_each_difference(tmp_path):
+    from discofl_p2p.bench.robustness.fullstack import differences, pick
+    from discofl_p2p.scenario.plain import PlainRound
+
+    (tmp_path / "m.toml").write_text(TINY)
+    all_cells = cells(load_matrix(tmp_path / "m.toml"))
+    sample = pick(all_cells, 3, seed=1)
+    assert len({c.key for c in sample}) == 3 and [c.key for c in pick(all_cells, 3, seed=1)] == [c.key for c in sample]
+    assert len(pick(all_cells, 100)) == len({c.key for c in all_cells})
+    a = PlainRound(1, scores={"a": {"b": 0.5}}, contribution={"a": 0.5}, ranking=["a"], rewards_wei={"a": 3})
+    b = PlainRound(1, scores={"a": {"b": 0.5}}, contribution={"a": 0.5}, ranking=["a"], rewards_wei={"a": 4})
+    assert differences({1: a}, {1: a}, 0.9, 0.9) == []
+    assert differences({1: a}, {1: b, 2: b}, 0.9, 0.8) == [
+        "round 1 rewards_wei: plain {'a': 3} full {'a': 4}",
+        "round 2: only in full stack",
+        "final accuracy: plain 0.9 full 0.8",
+    ]

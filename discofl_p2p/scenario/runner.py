@@ -28,7 +28,7 @@ import structlog
 import torch
 from web3 import AsyncWeb3
 
-from discofl_p2p.agents.behaviors import WorkerBehaviour, make_behaviour
+from discofl_p2p.agents.behaviors import WorkerBehaviour, is_ring, make_behaviour
 from discofl_p2p.agents.context import Recorder, RoundRecord, TaskSetup
 from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
@@ -90,17 +90,20 @@ def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
 
 def build_behaviours(sc: Scenario) -> dict[str, WorkerBehaviour]:
     """Each worker's behaviour, by name, from its group's parts; a collusion ring's
-    members also learn the ring's size (they agreed on their members beforehand)."""
+    members also learn the ring's size (they agreed on their members beforehand), and a
+    Sybil group's identities their operator (the group's first worker)."""
     groups = [(f"{g.name}-{i}", g) for g in sc.workers for i in range(1, g.count + 1)]
     rings: dict[str, int] = {}
     for g in sc.workers:
-        if g.score == "collusion":
+        if is_ring(g.score):
             rings[g.score_params["ring"]] = rings.get(g.score_params["ring"], 0) + g.count
     out = {}
     for name, g in groups:
         parts = g.parts()
-        if g.score == "collusion":
+        if is_ring(g.score):
             parts["score_params"] = parts["score_params"] | {"_ring_size": rings[g.score_params["ring"]]}
+        if g.train == "sybil":  # one operator: its identities use the group's first worker's data and seeds
+            parts["train_params"] = parts["train_params"] | {"_operator": f"{g.name}-1"}
         out[name] = make_behaviour(**parts)
     return out
 
@@ -241,7 +244,8 @@ async def assemble(
         if (ring := behaviours[name].ring) is not None:
             rings.setdefault(ring, []).append(nodes[name].peer_id)
     workers = []
-    for i, (name, _, _) in enumerate(roster):
+    index = {name: i for i, (name, _, _) in enumerate(roster)}
+    for name, _, _ in roster:
         ring = behaviours[name].ring
         workers.append(
             WorkerAgent(
@@ -251,7 +255,7 @@ async def assemble(
                 node=nodes[name],
                 setup=setup,
                 recorder=recorder,
-                split=setup.partition.workers[i],
+                split=setup.partition.workers[index[behaviours[name].data_owner(name)]],
                 requester_peer=req_node.peer_id,
                 ring=ring,
                 ring_peers=tuple(q for q in rings.get(ring or "", []) if q != nodes[name].peer_id),
