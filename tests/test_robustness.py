@@ -287,3 +287,20 @@ def test_full_stack_sample_picks_distinct_cells_and_names_each_difference(tmp_pa
         "round 2: only in full stack",
         "final accuracy: plain 0.9 full 0.8",
     ]
+
+
+@pytest.mark.slow
+def test_paper_preset_writes_its_figures_and_table(tmp_path):
+    """The paper's experiment as `--paper` runs it, on a small model and data (the
+    preset itself trains a CNN on all of MNIST's shipped digits: a documented command)."""
+    from discofl_p2p.bench.robustness.paper import PAPER, run_paper
+
+    small = PAPER.replace('name = "compact_cnn"', 'name = "logreg"').replace("epochs = 4", "epochs = 1")
+    small = small.replace('split = "iid"', 'split = "iid"\nsamples_per_worker = 30').replace("rounds = 5", "rounds = 2")
+    text = run_paper(tmp_path, seeds=(1,), text=small, say=lambda _: None)
+    for name in ("paper.md", "paper.json", "paper-accuracy.png", "paper-rewards.png", "paper-cumulative.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = [line for line in text.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 1 and "paper: about 92 %" in text
+    honest_share, garbage_share = (float(c.split("±")[0]) for c in rows[0].split("|")[4:6])
+    assert honest_share + garbage_share == pytest.approx(1.0, abs=1e-6) and garbage_share < honest_share

@@ -72,13 +72,26 @@ def bench_scenarios(directory: str, floor: float, *, quick: bool = False) -> int
 
 
 def bench_robustness(
-    matrix: str | None, out: str, *, quick: bool = False, jobs: int = 1, full_stack_sample: int = 0
+    matrix: str | None,
+    out: str,
+    *,
+    quick: bool = False,
+    jobs: int = 1,
+    full_stack_sample: int = 0,
+    paper: bool = False,
 ) -> int:
     from discofl_p2p.bench import robustness
     from discofl_p2p.bench.robustness.matrix import MatrixError
     from discofl_p2p.scenario.config import ScenarioError
 
     console = Console(width=120)
+    if paper:
+        from discofl_p2p.bench.robustness.paper import run_paper
+
+        console.print(run_paper(Path(out), say=console.print))
+        console.print(f"results in {out}: paper.md, paper.json, paper-accuracy.png, paper-rewards.png, "
+                      "paper-cumulative.png")  # fmt: skip
+        return 0
     path = Path(matrix) if matrix else robustness.default_matrix(quick=quick)
     try:
         run = robustness.run_robustness(path, Path(out), jobs=jobs, say=console.print)

@@ -62,6 +62,7 @@ class PlainRound:
     contribution: dict[str, float] = field(default_factory=dict)
     ranking: list[str] = field(default_factory=list)
     rewards_wei: dict[str, int] = field(default_factory=dict)
+    test_accuracy: dict[str, float] = field(default_factory=dict)  # each published model's, as the requester records
     # A guessing ring member (no shared CIDs) -> (its guesses that were a ring mate's model, its guesses).
     ring_guesses: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -168,7 +169,7 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             if not b.late(r):
                 rows[n] = decode_scores(encode_scores(row))  # the self-score is dropped anyway
         for n in published:
-            evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+            rec.test_accuracy[n] = evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
 
         # The requester settles.
         rec.scores = score_matrix(canon, rows)
