@@ -110,6 +110,7 @@ def _group(name: str, count: int, **keys: str) -> str:
     return f'[[workers]]\nname = "{name}"\ncount = {count}\n' + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("train", "params"), [("targeted_flip", {"source": 1, "target": 7}), ("backdoor", {"target": 0})]
 )

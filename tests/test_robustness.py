@@ -209,7 +209,7 @@ def test_tiny_sweep_end_to_end_and_cached(tmp_path):
         assert 0 <= float(r["final_accuracy"]) <= 1
         assert -1 <= float(r["accuracy_loss"]) <= 1
         assert 0 <= float(r["adversary_share"]) <= 1
-        assert r["attack_success"] == ""  # no targeted attack in the registries
+        assert r["attack_success"] == ""  # no targeted attack in this matrix
         assert r["fairness_spearman"] == "" or -1 <= float(r["fairness_spearman"]) <= 1
         assert r["gini"] == "" or 0 <= float(r["gini"]) < 1
         assert (r["scoring"] != "") == has_scoring_axis()
