@@ -112,3 +112,40 @@ def test_the_plain_loop_equals_the_full_stack_with_adversaries(anvil):
     # its own models 1.0.
     assert "replays" in full.rounds[2].excluded["rider-1"]
     assert full.rounds[3].scores["ring-1"]["ring-2"] == 1.0
+
+
+NEW_ATTACKS = """
+[[workers]]
+name = "syb"
+count = 2
+train = "sybil"
+
+[[workers]]
+name = "copy"
+count = 1
+train = "noisy_copy"
+score = "targeted_downscore"
+
+[[workers]]
+name = "stealth"
+count = 2
+train = "backdoor"
+score = "stealthy_ring"
+score_params = { ring = "s", shares_cids = true, delta = 0.1 }
+"""
+
+
+@pytest.mark.slow
+def test_the_plain_loop_equals_the_full_stack_with_the_new_attacks(anvil):
+    """Sybil identities (their operator's data split and seeds), a noisy copy that
+    down-scores the best models, and a stealthy ring of backdoor trainers sharing CIDs,
+    on the full stack (anvil, libp2p) and in the plain loop."""
+    text = SMALL.format(name="equiv-new", top_k=6, policy="proportional") + NEW_ATTACKS
+    full = _full(text, anvil)
+    plain = run_plain(parse_scenario(text))
+    assert _learning(plain.rounds) == _learning(full.rounds)
+    assert plain.final_accuracy == full.final_accuracy
+    # Not vacuous: the free riders passed de-duplication, the ring shifted its scores.
+    assert {"syb-1", "syb-2", "copy-1"} <= set(full.rounds[3].models) and not full.rounds[3].excluded
+    assert 0 < full.rounds[3].scores["stealth-1"]["stealth-2"] < 1
+    assert min(full.rounds[3].scores["copy-1"].values()) == 0.0

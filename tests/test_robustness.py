@@ -209,7 +209,7 @@ def test_tiny_sweep_end_to_end_and_cached(tmp_path):
         assert 0 <= float(r["final_accuracy"]) <= 1
         assert -1 <= float(r["accuracy_loss"]) <= 1
         assert 0 <= float(r["adversary_share"]) <= 1
-        assert r["attack_success"] == ""  # no targeted attack in the registries
+        assert r["attack_success"] == ""  # no targeted attack in this matrix
         assert r["fairness_spearman"] == "" or -1 <= float(r["fairness_spearman"]) <= 1
         assert r["gini"] == "" or 0 <= float(r["gini"]) < 1
         assert (r["scoring"] != "") == has_scoring_axis()
@@ -258,3 +258,49 @@ def test_quick_matrix_runs_every_attack(tmp_path):
     table = _csv(out / "results.csv")
     assert {r["attack"] for r in table} == set(load_matrix(builtin("quick")).attacks)
     assert len(table) == 2 * 2 * len(load_matrix(builtin("quick")).attacks)
+
+
+def test_the_rings_matrix_reaches_beyond_half_of_the_evaluators():
+    m = load_matrix(builtin("rings"))
+    assert Fraction(1, 2) < max(m.fractions) and Fraction(5, 9) in m.fractions
+    ring_cells = [c for c in cells(m) if c.fraction == Fraction(2, 3)]
+    assert {c.attack for c in ring_cells} == {"collusion", "guessing_ring", "stealthy_ring", "ring_promotes_poison"}
+    for c in ring_cells[:4]:
+        sc = c.scenario()
+        assert c.adversaries == 6 and [g.count for g in sc.workers] == [3, 6]
+
+
+def test_full_stack_sample_picks_distinct_cells_and_names_each_difference(tmp_path):
+    from discofl_p2p.bench.robustness.fullstack import differences, pick
+    from discofl_p2p.scenario.plain import PlainRound
+
+    (tmp_path / "m.toml").write_text(TINY)
+    all_cells = cells(load_matrix(tmp_path / "m.toml"))
+    sample = pick(all_cells, 3, seed=1)
+    assert len({c.key for c in sample}) == 3 and [c.key for c in pick(all_cells, 3, seed=1)] == [c.key for c in sample]
+    assert len(pick(all_cells, 100)) == len({c.key for c in all_cells})
+    a = PlainRound(1, scores={"a": {"b": 0.5}}, contribution={"a": 0.5}, ranking=["a"], rewards_wei={"a": 3})
+    b = PlainRound(1, scores={"a": {"b": 0.5}}, contribution={"a": 0.5}, ranking=["a"], rewards_wei={"a": 4})
+    assert differences({1: a}, {1: a}, 0.9, 0.9) == []
+    assert differences({1: a}, {1: b, 2: b}, 0.9, 0.8) == [
+        "round 1 rewards_wei: plain {'a': 3} full {'a': 4}",
+        "round 2: only in full stack",
+        "final accuracy: plain 0.9 full 0.8",
+    ]
+
+
+@pytest.mark.slow
+def test_paper_preset_writes_its_figures_and_table(tmp_path):
+    """The paper's experiment as `--paper` runs it, on a small model and data (the
+    preset itself trains a CNN on all of MNIST's shipped digits: a documented command)."""
+    from discofl_p2p.bench.robustness.paper import PAPER, run_paper
+
+    small = PAPER.replace('name = "compact_cnn"', 'name = "logreg"').replace("epochs = 4", "epochs = 1")
+    small = small.replace('split = "iid"', 'split = "iid"\nsamples_per_worker = 30').replace("rounds = 5", "rounds = 2")
+    text = run_paper(tmp_path, seeds=(1,), text=small, say=lambda _: None)
+    for name in ("paper.md", "paper.json", "paper-accuracy.png", "paper-rewards.png", "paper-cumulative.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = [line for line in text.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 1 and "paper: about 92 %" in text
+    honest_share, garbage_share = (float(c.split("±")[0]) for c in rows[0].split("|")[4:6])
+    assert honest_share + garbage_share == pytest.approx(1.0, abs=1e-6) and garbage_share < honest_share

@@ -294,10 +294,11 @@ class WorkerAgent:
         trained = base
         if self.behavior.trains():
             x, y = setup.data.x[self.split.train], setup.data.y[self.split.train]
-            x, y = self.behavior.training_data(x, y, self._seed("data", r))
+            owner = self.behavior.data_owner(self.name)  # a Sybil identity trains as its operator
+            x, y = self.behavior.training_data(x, y, derive_seed(setup.seed, owner, "data", r))
             t0 = time.monotonic()
             cfg = setup.train_cfg_for(r)
-            trained = await setup.run_cpu(train_job, w0, base, x, y, cfg, self._seed("train", r))
+            trained = await setup.run_cpu(train_job, w0, base, x, y, cfg, derive_seed(setup.seed, owner, "train", r))
             self._log("model_trained", r, seconds=round(time.monotonic() - t0, 3), samples=len(y))
         state = self.behavior.submission(trained, base, self._seen, self._seed("submit", r), self._previous_base)
         self._previous_base = base

@@ -71,12 +71,27 @@ def bench_scenarios(directory: str, floor: float, *, quick: bool = False) -> int
     return 0
 
 
-def bench_robustness(matrix: str | None, out: str, *, quick: bool = False, jobs: int = 1) -> int:
+def bench_robustness(
+    matrix: str | None,
+    out: str,
+    *,
+    quick: bool = False,
+    jobs: int = 1,
+    full_stack_sample: int = 0,
+    paper: bool = False,
+) -> int:
     from discofl_p2p.bench import robustness
     from discofl_p2p.bench.robustness.matrix import MatrixError
     from discofl_p2p.scenario.config import ScenarioError
 
     console = Console(width=120)
+    if paper:
+        from discofl_p2p.bench.robustness.paper import run_paper
+
+        console.print(run_paper(Path(out), say=console.print))
+        console.print(f"results in {out}: paper.md, paper.json, paper-accuracy.png, paper-rewards.png, "
+                      "paper-cumulative.png")  # fmt: skip
+        return 0
     path = Path(matrix) if matrix else robustness.default_matrix(quick=quick)
     try:
         run = robustness.run_robustness(path, Path(out), jobs=jobs, say=console.print)
@@ -88,4 +103,16 @@ def bench_robustness(matrix: str | None, out: str, *, quick: bool = False, jobs:
     console.print(
         f"computed {run.sweep.computed} cells in {run.sweep.wall_s:.1f} s: {run.sweep.cells_per_minute:.1f} cells/min"
     )
+    if full_stack_sample > 0:
+        from discofl_p2p.bench.robustness.fullstack import compare_on_full_stack, pick
+        from discofl_p2p.bench.robustness.matrix import cells, load_matrix
+
+        sample = pick(cells(load_matrix(path)), full_stack_sample)
+        compared = compare_on_full_stack(sample, run.out, say=console.print)
+        differ = [c for c in compared if c.differences]
+        console.print(
+            f"full stack: {len(compared) - len(differ)} of {len(compared)} sampled cells equal to the plain loop"
+            + (f"; {len(differ)} differ (see full-stack-sample.json)" if differ else "")
+        )
+        return 1 if differ else 0
     return 0

@@ -130,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--out", default="runs/robustness", help="output directory; cells cached under DIR/cells/")
     rb.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
     rb.add_argument("--quick", action="store_true", help="the small matrix: every attack once, one seed")
+    rb.add_argument(
+        "--full-stack-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-run N random cells on the full stack (anvil, libp2p) and report any difference from the plain loop",
+    )
+    rb.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's experiment (6 workers, 2 garbage, 5 rounds) over 3 seeds: its Figs 6 and 7 beside its claims",
+    )
     for b in (gas, ml, p2p, sb):
         b.add_argument("--quick", action="store_true", help="tiny inputs: checks that it runs; figures mean nothing")
     return p
@@ -248,7 +260,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bench == "p2p":
             return bench.bench_p2p(quick=args.quick)
         if args.bench == "robustness":
-            return bench.bench_robustness(args.matrix, args.out, quick=args.quick, jobs=args.jobs)
+            return bench.bench_robustness(
+                args.matrix,
+                args.out,
+                quick=args.quick,
+                jobs=args.jobs,
+                full_stack_sample=args.full_stack_sample,
+                paper=args.paper,
+            )
         return bench.bench_scenarios(args.dir, args.floor, quick=args.quick)
     build_parser().print_help()
     return 2

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from discofl_p2p.agents.behaviors import AXES, DEFAULTS, SHORTHANDS, Param
+from discofl_p2p.agents.behaviors import AXES, DEFAULTS, SHORTHANDS, Param, is_ring
 from discofl_p2p.chain.limits import ETH, MAX_DEPOSIT_WEI, MAX_PERIOD_S, MAX_ROUNDS, MAX_TOP_K, MAX_WORKERS
 from discofl_p2p.ml.aggregation import AGGREGATORS
 from discofl_p2p.ml.models import MODELS
@@ -496,7 +496,7 @@ class _Validator:
         rings: dict[str, tuple[int, str]] = {}  # ring -> (members, the key of its first group's ring)
         for i, g in enumerate(sc.workers):
             keys = self.params_keys[f"workers[{i}]"]
-            if g.score == "collusion":
+            if is_ring(g.score):
                 ring = g.score_params["ring"]
                 size, where = rings.get(ring, (0, f"workers[{i}].{keys['score']}.ring"))
                 rings[ring] = (size + g.count, where)

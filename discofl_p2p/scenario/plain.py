@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from discofl_p2p.agents.behaviors import guess_positions
 from discofl_p2p.agents.context import derive_seed
 from discofl_p2p.agents.jobs import evaluate_job, initial_state, train_job
 from discofl_p2p.agents.requester import select_openings
@@ -67,6 +68,9 @@ class PlainRound:
     contribution: dict[str, float] = field(default_factory=dict)
     ranking: list[str] = field(default_factory=list)
     rewards_wei: dict[str, int] = field(default_factory=dict)
+    test_accuracy: dict[str, float] = field(default_factory=dict)  # each published model's, as the requester records
+    # A guessing ring member (no shared CIDs) -> (its guesses that were a ring mate's model, its guesses).
+    ring_guesses: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     ctx, w0_blob = build_setup(sc)
     names = [n for n, _, _ in worker_names(sc)]
     behaviours = build_behaviours(sc)
-    splits = {n: ctx.partition.workers[i] for i, n in enumerate(names)}
+    index = {n: i for i, n in enumerate(names)}
+    splits = {n: ctx.partition.workers[index[behaviours[n].data_owner(n)]] for n in names}
     address = {n: str(derive_account(sc.task.seed, f"{ctx.task_id}/{n}").address) for n in names}
     rings: dict[str, list[str]] = {}
     for n in names:
@@ -121,8 +126,9 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             base = ctx.aggregate(ws.candidates) if r > 1 and ws.candidates and b.starts_from_aggregate() else w0
             trained = base
             if b.trains():
-                x, y = b.training_data(ctx.data.x[splits[n].train], ctx.data.y[splits[n].train], seed(n, "data", r))
-                trained = train_job(w0_blob, base, x, y, ctx.train_cfg_for(r), seed(n, "train", r))
+                owner = b.data_owner(n)
+                x, y = b.training_data(ctx.data.x[splits[n].train], ctx.data.y[splits[n].train], seed(owner, "data", r))
+                trained = train_job(w0_blob, base, x, y, ctx.train_cfg_for(r), seed(owner, "train", r))
             sub = b.submission(trained, base, ws.seen, seed(n, "submit", r), ws.previous_base)
             ws.previous_base = base
             own[n] = (cid_of(encode_state(sub)), sub)
@@ -162,10 +168,14 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
             mates = [own[m][0] for m in rings.get(b.ring or "", []) if m in own]
             ring_positions = {k for k, m in enumerate(canon) if own[m][0] in mates} if mates else None
             row = b.scores(true, ring_positions, seed(n, "scores", r))
+            if b.ring is not None and ring_positions is None:  # it guessed: did it land?
+                guess = guess_positions(true, int(b.scoring.params.get("_ring_size", 2)), seed(n, "scores", r))
+                truth = {k for k, m in enumerate(canon) if m != n and behaviours[m].ring == b.ring}
+                rec.ring_guesses[n] = (len(guess & truth), len(guess))
             if not b.late(r):
                 rows[n] = decode_scores(encode_scores(row))  # the self-score is dropped anyway
         for n in published:
-            evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+            rec.test_accuracy[n] = evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
 
         # The requester settles.
         rec.scores = score_matrix(canon, rows)

@@ -28,7 +28,7 @@ import structlog
 import torch
 from web3 import AsyncWeb3
 
-from discofl_p2p.agents.behaviors import WorkerBehaviour, make_behaviour
+from discofl_p2p.agents.behaviors import WorkerBehaviour, is_ring, make_behaviour
 from discofl_p2p.agents.context import Recorder, RoundRecord, TaskSetup
 from discofl_p2p.agents.requester import RequesterAgent, RequesterConfig
 from discofl_p2p.agents.worker import WorkerAgent
@@ -95,17 +95,20 @@ def worker_names(sc: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
 
 def build_behaviours(sc: Scenario) -> dict[str, WorkerBehaviour]:
     """Each worker's behaviour, by name, from its group's parts; a collusion ring's
-    members also learn the ring's size (they agreed on their members beforehand)."""
+    members also learn the ring's size (they agreed on their members beforehand), and a
+    Sybil group's identities their operator (the group's first worker)."""
     groups = [(f"{g.name}-{i}", g) for g in sc.workers for i in range(1, g.count + 1)]
     rings: dict[str, int] = {}
     for g in sc.workers:
-        if g.score == "collusion":
+        if is_ring(g.score):
             rings[g.score_params["ring"]] = rings.get(g.score_params["ring"], 0) + g.count
     out = {}
     for name, g in groups:
         parts = g.parts()
-        if g.score == "collusion":
+        if is_ring(g.score):
             parts["score_params"] = parts["score_params"] | {"_ring_size": rings[g.score_params["ring"]]}
+        if g.train == "sybil":  # one operator: its identities use the group's first worker's data and seeds
+            parts["train_params"] = parts["train_params"] | {"_operator": f"{g.name}-1"}
         out[name] = make_behaviour(**parts)
     return out
 
@@ -138,8 +141,9 @@ def build_worker(
     requester_peer: str,
     ring_peers: tuple[str, ...],
 ) -> WorkerAgent:
-    """One worker agent of the scenario's roster: its data split is its place in it."""
-    index = [n for n, _, _ in worker_names(sc)].index(name)
+    """One worker agent of the scenario's roster: its data split is its place in it
+    (a Sybil identity's, its operator's place)."""
+    index = [n for n, _, _ in worker_names(sc)].index(behaviour.data_owner(name))
     return WorkerAgent(
         name=name,
         behavior=behaviour,

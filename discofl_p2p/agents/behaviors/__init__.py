@@ -2,7 +2,8 @@
 submits), a scoring part (what scores it submits) and a participation part, each a
 small class with its own parameter schema, chosen by name from `TRAINING_BEHAVIOURS`,
 `SCORING_BEHAVIOURS` and `PARTICIPATION_BEHAVIOURS` (`base.py`). One module per family:
-`training.py`, `updates.py` (attacks on the update), `scoring.py`, `participation.py`.
+`training.py`, `updates.py` (attacks on the update), `targeted.py` (targeted data
+poisoning), `freeriding.py`, `scoring.py`, `participation.py`.
 `SHORTHANDS` maps the first scenario files' `behavior = NAME` to its parts.
 docs/attacks.md lists every attack, its source and what it assumes the attacker knows.
 """
@@ -31,6 +32,7 @@ from discofl_p2p.agents.behaviors.base import (
     shorthand_parts,
 )
 from discofl_p2p.agents.behaviors.decoy import decoy_score
+from discofl_p2p.agents.behaviors.scoring import guess_positions, is_ring
 
 # Every family module registers its classes when imported: a new module needs no edit here.
 for _m in pkgutil.iter_modules(__path__):
@@ -52,6 +54,8 @@ __all__ = [
     "TrainingBehaviour",
     "WorkerBehaviour",
     "decoy_score",
+    "guess_positions",
+    "is_ring",
     "make_behaviour",
     "shorthand_parts",
 ]

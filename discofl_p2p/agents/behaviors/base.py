@@ -107,6 +107,18 @@ class TrainingBehaviour(Component):
     def submission(self, view: RoundView, seed: int) -> StateDict:
         return view.trained
 
+    def success_set(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A targeted attack's aim, from held-out data (x, y): the inputs it aims at,
+        each labelled with the class it wants; the final model's accuracy on them is
+        its attack success rate. None for an untargeted behaviour."""
+        return None
+
+    @property
+    def operator(self) -> str | None:
+        """The worker whose data split and data and training seeds it uses (a Sybil
+        identity's operator); None: its own."""
+        return None
+
 
 class ScoringBehaviour(Component):
     """Honest by default: submits its true scores; its own position gets a decoy."""
@@ -215,6 +227,11 @@ class WorkerBehaviour:
 
     def starts_from_aggregate(self) -> bool:
         return self.training.from_aggregate
+
+    def data_owner(self, name: str) -> str:
+        """Whose data split and data/training seeds worker `name` uses: its own, or
+        its Sybil operator's."""
+        return self.training.operator or name
 
     def training_data(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.training.training_data(x, y, seed)

@@ -18,7 +18,7 @@ from discofl_p2p.bench.robustness.metrics import breakdown_point
 
 COLUMNS = ["attack", "fraction", "adversaries", "split", "scoring", "aggregation", "policy", "seed",
            "final_accuracy", "accuracy_loss", "adversary_share", "attack_success", "fairness_spearman", "gini",
-           "wall_s"]  # fmt: skip
+           "ring_guess_rate", "wall_s"]  # fmt: skip
 
 
 def rows(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,6 +46,7 @@ def rows(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str
             "attack_success": _num(r["attack_success"]),
             "fairness_spearman": _num(r["fairness_spearman"]),
             "gini": _num(r["gini"]),
+            "ring_guess_rate": _num(r.get("ring_guess_rate")),
             "wall_s": round(r["wall_s"], 2),
         }
         for attack in attacks if c.attack == HONEST else [c.attack]:
@@ -174,7 +175,7 @@ def summary(m: Matrix, table: list[dict[str, Any]], *, computed: int, wall_s: fl
         lines.append(f"- breakdown {defence_name(agg, policy, scoring)}, {split}: {verdict}")
     lines += ["", "## Per attack (mean ± std over seeds)", ""]
     head = ["split", "defence", "attack", "fraction", "final accuracy", "accuracy loss (points)",
-            "adversary share", "fairness (Spearman)", "Gini (honest)"]  # fmt: skip
+            "adversary share", "attack success", "fairness (Spearman)", "Gini (honest)"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     keys = ("split", "aggregation", "policy", "scoring", "attack", "fraction")
     for (split, agg, policy, scoring, attack, f), rs in sorted(_group(table, *keys).items()):
@@ -185,6 +186,7 @@ def summary(m: Matrix, table: list[dict[str, Any]], *, computed: int, wall_s: fl
 
         lines.append(
             f"| {split} | {defence_name(agg, policy, scoring)} | {attack} | {_label(f)} | {ms('final_accuracy')} | "
-            f"{ms('accuracy_loss', 100)} | {ms('adversary_share')} | {ms('fairness_spearman')} | {ms('gini')} |"
+            f"{ms('accuracy_loss', 100)} | {ms('adversary_share')} | {ms('attack_success')} | "
+            f"{ms('fairness_spearman')} | {ms('gini')} |"
         )
     return "\n".join(lines) + "\n"
