@@ -336,3 +336,27 @@ def test_link_faults_are_validated_and_need_processes(tmp_path, capsys):
     file.write_text(text)
     assert main(["scenario", str(file), "--out", str(tmp_path / "run")]) == 2
     assert "faults.partition acts on a worker process's network: run it with --processes" in capsys.readouterr().err
+
+
+def test_a_faulted_worker_is_recovered_only_if_published_every_round_and_exited_normally():
+    from discofl_p2p.agents.context import RoundRecord
+    from discofl_p2p.scenario.faultplan import fault_outcome
+
+    rounds = {
+        1: RoundRecord(1, models={"a": "c1", "b": "c2"}),
+        2: RoundRecord(2, models={"b": "c3"}, excluded={"a": "model failed the checks against w0"}),
+        3: RoundRecord(3, models={"b": "c4"}),
+    }
+    assert fault_outcome("b", 1, rounds, 0, "") == {"outcome": "recovered"}
+    assert fault_outcome("a", 1, rounds, 0, "") == {
+        "outcome": "excluded",
+        "reasons": {
+            "round 2": "model failed the checks against w0",
+            "round 3": "no commitment before the submission deadline",
+        },
+    }
+    # Round 1, before its fault, does not count; a process that gave up does.
+    assert fault_outcome("b", 2, rounds, 1, "LinkDropped") == {
+        "outcome": "excluded",
+        "reasons": {"process": "exited with code 1: LinkDropped"},
+    }
