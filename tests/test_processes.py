@@ -348,10 +348,10 @@ def test_a_faulted_worker_is_recovered_only_if_published_every_round_and_exited_
         3: RoundRecord(3, models={"b": "c4"}),
     }
     assert fault_outcome("b", 1, rounds, 0, "") == {"outcome": "recovered"}
-    assert fault_outcome("a", 1, rounds, 0, "") == {
+    assert fault_outcome("a", 1, rounds, 0, "", {2: "could not fetch c5"}) == {
         "outcome": "excluded",
         "reasons": {
-            "round 2": "model failed the checks against w0",
+            "round 2": "model failed the checks against w0: could not fetch c5",
             "round 3": "no commitment before the submission deadline",
         },
     }

@@ -90,30 +90,41 @@ class FaultPlan:
         rounds: dict[int, RoundRecord],
         exits: dict[str, tuple[int | None, str]],
         links: dict[str, dict[str, int]],
+        rejected: dict[tuple[str, int], str] | None = None,
     ) -> list[dict[str, Any]]:
-        """`done`, each network fault with its outcome (`fault_outcome`) and what it
-        did to the worker's traffic (`links`: counts from its node)."""
+        """`done`, each network fault with its outcome (`fault_outcome`; `rejected`:
+        why the requester rejected a worker's model in a round, from its log) and what
+        it did to the worker's traffic (`links`: counts from its node)."""
+        rejected = rejected or {}
         out = []
         for f in self.done:
             if f["kind"] == "kill":
                 out.append(f)
             else:
                 w = f["worker"]
-                out.append(f | fault_outcome(w, f["round"], rounds, *exits[w]) | {"link": links.get(w, {})})
+                why = {r: reason for (name, r), reason in rejected.items() if name == w}
+                out.append(f | fault_outcome(w, f["round"], rounds, *exits[w], why) | {"link": links.get(w, {})})
         return out
 
 
 def fault_outcome(
-    worker: str, round_: int, rounds: dict[int, RoundRecord], code: int | None, stderr: str
+    worker: str,
+    round_: int,
+    rounds: dict[int, RoundRecord],
+    code: int | None,
+    stderr: str,
+    rejected: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """ "recovered" when the worker's model is published in every round from `round_`
     on and its process exited normally; otherwise "excluded", with the reasons: per
-    round, why its model is missing (the requester's record, or no opening at all),
-    and how its process ended."""
+    round, why its model is missing (the requester's record, or no opening at all;
+    with `rejected`, the requester's own words for a model it rejected, e.g. "could
+    not fetch ..."), and how its process ended."""
     reasons: dict[str, str] = {}
     for r, rec in rounds.items():
         if r >= round_ and worker not in rec.models:
-            reasons[f"round {r}"] = rec.excluded.get(worker, "no commitment before the submission deadline")
+            why = rec.excluded.get(worker, "no commitment before the submission deadline")
+            reasons[f"round {r}"] = f"{why}: {rejected[r]}" if rejected and r in rejected else why
     if code != 0:
         reasons["process"] = f"exited with code {code}" + (f": {stderr}" if stderr else "")
     if not reasons:

@@ -283,7 +283,7 @@ async def run_processes(
         outcome = await _outcome(sc, run, w3, ws_url, contract, req_acct, accts, started, faults.killed)
         codes = {c.name: (c.proc.returncode, c.stderr_tail()) for c in run.children}
         links = {c.name: _link_counts(c) for c in run.children if c.name in faults.cut_off}
-        outcome.faults = faults.report(outcome.rounds, codes, links)
+        outcome.faults = faults.report(outcome.rounds, codes, links, _rejections(requester.log))
         return outcome
     finally:
         if phases is not None:
@@ -381,6 +381,19 @@ def _link_counts(c: AgentProcess) -> dict[str, int]:
         if isinstance(counts, dict):
             return {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
     return {}
+
+
+def _rejections(path: Path) -> dict[tuple[str, int], str]:
+    """(worker, round) -> why the requester rejected its model, from the requester's
+    log (`model_rejected`): the detail behind "model failed the checks against w0"."""
+    out: dict[tuple[str, int], str] = {}
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError, TypeError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and ev.get("event") == "model_rejected":
+                    out[(str(ev.get("worker")), int(ev.get("round", 0)))] = str(ev.get("reason"))
+    return out
 
 
 def merge_logs(out: Path, logs: list[Path]) -> int:
