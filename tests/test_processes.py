@@ -281,10 +281,11 @@ def test_a_partitioned_node_refuses_then_recovers_and_a_lossy_link_drops():
 
 NET_FAULTS = (
     TINY.replace("submission_timeout_s = 30", "submission_timeout_s = 20")
-    + '\n[faults]\npartition = {{ "honest-1" = {{ round = 1, seconds = 3 }} }}\n'
+    + '\n[faults]\npartition = {{ "honest-1" = {{ round = 1, seconds = 8 }} }}\n'
     + 'lossy = {{ "honest-2" = {{ round = 1, delay_ms = 100, loss = 0.3 }} }}\n'
 )
-"""TINY with honest-1 cut off the network for 3 s and honest-2 on a slow lossy link,
+"""TINY with honest-1 cut off the network for 8 s (longer than its training, shorter
+than the 10 s its opening may take) and honest-2 on a slow lossy link,
 both from the start of round 1."""
 
 
@@ -294,17 +295,23 @@ def test_a_partitioned_worker_and_a_lossy_link_are_survived(tmp_path):
     faults = {f["kind"]: f for f in res["faults"]}
     assert sorted(faults) == ["lossy", "partition"]
     part, lossy = faults["partition"], faults["lossy"]
-    assert (part["worker"], part["round"], part["seconds"]) == ("honest-1", 1, 3)
+    assert (part["worker"], part["round"], part["seconds"]) == ("honest-1", 1, 8)
     assert (lossy["worker"], lossy["delay_ms"], lossy["loss"]) == ("honest-2", 100, 0.3)
     [r1] = res["rounds"]
     # The partition is shorter than every timeout: honest-1 comes back and is ranked.
+    # Its peers were cut off (connections closed); the opening it sent the requester
+    # waited for the end of the partition, if it had trained before then.
     assert part["outcome"] == "recovered" and "honest-1" in r1["models"]
     assert part["link"]["connections_closed"] >= 1
     mine = [e for e in events if e.get("process") == "honest-1"]
     [started] = [e for e in mine if e["event"] == "partition_started"]
-    assert started["seconds"] == 3
+    assert started["seconds"] == 8
     [ended] = [e for e in mine if e["event"] == "partition_ended"]
     assert ended["connections_closed"] == part["link"]["connections_closed"]
+    at = {e["event"]: e["timestamp"] for e in mine}
+    assert at["opening_sent"] > ended["timestamp"]
+    if at["model_trained"] < ended["timestamp"]:
+        assert part["link"]["streams_held"] >= 1
     # The lossy link delayed every stream of honest-2 and dropped some, as its log says;
     # whatever it dropped, honest-2 recovered or was excluded with the reason recorded.
     dropped = [e for e in events if e.get("process") == "honest-2" and e["event"] == "stream_dropped"]
@@ -322,7 +329,7 @@ def test_link_faults_are_validated_and_need_processes(tmp_path, capsys):
 
     text = NET_FAULTS.format(name="k")
     cases = [  # (edit of the file, the error it gets: file:line: key: message)
-        (("seconds = 3", "seconds = 0"), r":\d+: faults.partition.honest-1.seconds: must be a number of seconds > 0"),
+        (("seconds = 8", "seconds = 0"), r":\d+: faults.partition.honest-1.seconds: must be a number of seconds > 0"),
         (("loss = 0.3", "loss = 1.5"), r"faults.lossy.honest-2.loss: must be a probability in \[0, 1\], got 1.5"),
         (("delay_ms = 100, ", ""), r"faults.lossy.honest-2: missing 'delay_ms'"),
         (("round = 1, seconds", "round = 2, seconds"), r"faults.partition.honest-1.round: must be a round from 1 to 1"),
