@@ -7,6 +7,7 @@ behind; bad arguments are refused before anything starts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,8 +194,24 @@ KILL = (
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_round_is_settled_without(tmp_path):
-    file = tmp_path / "kill.toml"
-    file.write_text(KILL.format(name="kill"))
+    res, events = run_faulty(tmp_path, KILL.format(name="kill"))
+    [fault] = res["faults"]
+    assert (fault["kind"], fault["worker"], fault["round"], fault["signal"]) == ("kill", "honest-3", 1, "SIGKILL")
+    codes = {w["name"]: w["exit_code"] for w in res["workers"]}
+    assert codes == {"honest-1": 0, "honest-2": 0, "honest-3": -signal.SIGKILL}
+    [r1] = res["rounds"]
+    assert sorted(r1["models"]) == sorted(r1["ranking"]) == ["honest-1", "honest-2"]
+    missed = {e["event"]: e["missing"] for e in events if e["event"].endswith("_deadline_passed")}
+    assert missed == {"submission_deadline_passed": ["honest-3"], "evaluation_deadline_passed": ["honest-3"]}
+    assert res["final"]["rewards_wei"]["honest-3"] == "0"
+
+
+def run_faulty(tmp_path: Path, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs the scenario `text` with --processes as a user would; checks that it exits 0
+    and that nothing is lost (the whole deposit paid to the survivors or refunded);
+    returns its results.json and its merged log."""
+    file = tmp_path / "faults.toml"
+    file.write_text(text)
     out = tmp_path / "run"
     p = subprocess.run(
         [sys.executable, "-m", "discofl_p2p", "scenario", str(file), "--processes", "--out", str(out)],
@@ -203,19 +221,9 @@ def test_a_worker_killed_mid_round_is_settled_without(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     res = json.loads((out / "results.json").read_text())
-    [fault] = res["faults"]
-    assert (fault["kind"], fault["worker"], fault["round"], fault["signal"]) == ("kill", "honest-3", 1, "SIGKILL")
-    codes = {w["name"]: w["exit_code"] for w in res["workers"]}
-    assert codes == {"honest-1": 0, "honest-2": 0, "honest-3": -signal.SIGKILL}
-    [r1] = res["rounds"]
-    assert sorted(r1["models"]) == sorted(r1["ranking"]) == ["honest-1", "honest-2"]
-    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    missed = {e["event"]: e["missing"] for e in events if e["event"].endswith("_deadline_passed")}
-    assert missed == {"submission_deadline_passed": ["honest-3"], "evaluation_deadline_passed": ["honest-3"]}
-    # Nothing else lost: the whole deposit is paid to the survivors or refunded.
     paid = sum(int(v) for v in res["final"]["rewards_wei"].values()) + int(res["final"]["deposit_refunded_wei"])
     assert paid + int(res["final"]["held_wei"]) == int(res["task"]["deposit_wei"])
-    assert res["final"]["rewards_wei"]["honest-3"] == "0"
+    return res, [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 def test_faults_kill_is_validated_and_needs_processes(tmp_path, capsys):
@@ -229,3 +237,133 @@ def test_faults_kill_is_validated_and_needs_processes(tmp_path, capsys):
     file.write_text(KILL.format(name="k"))
     assert main(["scenario", str(file), "--out", str(tmp_path / "run")]) == 2
     assert "faults.kill kills an agent's OS process: run it with --processes" in capsys.readouterr().err
+
+
+def test_a_partitioned_node_refuses_then_recovers_and_a_lossy_link_drops():
+    """The p2p edge of the injected faults, on two real nodes: while A is partitioned
+    B cannot fetch from it and A's own request waits; after, both get through. A lossy
+    link with loss 1 drops every stream, seeded draws replay."""
+    from discofl_p2p.p2p import BlobUnavailable, NodeConfig, P2PNetwork
+    from discofl_p2p.p2p.linkfault import LinkFaults
+    from discofl_p2p.p2p.node import key_from_seed
+
+    async def body() -> None:
+        async with P2PNetwork(NodeConfig(fetch_timeout_s=3, request_timeout_s=3)) as net:
+            a = await net.add_node(key_from_seed(7, "a"))
+            b = await net.add_node(key_from_seed(7, "b"))
+            await a.connect(b)  # A knows B's address, as a worker knows the requester's
+            cid_a, cid_b = await a.put(b"held by a"), await b.put(b"held by b")
+            await a.partition(1.5)
+            await asyncio.sleep(0.2)
+            with pytest.raises(BlobUnavailable):
+                await b.get(cid_a, [a.peer_id], deadline_s=1.0)
+            t0 = time.monotonic()
+            assert await a.get(cid_b, [b.peer_id]) == b"held by b"  # held until the partition ended
+            assert time.monotonic() - t0 > 0.8
+            assert await b.get(cid_a, [a.peer_id]) == b"held by a"
+            counts = a.link_faults
+            assert counts["connections_closed"] >= 1 and counts["streams_held"] == 1
+
+            await b.degrade(0.05, 1.0, "seed")
+            with pytest.raises(BlobUnavailable, match="dropped by the injected lossy link"):
+                await b.get(cid_a, [a.peer_id])
+            assert b.link_faults["streams_dropped"] == b.link_faults["streams_delayed"] == 1
+
+    run(body())
+    draws = []
+    for _ in range(2):
+        f = LinkFaults()
+        f.degrade(0, 0.5, "21/honest-2/lossy")
+        assert f.lossy is not None
+        draws.append([f.lossy.dropped() for _ in range(20)])
+    assert draws[0] == draws[1] and 0 < sum(draws[0]) < 20
+
+
+NET_FAULTS = (
+    TINY.replace("submission_timeout_s = 30", "submission_timeout_s = 20")
+    + '\n[faults]\npartition = {{ "honest-1" = {{ round = 1, seconds = 8 }} }}\n'
+    + 'lossy = {{ "honest-2" = {{ round = 1, delay_ms = 100, loss = 0.3 }} }}\n'
+)
+"""TINY with honest-1 cut off the network for 8 s (longer than its training, shorter
+than the 10 s its opening may take) and honest-2 on a slow lossy link,
+both from the start of round 1."""
+
+
+@pytest.mark.slow
+def test_a_partitioned_worker_and_a_lossy_link_are_survived(tmp_path):
+    res, events = run_faulty(tmp_path, NET_FAULTS.format(name="netfaults"))
+    faults = {f["kind"]: f for f in res["faults"]}
+    assert sorted(faults) == ["lossy", "partition"]
+    part, lossy = faults["partition"], faults["lossy"]
+    assert (part["worker"], part["round"], part["seconds"]) == ("honest-1", 1, 8)
+    assert (lossy["worker"], lossy["delay_ms"], lossy["loss"]) == ("honest-2", 100, 0.3)
+    [r1] = res["rounds"]
+    # The partition is shorter than every timeout: honest-1 comes back and is ranked.
+    # Its peers were cut off (connections closed); the opening it sent the requester
+    # waited for the end of the partition, if it had trained before then.
+    assert part["outcome"] == "recovered" and "honest-1" in r1["models"]
+    assert part["link"]["connections_closed"] >= 1
+    mine = [e for e in events if e.get("process") == "honest-1"]
+    [started] = [e for e in mine if e["event"] == "partition_started"]
+    assert started["seconds"] == 8
+    [ended] = [e for e in mine if e["event"] == "partition_ended"]
+    assert ended["connections_closed"] == part["link"]["connections_closed"]
+    at = {e["event"]: e["timestamp"] for e in mine}
+    assert at["opening_sent"] > ended["timestamp"]
+    if at["model_trained"] < ended["timestamp"]:
+        assert part["link"]["streams_held"] >= 1
+    # The lossy link delayed every stream of honest-2 and dropped some, as its log says;
+    # whatever it dropped, honest-2 recovered or was excluded with the reason recorded.
+    dropped = [e for e in events if e.get("process") == "honest-2" and e["event"] == "stream_dropped"]
+    assert lossy["link"]["streams_delayed"] >= 1 and lossy["link"]["streams_dropped"] == len(dropped)
+    if lossy["outcome"] == "recovered":
+        assert "honest-2" in r1["models"]
+    else:
+        assert lossy["outcome"] == "excluded" and lossy["reasons"]
+    codes = {w["name"]: w["exit_code"] for w in res["workers"]}
+    assert codes["honest-1"] == codes["honest-3"] == 0
+
+
+def test_link_faults_are_validated_and_need_processes(tmp_path, capsys):
+    from discofl_p2p.scenario.config import ScenarioError, parse_scenario
+
+    text = NET_FAULTS.format(name="k")
+    cases = [  # (edit of the file, the error it gets: file:line: key: message)
+        (("seconds = 8", "seconds = 0"), r":\d+: faults.partition.honest-1.seconds: must be a number of seconds > 0"),
+        (("loss = 0.3", "loss = 1.5"), r"faults.lossy.honest-2.loss: must be a probability in \[0, 1\], got 1.5"),
+        (("delay_ms = 100, ", ""), r"faults.lossy.honest-2: missing 'delay_ms'"),
+        (("round = 1, seconds", "round = 2, seconds"), r"faults.partition.honest-1.round: must be a round from 1 to 1"),
+        (('"honest-1" =', '"honest-9" ='), r"faults.partition.honest-9: no worker is named 'honest-9'"),
+        (("loss = 0.3", "loss = 0.3, jitter = 1"), r"faults.lossy.honest-2.jitter: unknown key"),
+    ]
+    for (old, new), error in cases:
+        with pytest.raises(ScenarioError, match=error):
+            parse_scenario(text.replace(old, new))
+    file = tmp_path / "net.toml"
+    file.write_text(text)
+    assert main(["scenario", str(file), "--out", str(tmp_path / "run")]) == 2
+    assert "faults.partition acts on a worker process's network: run it with --processes" in capsys.readouterr().err
+
+
+def test_a_faulted_worker_is_recovered_only_if_published_every_round_and_exited_normally():
+    from discofl_p2p.agents.context import RoundRecord
+    from discofl_p2p.scenario.faultplan import fault_outcome
+
+    rounds = {
+        1: RoundRecord(1, models={"a": "c1", "b": "c2"}),
+        2: RoundRecord(2, models={"b": "c3"}, excluded={"a": "model failed the checks against w0"}),
+        3: RoundRecord(3, models={"b": "c4"}),
+    }
+    assert fault_outcome("b", 1, rounds, 0, "") == {"outcome": "recovered"}
+    assert fault_outcome("a", 1, rounds, 0, "", {2: "could not fetch c5"}) == {
+        "outcome": "excluded",
+        "reasons": {
+            "round 2": "model failed the checks against w0: could not fetch c5",
+            "round 3": "no commitment before the submission deadline",
+        },
+    }
+    # Round 1, before its fault, does not count; a process that gave up does.
+    assert fault_outcome("b", 2, rounds, 1, "LinkDropped") == {
+        "outcome": "excluded",
+        "reasons": {"process": "exited with code 1: LinkDropped"},
+    }

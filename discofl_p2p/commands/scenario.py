@@ -69,6 +69,12 @@ def scenario_main(
     if sc.faults.kill and not processes:
         _error(f"invalid scenario: {file}: faults.kill kills an agent's OS process: run it with --processes (or up)")
         return EXIT_BAD_FILE
+    for kind in ("partition", "lossy"):
+        if getattr(sc.faults, kind) and not processes:
+            _error(
+                f"invalid scenario: {file}: faults.{kind} acts on a worker process's network: run it with --processes"
+            )
+            return EXIT_BAD_FILE
     out = Path(out_dir or Path("runs") / f"{sc.task.name}-seed{sc.task.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").write_text("")

@@ -39,6 +39,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from discofl_p2p.p2p import bridge
 from discofl_p2p.p2p.cid import cid_of, matches
+from discofl_p2p.p2p.linkfault import LinkDropped, LinkFaults
 from discofl_p2p.p2p.protocol import (
     BAD_REQUEST,
     BLOB_PROTOCOL,
@@ -239,10 +240,14 @@ class _Slots:
         return len(self._peers)
 
 
-def _guarded_handler(protocol: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+def _guarded_handler(
+    node: _TrioNode, protocol: str, handler: Callable[[Any], Awaitable[None]]
+) -> Callable[[Any], Awaitable[None]]:
     """A stream handler whose exceptions end its stream, not the node."""
 
     async def guarded(stream: Any) -> None:
+        if not await node.admit(stream, protocol):
+            return
         try:
             await handler(stream)
         except Exception as e:  # noqa: BLE001 - a peer must never crash the node
@@ -274,6 +279,8 @@ class _TrioNode:
         self._subscribers: dict[str, list[Callable[[Announcement], None]]] = defaultdict(list)
         self.bytes_received = 0  # blob payload bytes fetched from peers, counted as they arrive
         self.on_received: Callable[[int], None] | None = None  # asyncio-side watcher of that count
+        self.faults = LinkFaults()  # injected by the scenario's [faults] (p2p/linkfault.py)
+        self._partition_over = bridge.Event()
 
     def _count_received(self, n: int) -> None:
         self.bytes_received += n
@@ -355,6 +362,8 @@ class _TrioNode:
 
     async def _handle(self, stream: Any) -> None:
         peer = str(stream.muxed_conn.peer_id)
+        if not await self.admit(stream, BLOB_PROTOCOL):
+            return
         try:
             async with self._server_slots.hold(peer):
                 with bridge.fail_after(self.cfg.request_timeout_s):
@@ -417,7 +426,7 @@ class _TrioNode:
     async def fetch_from(self, cid: str, provider: str, max_bytes: int) -> bytes:
         async with self._client_slots.hold(provider):
             with bridge.fail_after(self.cfg.fetch_timeout_s):
-                stream = await self.host.new_stream(ID.from_base58(provider), [TProtocol(BLOB_PROTOCOL)])
+                stream = await self.open_stream(provider, BLOB_PROTOCOL)
                 try:
                     await stream.write(encode_request({"op": "get", "cid": cid}))
                     data = await read_response(
@@ -464,7 +473,7 @@ class _TrioNode:
 
     async def ask_held(self, peer: str, task: str, round_: int) -> list[str]:
         with bridge.fail_after(self.cfg.request_timeout_s):
-            stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(BLOB_PROTOCOL)])
+            stream = await self.open_stream(peer, BLOB_PROTOCOL)
             try:
                 await stream.write(encode_request({"op": "list", "task": task, "round": round_}))
                 body = await read_response(stream, 1 << 20, what="list")
@@ -483,7 +492,7 @@ class _TrioNode:
     async def send_raw(self, peer: str, protocol: str, data: bytes, read_timeout: float, close: bool) -> bytes:
         """Writes raw bytes on a new stream (then closes our side if `close`) and reads
         until EOF or timeout (testing aid)."""
-        stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+        stream = await self.open_stream(peer, protocol)
         out = bytearray()
         try:
             await stream.write(data)
@@ -502,13 +511,15 @@ class _TrioNode:
         return bytes(out)
 
     def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
-        self.host.set_stream_handler(TProtocol(protocol), _guarded_handler(protocol, handler))
+        self.host.set_stream_handler(TProtocol(protocol), _guarded_handler(self, protocol, handler))
 
     # ---------------------------------------------------------------- direct messages
 
     async def serve_messages(self, protocol: str, inbox: Inbox) -> None:
         async def handler(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
+            if not await self.admit(stream, protocol):
+                return
             try:
                 with bridge.fail_after(self.cfg.request_timeout_s):
                     payload = await read_request_json(stream)
@@ -537,7 +548,7 @@ class _TrioNode:
 
     async def send_message(self, peer: str, protocol: str, payload: dict[str, Any]) -> None:
         with bridge.fail_after(self.cfg.request_timeout_s):
-            stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+            stream = await self.open_stream(peer, protocol)
             try:
                 await stream.write(encode_request(payload))
                 await read_response(stream, 0, what=f"message on {protocol}")
@@ -545,6 +556,70 @@ class _TrioNode:
                 await _reset(stream)
                 raise
             await _close(stream)
+
+    # ---------------------------------------------------------------- injected faults
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        """A new stream to `peer`, through the injected link faults (none in a normal
+        run): held while partitioned, delayed and maybe dropped on a lossy link."""
+        if self.faults.partitioned:
+            self.faults.count("streams_held")
+            log.info("stream_held", peer=peer, protocol=protocol, reason="partitioned")
+            await self._partition_over.wait()
+        if await self._lossy_drops(peer, protocol, "out"):
+            raise LinkDropped(f"stream to {peer} on {protocol} dropped by the injected lossy link")
+        return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+
+    async def admit(self, stream: Any, protocol: str) -> bool:
+        """Whether an inbound stream gets through the injected link faults; one that
+        does not is reset here (refused while partitioned, dropped on a lossy link)."""
+        peer = str(stream.muxed_conn.peer_id)
+        if self.faults.partitioned:
+            self.faults.count("streams_refused")
+            log.info("stream_refused", peer=peer, protocol=protocol, reason="partitioned")
+        elif not await self._lossy_drops(peer, protocol, "in"):
+            return True
+        await _reset(stream)
+        return False
+
+    async def _lossy_drops(self, peer: str, protocol: str, direction: str) -> bool:
+        lossy = self.faults.lossy
+        if lossy is None:
+            return False
+        if lossy.delay_s:
+            self.faults.count("streams_delayed")
+            await bridge.sleep(lossy.delay_s)
+        if not lossy.dropped():
+            return False
+        self.faults.count("streams_dropped")
+        log.info("stream_dropped", peer=peer, protocol=protocol, direction=direction, reason="lossy link")
+        return True
+
+    async def partition(self, seconds: float) -> None:
+        """Cuts this node off the network for `seconds` (returns at once): every
+        connection is closed, and so is each one a peer opens meanwhile."""
+        if self.faults.partitioned:
+            return
+        self.faults.partitioned = True
+        self._partition_over = bridge.Event()
+        log.warning("partition_started", seconds=seconds, peers=len(self.host.get_connected_peers()))
+        self._nursery.start_soon(self._partitioned, seconds)
+
+    async def _partitioned(self, seconds: float) -> None:
+        with bridge.move_on_after(seconds):
+            while True:
+                for peer in list(self.host.get_connected_peers()):
+                    with bridge.move_on_after(1):
+                        await self.host.disconnect(peer)
+                    self.faults.count("connections_closed")
+                await bridge.sleep(0.05)
+        self.faults.partitioned = False
+        self._partition_over.set()
+        log.warning("partition_ended", seconds=seconds, **self.faults.summary())
+
+    async def degrade(self, delay_s: float, loss: float, seed: str) -> None:
+        self.faults.degrade(delay_s, loss, seed)
+        log.warning("link_degraded", delay_s=delay_s, loss=loss)
 
     # ---------------------------------------------------------------- gossip
 
@@ -779,6 +854,21 @@ class P2PNode:
         """Testing aid: raw bytes on a new stream (our side closed after them if
         `close`), and what comes back before EOF or `read_timeout`."""
         return bytes(await self._call(self._node.send_raw, peer_id, protocol, data, read_timeout, close))
+
+    async def partition(self, seconds: float) -> None:
+        """Injected fault: cuts the node off the network for `seconds` from now
+        (`p2p/linkfault.py`); returns at once."""
+        await self._call(self._node.partition, seconds)
+
+    async def degrade(self, delay_s: float, loss: float, seed: str) -> None:
+        """Injected fault: from now on every stream of ours waits `delay_s` and is
+        dropped with probability `loss`, seeded with `seed` (`p2p/linkfault.py`)."""
+        await self._call(self._node.degrade, delay_s, loss, seed)
+
+    @property
+    def link_faults(self) -> dict[str, int]:
+        """What the injected link faults have done so far (counts)."""
+        return self._node.faults.summary()
 
     def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
         """Serves `protocol` with `handler(stream)`, which runs in the trio thread. An

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -110,6 +111,35 @@ async def dial(node: P2PNode, peer: PeerAddr, timeout_s: float = DIAL_TIMEOUT_S)
             await asyncio.sleep(0.3)
 
 
+PARTITION_SIGNAL = signal.SIGUSR1
+"""Sent by whoever runs the worker (`scenario/processes.py`) when its partition starts."""
+LOSSY_SIGNAL = signal.SIGUSR2
+"""Sent when its lossy link starts."""
+
+
+def arm_link_faults(sc: Scenario, name: str, node: P2PNode) -> None:
+    """Makes this worker's node take the scenario's `[faults] partition` and `lossy`
+    for it when the runner says they start (PARTITION_SIGNAL, LOSSY_SIGNAL, at the
+    fault's round): the runner knows the round from the requester, as a network
+    operator would, and the node applies the fault to its traffic
+    (`p2p/linkfault.py`). The agent is not told."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def start(what: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(what)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if part := sc.faults.partition.get(name):
+        seconds = float(part["seconds"])
+        loop.add_signal_handler(PARTITION_SIGNAL, lambda: start(node.partition(seconds)))
+    if lossy := sc.faults.lossy.get(name):
+        delay_s, loss = float(lossy["delay_ms"]) / 1000, float(lossy["loss"])
+        seed = f"{sc.task.seed}/{name}/lossy"
+        loop.add_signal_handler(LOSSY_SIGNAL, lambda: start(node.degrade(delay_s, loss, seed)))
+
+
 async def serve_requester(
     sc: Scenario,
     ws_url: str,
@@ -190,6 +220,7 @@ async def serve_worker(
         client = TaskClient(w3, contract, account, ws_url=ws_url)
         async with P2PNetwork(NodeConfig(host=host, port=port, max_blob_bytes=setup.max_model_bytes)) as net:
             node = await net.add_node(node_key)
+            arm_link_faults(sc, name, node)
             requester_peer = await dial(node, bootstrap, dial_timeout_s)
             ring_peers = tuple([await dial(node, a, dial_timeout_s) for a in ring])
             for a in peers:
@@ -201,6 +232,7 @@ async def serve_worker(
                 finished = await until_stopped(agent.run(), stop)
             finally:
                 facts = {"peer_id": node.peer_id, "address": account.address, "finished": finished}
+                facts["link_faults"] = node.link_faults
                 write_records(records, recorder, agent=name, withdrawn_wei=agent.withdrawn_wei, **facts)
     finally:
         await w3.provider.disconnect()

@@ -155,6 +155,12 @@ class FaultsSection:
     announce_loss: float = 0.0  # fraction of gossip announcements never sent
     # worker name -> the round at whose start its process gets SIGKILL (processes mode)
     kill: dict[str, int] = field(default_factory=dict)
+    # worker name -> {round, seconds}: from that round's start its node drops every p2p
+    # connection and stream for that long (processes mode; p2p/linkfault.py)
+    partition: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # worker name -> {round, delay_ms, loss}: from that round's start each p2p stream it
+    # opens or accepts waits delay_ms and is dropped with probability loss, seeded
+    lossy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,30 @@ class _Validator:
                 if typ == (int, float):
                     values[k] = float(values[k])
         return cls(**values)
+
+    def link_faults(self, sc: Scenario, roster: set[str]) -> None:
+        """`[faults] partition` and `lossy`: WORKER = { round = R, ... } for a worker of
+        the roster, R a round of the task, and the fault's own keys in range."""
+        shapes: dict[str, dict[str, tuple[str, float, float]]] = {
+            "partition": {"seconds": ("a number of seconds > 0", 0.0, math.inf)},
+            "lossy": {"delay_ms": ("a delay in ms >= 0", 0.0, math.inf), "loss": ("a probability in [0, 1]", 0.0, 1.0)},
+        }
+        for kind, shape in shapes.items():
+            for name, spec in getattr(sc.faults, kind).items():
+                key = f"faults.{kind}.{name}"
+                if name not in roster:
+                    raise self.fail(key, f"no worker is named {name!r} (names are GROUP-N, e.g. honest-1)")
+                self.keys(spec, key, {"round", *shape})
+                for k in ("round", *shape):
+                    if k not in spec:
+                        raise self.fail(key, f"missing {k!r} (keys: round, {', '.join(shape)})")
+                r = self.typed(spec["round"], int, f"{key}.round")
+                if not 1 <= r <= sc.task.rounds:
+                    raise self.fail(f"{key}.round", f"must be a round from 1 to {sc.task.rounds}, got {r}")
+                for k, (what, lo, hi) in shape.items():
+                    v = self.typed(spec[k], (int, float), f"{key}.{k}")
+                    if not lo <= v <= hi or (kind == "partition" and v == 0):
+                        raise self.fail(f"{key}.{k}", f"must be {what}, got {v!r}")
 
     def workers(self, groups: Any) -> list[WorkerGroup]:
         if groups is None:
@@ -513,6 +543,7 @@ class _Validator:
                 )
             if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= t.rounds:
                 raise self.fail(f"faults.kill.{name}", f"must be a round from 1 to {t.rounds}, got {r!r}")
+        self.link_faults(sc, roster)
         for ring, (size, where) in rings.items():
             if size < 2:
                 raise self.fail(where, f"collusion ring {ring!r} has 1 member; a ring needs at least 2")

@@ -55,6 +55,7 @@ from discofl_p2p.chain.limits import FUNDING_WEI
 from discofl_p2p.p2p.node import key_from_seed, key_seed
 from discofl_p2p.scenario.agent_process import unless_stopped
 from discofl_p2p.scenario.config import Scenario
+from discofl_p2p.scenario.faultplan import FaultPlan
 from discofl_p2p.scenario.records import RecordsError, merge_rounds, read_records
 from discofl_p2p.scenario.runner import (
     RunOutcome,
@@ -255,7 +256,7 @@ async def run_processes(
             raise RunInterrupted("stopped before the task was deployed")
         contract, bootstrap = deployed["contract"], deployed["multiaddr"]
         log.info("task_joined", contract=contract, requester=bootstrap)
-        faults = FaultPlan(sc.faults.kill, run, started)
+        faults = FaultPlan(sc.faults, run.children, started)
 
         def phase(r: int, name: str) -> None:
             faults.on_phase(r, name)
@@ -281,7 +282,9 @@ async def run_processes(
 
         await _supervise(run, sc, stop, faults)
         outcome = await _outcome(sc, run, w3, ws_url, contract, req_acct, accts, started, faults.killed)
-        outcome.faults = faults.done
+        codes = {c.name: (c.proc.returncode, c.stderr_tail()) for c in run.children}
+        links = {c.name: _link_counts(c) for c in run.children if c.name in faults.cut_off}
+        outcome.faults = faults.report(outcome.rounds, codes, links, _rejections(requester.log))
         return outcome
     finally:
         if phases is not None:
@@ -291,38 +294,10 @@ async def run_processes(
         merge_logs(out, [c.log for c in run.children])
 
 
-class FaultPlan:
-    """The scenario's `[faults] kill`: worker -> the round at whose start (the
-    requester's "submission" phase line) its process gets SIGKILL, as `kill -9` would.
-    `done` lists what was injected, for results.json."""
-
-    def __init__(self, kill: dict[str, int], run: ProcessRun, started: float) -> None:
-        self.kill, self.run, self.started = dict(kill), run, started
-        self.done: list[dict[str, Any]] = []
-
-    @property
-    def killed(self) -> set[str]:
-        return {f["worker"] for f in self.done}
-
-    def on_phase(self, r: int, phase: str) -> None:
-        if phase != "submission":
-            return
-        for name, at in self.kill.items():
-            child = next((c for c in self.run.children if c.name == name), None)
-            if at != r or child is None or child.proc.returncode is not None or name in self.killed:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.kill()
-            fault = {"kind": "kill", "signal": "SIGKILL", "worker": name, "pid": child.pid, "round": r}
-            fault |= {"phase": phase, "at_s": round(time.monotonic() - self.started, 3)}
-            self.done.append(fault)
-            log.warning("fault_injected", **fault)
-
-
 async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event, faults: FaultPlan) -> None:
     """Waits until every child has exited by itself; raises (and leaves the stopping
     to the caller) on the scenario's timeout, on `stop`, or when a child fails (a
-    child the fault plan killed has not failed)."""
+    child the fault plan killed, or cut off and that gave up, has not failed)."""
     waits = {asyncio.ensure_future(c.proc.wait()): c for c in run.children}
     stopper = asyncio.ensure_future(stop.wait())
     deadline = time.monotonic() + sc.timeout_s
@@ -338,7 +313,7 @@ async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event, faults:
             for w in done:
                 c = waits.pop(w)
                 run.report(c)
-                if c.proc.returncode != 0 and not (c.name in faults.killed and c.proc.returncode == -signal.SIGKILL):
+                if c.proc.returncode != 0 and not faults.excuses(c.name, c.proc.returncode):
                     raise ProcessFailed(
                         f"{c.name} (pid {c.pid}) exited with code {c.proc.returncode}: {c.stderr_tail()}"
                     )
@@ -369,6 +344,8 @@ async def _outcome(
         try:
             data = read_records(c.records)
         except RecordsError as e:
+            if c.proc.returncode != 0 and c.name in sc.faults.partition.keys() | sc.faults.lossy.keys():
+                continue  # a worker cut off that gave up: excluded, as a killed one
             raise ProcessFailed(f"{c.name} left no records: {e}") from None
         parts.append(data["rounds"])
         facts[c.name] = data
@@ -404,6 +381,28 @@ async def _outcome(
         held_wei=st.held,
         wall_s=time.monotonic() - started,
     )
+
+
+def _link_counts(c: AgentProcess) -> dict[str, int]:
+    """What the injected link faults did to the worker's traffic, from its records."""
+    with contextlib.suppress(RecordsError):
+        counts = read_records(c.records).get("link_faults")
+        if isinstance(counts, dict):
+            return {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+    return {}
+
+
+def _rejections(path: Path) -> dict[tuple[str, int], str]:
+    """(worker, round) -> why the requester rejected its model, from the requester's
+    log (`model_rejected`): the detail behind "model failed the checks against w0"."""
+    out: dict[tuple[str, int], str] = {}
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError, TypeError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and ev.get("event") == "model_rejected":
+                    out[(str(ev.get("worker")), int(ev.get("round", 0)))] = str(ev.get("reason"))
+    return out
 
 
 def merge_logs(out: Path, logs: list[Path]) -> int:
