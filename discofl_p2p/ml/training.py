@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,9 @@ def inference_module(model: nn.Module) -> nn.Module:
     pays even for a worker's ~100-sample test split. Eager modules run as they are."""
     model.eval()
     if isinstance(model, torch.jit.ScriptModule):
-        frozen: nn.Module = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+        with warnings.catch_warnings():  # deprecated for torch.compile, which TorchScript w0 cannot use
+            warnings.simplefilter("ignore", DeprecationWarning)
+            frozen: nn.Module = torch.jit.optimize_for_inference(torch.jit.freeze(model))
         return frozen
     return model
 
