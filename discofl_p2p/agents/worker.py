@@ -22,7 +22,8 @@ TaskClosed           stop.
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
 model_committed, model_fetched (one per model: provider, from_requester, bytes, seconds),
-scores_submitted, withdrawn.
+scores_submitted, withdrawn; and as warnings what it retried or gave up on:
+w0_fetch_retried, opening_send_failed, model_unusable, cover_fetch_failed.
 
 The overlay. Under anonymity the first copy of each model comes from the requester:
 nobody else may serve a model before it has fetched it like everyone else (its author
