@@ -17,7 +17,6 @@ from discofl_p2p.ml.models import build_model, export_initial_model
 from discofl_p2p.ml.weights import encode_state
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
-from discofl_p2p.report.overlay import fetch_shares
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.runner import Simulation
 from tests.conftest import TINY, run, tiny, with_simulation
@@ -159,35 +158,3 @@ def test_stored_models_stay_bounded_over_rounds(anvil):
     assert final["requester"] == w0_bytes + 3 * model
     assert all(sim.requester.node.holds(cid) for cid in last.values())
     assert all(final[w] <= 3 * model for w in final if w != "requester")
-
-
-# ---------------------------------------------------------------- the overlay
-
-
-@pytest.mark.slow
-def test_evaluators_fetch_from_each_other_and_the_requester_serves_less_than_a_star(anvil):
-    """Four workers, one round: every worker fetches every published model (its own
-    too, a cover fetch), each first copy from the requester, later ones from peers
-    that announced holding them. Counted from the model_fetched events: the requester
-    serves at least one copy of each model and strictly fewer bytes than a star, which
-    would serve them all."""
-
-    async def body(sim: Simulation, net: P2PNetwork, w0: bytes):
-        with capture_logs() as logs:
-            async with asyncio.timeout(90):
-                await sim.run()
-        return logs, len(encode_state(initial_state(w0))), sim.requester.node.peer_id
-
-    text = TINY.replace("count = 3", "count = 4")
-    logs, model, requester = run(with_simulation(anvil, parse_scenario(text.format(name="overlay")), body))
-    shares = fetch_shares(logs)
-    fetched = [e for e in logs if e["event"] == "model_fetched"]
-    assert shares.models == 4 and shares.fetches == 16  # 4 evaluators x 4 models
-    assert shares.total_bytes == 16 * model
-    assert all(e["from_requester"] == (e["provider"] == requester) for e in fetched)
-    assert 4 * model <= shares.requester_bytes < shares.total_bytes
-    # Nobody serves a model before it has fetched it: each model's first copy (in log
-    # order, one process) came from the requester.
-    first = {e["cid"]: e for e in reversed(fetched)}
-    assert len(first) == 4 and all(e["from_requester"] for e in first.values())
-    assert not [e for e in logs if e["event"] in ("model_unusable", "announcement_ignored")]

@@ -121,17 +121,12 @@ def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
 # ---------------------------------------------------------------- holding announcements
 
 
-CID = "bafkreihofrftfvddefjaf2sr22aeye44kuddkyosquw77pdvcnkea2pjba"
-
-
 def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
     """honest-1 listens to the round's gossip. honest-2 registered on-chain and signs
-    its peer binding: its "holding" makes it a provider of the CIDs it names, after
-    any other holder and before the requester. A stranger on the mesh that replays
-    honest-2's binding (it cannot sign one for its own peer), and honest-3 (whose
-    binding is valid but which never registered), are ignored: neither is ever asked
-    for a model. A registered worker's peer can name at most as many CIDs a round as
-    there are registered workers."""
+    its peer binding: its "holding" makes it a provider. A stranger on the mesh that
+    replays honest-2's binding (it cannot sign one for its own peer), and honest-3
+    (whose binding is valid but which never registered), are ignored: neither is ever
+    asked for a model."""
 
     async def body(sim: Simulation, net: P2PNetwork, _w0: bytes):
         listener, member, unregistered = sim.workers
@@ -149,13 +144,12 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
 
         def holding(w, peer: str) -> dict[str, object]:
             binding = sign_binding(w.client.account, contract, peer)
-            return {"kind": "holding", "round": 1, "cids": [CID], "worker": w.address, "binding": binding}
+            return {"kind": "holding", "round": 1, "worker": w.address, "binding": binding}
 
         sent = [
             (stranger, holding(member, member.node.peer_id)),  # lifted from honest-2
             (unregistered.node, holding(unregistered, unregistered.node.peer_id)),
             (member.node, holding(member, member.node.peer_id)),
-            (member.node, holding(member, member.node.peer_id) | {"cids": [f"x{i}" for i in range(5)]}),
         ]
         with capture_logs() as logs:
             async with asyncio.timeout(30):
@@ -166,8 +160,8 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
 
                 def settled() -> bool:
                     ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
-                    holders = set().union(*listener._holders.get(1, {}).values())
-                    return len(listener._holders.get(1, {})) == 2 and (
+                    holders = listener._holders.get(1, set())
+                    return member.node.peer_id in holders and (
                         len(ignored) == 2 or bool(holders & {stranger.peer_id, unregistered.node.peer_id})
                     )
 
@@ -177,10 +171,8 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
         return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
 
     listener, logs, (stranger, unregistered, member) = run(with_simulation(anvil, tiny("holders"), body))
-    # Two workers registered: the CID, then one more of the five junk names; no more.
-    assert listener._holders == {1: {CID: {member}, "x0": {member}}}
-    assert listener._providers(1, CID) == [member, listener.requester_peer]
-    assert listener._providers(1, "x1") == [listener.requester_peer]
+    assert listener._holders == {1: {member}}
+    assert listener._providers(1) == [listener.requester_peer, member]
     ignored = [(e["peer"], e["reason"]) for e in logs if e["event"] == "announcement_ignored"]
     assert sorted(ignored) == sorted(
         [(stranger, "not a registered worker's peer"), (unregistered, "not a registered worker's peer")]
@@ -239,8 +231,7 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
         assert by[(w, "model_trained", None)]["samples"] == 80 and by[(w, "model_trained", None)]["seconds"] >= 0
         assert stored[w]["bytes"] > 0 and by[(w, "model_committed", None)]["gas"] > 0
         fetched = [e for e in events if e.get("agent") == w and e["event"] == "model_fetched"]
-        # Every model, its own too (the cover fetch, see agents/worker.py).
-        assert sorted(e["cid"] for e in fetched) == sorted(stored[o]["cid"] for o in workers)
+        assert sorted(e["cid"] for e in fetched) == sorted(stored[o]["cid"] for o in workers if o != w)
         assert all(e["bytes"] == stored[w]["bytes"] and e["provider"] and e["seconds"] >= 0 for e in fetched)
         submitted = by[(w, "scores_committed", None)]
         assert (submitted["scored"], submitted["abstained"]) == (3, 0) and submitted["gas"] > 0

@@ -11,7 +11,7 @@ import torch
 from discofl_p2p.ml.datasets import Dataset
 from discofl_p2p.ml.models import load_initial_model
 from discofl_p2p.ml.training import TrainConfig, predict, score, train
-from discofl_p2p.ml.weights import StateDict
+from discofl_p2p.ml.weights import Spec, StateDict, decode_state
 
 
 def _model(w0: bytes, state: StateDict | None) -> torch.nn.Module:
@@ -34,3 +34,11 @@ def train_job(w0: bytes, state: StateDict, x: torch.Tensor, y: torch.Tensor, cfg
 
 def evaluate_job(w0: bytes, state: StateDict, x: torch.Tensor, y: torch.Tensor, metric: str) -> float:
     return score(predict(_model(w0, state), x), y, metric)
+
+
+def decode_and_evaluate(
+    w0: bytes, blob: bytes, spec: Spec, max_bytes: int, x: torch.Tensor, y: torch.Tensor, metric: str
+) -> tuple[StateDict, float]:
+    """Validates a peer's model bytes against w0 (ModelRejected if bad), then scores it."""
+    state = decode_state(blob, spec, max_bytes=max_bytes)
+    return state, evaluate_job(w0, state, x, y, metric)

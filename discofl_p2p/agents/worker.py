@@ -8,18 +8,17 @@ RoundStarted(r)      aggregate the last round's models with its own scores, trai
                      publish the blob (served to the requester only), hand the
                      opening (CID, salt) to the requester with its signed peer
                      binding (`identity.py`), commit on-chain.
-EvaluationOpened(r)  fetch every published model, its own included (a cover fetch), one
-                     at a time in a rotation of the published list that starts at its
-                     place among the registered workers, each from a random peer that
-                     announced holding it, the requester last; verify it against w0,
-                     keep it, announce holding it, score it on the validation split;
-                     score its own model with a decoy (behaviors.self_score), commit
-                     the scores blind (a salted hash), and forget the earlier rounds'
-                     models. If its own model is not in the list, it posts its opening
-                     on-chain (disputeExclusion), so that the exclusion can be checked.
+EvaluationOpened(r)  fetch every published model (requester first, then peers that
+                     hold the round), verify it against w0, score it on the validation
+                     split, score its own model with a decoy (behaviors.self_score),
+                     commit the scores blind (a salted hash); then serve the round's
+                     models itself and forget the earlier rounds' (nobody fetches
+                     them any more).
 ScoresCommitted      once every worker committed its scores, or the evaluation
                      deadline passed (a task of its own watches the chain's clock),
                      reveal its scores.
+                     If its own model is not in the list, it posts its opening on-chain
+                     (disputeExclusion), so that the exclusion can be checked.
 TrainingFinished     withdraw its credit.
 TaskAbandoned        (the requester stalled) withdraw its share, stop. Its own watchdog
                      (`watchdog.py`) ends the task itself once the requester stalled
@@ -28,37 +27,25 @@ TaskClosed           withdraw its share of what the rounds left unpaid (if any),
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
-model_committed, model_fetched (one per model: provider, from_requester, bytes, seconds),
-exclusion_disputed, scores_committed, scores_revealed, withdrawn; and as warnings what it retried or gave up on:
-w0_fetch_retried, opening_send_failed, model_unusable, cover_fetch_failed.
-
-The overlay. Under anonymity the first copy of each model comes from the requester:
-nobody else may serve a model before it has fetched it like everyone else (its author
-included, hence the cover fetch of its own model, after which the author serves it like
-any other holder; a peer that announced everything but one CID, or never asked anyone
-for it, would name itself that model's author). After that, evaluators fetch from each
-other. The rotation spreads the first fetches: in lockstep each model is asked of the
-requester once, then of the peers that fetched it in the steps before. So the
-requester uploads about one copy per model instead of W - 1 (a star).
+model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
+withdrawn.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 
 from discofl_p2p.agents.behaviors import WorkerBehaviour
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
 from discofl_p2p.agents.identity import sign_binding, verify_binding
-from discofl_p2p.agents.jobs import evaluate_job, initial_state, train_job
+from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
 from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
 from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
@@ -66,8 +53,7 @@ from discofl_p2p.chain.encoding import new_salt as encoding_salt
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
-from discofl_p2p.ml.weights import Spec, StateDict, decode_state, encode_state, spec_of
-from discofl_p2p.p2p.bridge import BridgeClosed
+from discofl_p2p.ml.weights import Spec, StateDict, encode_state, spec_of
 from discofl_p2p.p2p.cid import cid_from_digest, cid_of, digest_of
 from discofl_p2p.p2p.node import Announcement, BlobUnavailable, Inbox, P2PNode
 
@@ -79,16 +65,6 @@ MAX_W0_BYTES = 64 * 2**20
 
 REVEAL_POLL_S = 1.0
 """How often a worker waiting to reveal its scores reads the chain's clock."""
-
-W0_ATTEMPTS = 5
-"""Tries at fetching w0, or sending an opening, to a requester that is there but busy
-(a "not found" for w0 is final)."""
-
-HOLDING_BATCH = 32
-"""CIDs per holding announcement: 32 CIDs, the address and the binding fit in 4 KiB."""
-
-FETCH_PASSES = 3
-"""How many times a worker tries to fetch a model (each time from every known provider)."""
 
 
 class W0Rejected(Exception):
@@ -123,13 +99,7 @@ class WorkerAgent:
     _candidates: list[Candidate] = field(default_factory=list)
     _seen: list[tuple[float, StateDict]] = field(default_factory=list)
     _previous_base: StateDict | None = None  # the base it started from last round
-    # round -> CID -> peers that announced holding it (each peer at most `_cap()` CIDs a round)
-    _holders: dict[int, dict[str, set[str]]] = field(default_factory=dict)
-    _announced_by: dict[int, dict[str, int]] = field(default_factory=dict)  # round -> peer -> CIDs taken
-    _bound: dict[str, str] = field(default_factory=dict)  # peer -> worker, binding verified once
-    _unannounced: list[tuple[int, str]] = field(default_factory=list)
-    _announcing: bool = False
-    _announcements: int = 0
+    _holders: dict[int, set[str]] = field(default_factory=dict)
     _registered: set[str] = field(default_factory=set)  # worker addresses, from the chain
     _started: dict[int, float] = field(default_factory=dict)  # round -> when it saw it start
     # The decoy self-scores are secrets (a replayable draw would tell the decoy apart).
@@ -154,17 +124,10 @@ class WorkerAgent:
         digest = bytes(await self.client.view("initialModel"))
         cid = cid_from_digest(digest)
         t0 = time.monotonic()
-        jitter = random.Random(self._seed("w0"))
-        for attempt in range(1, W0_ATTEMPTS + 1):
-            try:
-                w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
-                break
-            except BlobUnavailable as e:
-                if attempt == W0_ATTEMPTS or "not found" in str(e):
-                    raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
-                log.warning("w0_fetch_retried", agent=self.name, attempt=attempt, reason=str(e))
-                # A busy requester (every worker asks at once): back off, out of step.
-                await asyncio.sleep(2**attempt * (0.5 + jitter.random()))
+        try:
+            w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
+        except BlobUnavailable as e:
+            raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
         if digest_of(cid_of(w0)) != digest:
             raise W0Rejected(f"w0 does not match the contract's initialModel {digest.hex()}")
         try:
@@ -228,35 +191,23 @@ class WorkerAgent:
             self._on_announcement(await q.get())
 
     def _on_announcement(self, ann: Announcement) -> None:
-        """Takes a "holding" announcement (round, CIDs held) only from the peer of a
-        registered worker: registered on-chain (WorkerRegistered), and bound to the
-        sending peer by the worker's signature (`identity.verify_binding`, checked once
-        per peer). Anyone else could name itself a provider of every model, and be
-        asked first. Bounded: the rounds it may still fetch, and per peer and round at
-        most as many CIDs as there are registered workers."""
+        """Takes a "holding" announcement only from the peer of a registered worker:
+        registered on-chain (WorkerRegistered), and bound to the sending peer by the
+        worker's signature (`identity.verify_binding`). Anyone else could name itself
+        a provider of every round, and be asked first."""
         p = ann.payload
-        r, cids = p.get("round"), p.get("cids")
-        if p.get("kind") != "holding" or not isinstance(r, int) or not isinstance(cids, list):
+        if p.get("kind") != "holding" or not isinstance(p.get("round"), int):
             return
         worker = p.get("worker")
-        if worker not in self._registered or not (
-            self._bound.get(ann.sender) == worker
-            or verify_binding(p.get("binding"), self.client.address, worker, ann.sender)
+        if worker not in self._registered or not verify_binding(
+            p.get("binding"), self.client.address, worker, ann.sender
         ):
             why = "not a registered worker's peer"
             log.warning("announcement_ignored", agent=self.name, peer=ann.sender, reason=why)
             return
-        self._bound[ann.sender] = worker
         current = max(self._started, default=0)
-        if not current - 1 <= r <= current + 1:
-            return
-        taken = self._announced_by.setdefault(r, {})
-        holders = self._holders.setdefault(r, {})
-        for cid in cids:
-            if not isinstance(cid, str) or len(cid) > 100 or taken.get(ann.sender, 0) >= len(self._registered):
-                break
-            taken[ann.sender] = taken.get(ann.sender, 0) + 1
-            holders.setdefault(cid, set()).add(ann.sender)
+        if current - 1 <= p["round"] <= current + 1:  # bounded: the rounds it may still fetch
+            self._holders.setdefault(p["round"], set()).add(ann.sender)
 
     async def _listen_ring(self, inbox: Inbox) -> None:
         """Its ring mates' CIDs, from their own peers only; one per mate and round."""
@@ -363,29 +314,14 @@ class WorkerAgent:
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
         opening = {"task": setup.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()}
-        await self._send_opening(r, opening | {"binding": self._binding})
+        await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening | {"binding": self._binding})
+        self._log("opening_sent", r, cid=cid)
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
             self._salts[r] = salt  # committed: it may dispute an exclusion with it
             self._log("model_committed", r, gas=res.gas_used)
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
-
-    async def _send_opening(self, r: int, opening: dict[str, object]) -> None:
-        """Hands the opening to the requester, trying again if a busy requester did not
-        acknowledge it. If it never does, the worker still commits: the requester then
-        leaves its model out as not opened, and the round goes on."""
-        for attempt in range(1, W0_ATTEMPTS + 1):
-            try:
-                await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening)
-                self._log("opening_sent", r, cid=opening["cid"])
-                return
-            except BridgeClosed:
-                raise
-            except Exception as e:  # noqa: BLE001 - libp2p raises several stream errors
-                log.warning("opening_send_failed", agent=self.name, round=r, attempt=attempt, reason=str(e))
-                if attempt < W0_ATTEMPTS:
-                    await asyncio.sleep(2**attempt * (0.5 + random.random()))
 
     async def _tell_ring(self, r: int, cid: str) -> None:
         """Tells its ring mates its CID over their direct messages (a mate that is
@@ -411,45 +347,24 @@ class WorkerAgent:
         if own_cid is not None and own_cid not in cids:
             await self._dispute(r, own_cid)
         x, y = setup.data.x[self.split.val], setup.data.y[self.split.val]
-        judged_by_cid: dict[str, tuple[StateDict, float] | None] = {}
 
-        async def judge(cid: str, blob: bytes) -> None:
+        async def judge(cid: str) -> tuple[StateDict, float] | None:
+            if cid == own_cid:
+                return None
             try:
+                blob = await self._fetch(r, cid)
                 spec = self._spec or setup.spec
-                state = await setup.run_cpu(partial(decode_state, max_bytes=setup.max_model_bytes), blob, spec)
+                judged = await setup.run_cpu(
+                    decode_and_evaluate, w0, blob, spec, setup.max_model_bytes, x, y, setup.metric
+                )
             except Exception as e:  # noqa: BLE001 - an unusable model is abstained on
                 log.warning("model_unusable", worker=self.name, round=r, cid=cid, reason=str(e))
-                return
-            # Validated: now it keeps the bytes, re-serves them (same CID) and says so.
+                return None
+            # Validated: now it keeps the bytes and re-serves them (same CID).
             await self.node.put(blob, task=setup.task_id, round_=r)
-            if cid == own_cid:
-                await self.node.share(cid)  # fetched like any other: no longer a secret
-            await self._announce_holding(r, cid)
-            judged_by_cid[cid] = (state, await setup.run_cpu(evaluate_job, w0, state, x, y, setup.metric))
+            return judged
 
-        # One fetch at a time, in its rotation; validation and scoring run meanwhile. A
-        # model no provider delivered goes to the back of the queue (by then more peers
-        # hold it), FETCH_PASSES times in all.
-        queue = collections.deque((cid, 1) for cid in self._fetch_order(cids))
-        async with asyncio.TaskGroup() as tg:
-            while queue:
-                cid, attempt = queue.popleft()
-                try:
-                    blob = await self._fetch(r, cid)
-                except BlobUnavailable as e:
-                    if attempt < FETCH_PASSES:
-                        queue.append((cid, attempt + 1))
-                    else:  # its own model it holds anyway: only the cover fetch failed
-                        event = "cover_fetch_failed" if cid == own_cid else "model_unusable"
-                        log.warning(event, worker=self.name, round=r, cid=cid, reason=str(e))
-                    continue
-                tg.create_task(judge(cid, blob))
-        if own_cid is not None and own_cid not in judged_by_cid:  # its cover fetch failed
-            own_state = self._own[r][1]
-            own_score = await setup.run_cpu(evaluate_job, w0, own_state, x, y, setup.metric)
-            judged_by_cid[own_cid] = (own_state, own_score)
-            await self.node.share(own_cid)
-        judged = [None if c == own_cid else judged_by_cid.get(c) for c in cids]
+        judged = await asyncio.gather(*(judge(c) for c in cids))
 
         # What it keeps for next round's aggregation: its own honest view. The published
         # order is a secret shuffle, so everything that feeds learning goes in CID order:
@@ -457,8 +372,10 @@ class WorkerAgent:
         canon = sorted(range(len(cids)), key=lambda i: cids[i])
         kept: list[tuple[str, StateDict, float]] = [(cids[i], j[0], j[1]) for i in canon if (j := judged[i])]
         if own_cid is not None:
-            own_state, own_score = self._own[r][1], judged_by_cid[own_cid][1]  # type: ignore[index]
+            own_state = self._own[r][1]
+            own_score = await setup.run_cpu(evaluate_job, w0, own_state, x, y, setup.metric)
             kept.append((own_cid, own_state, own_score))
+            await self.node.share(own_cid)  # everyone holds every model now: no more secret
         kept.sort(key=lambda k: k[0])
         self._candidates = [Candidate(state, s) for _, state, s in kept]
         self._seen = [(s, state) for c, state, s in kept if c != own_cid]
@@ -468,7 +385,9 @@ class WorkerAgent:
         self._own = {k: v for k, v in self._own.items() if k >= r}
         self._salts = {k: v for k, v in self._salts.items() if k > r}
         self._holders = {k: v for k, v in self._holders.items() if k >= r}
-        self._announced_by = {k: v for k, v in self._announced_by.items() if k >= r}
+        if random.Random(self._seed("announce", r)).random() >= setup.announce_loss:
+            holding = {"kind": "holding", "round": r, "worker": self.address, "binding": self._binding}
+            await self.node.announce(setup.topic, holding)
 
         # The behaviour scores the models in CID order too, so that its seeded choices
         # (a collusion ring's guesses) do not depend on the secret shuffle.
@@ -558,79 +477,32 @@ class WorkerAgent:
         self._log("copy_median", r, rows_seen=len(rows), copied=copied is not honest)
         return copied
 
-    def _fetch_order(self, cids: list[str]) -> list[str]:
-        """The published list rotated to start at its place among the registered
-        workers (sorted addresses, the same view for everyone): in lockstep, each step
-        asks for every model once, so the requester serves each model's first copy
-        once and later steps find peers that already hold it."""
-        workers = sorted(self._registered)
-        start = workers.index(self.address) if self.address in workers else 0
-        k = start % len(cids) if cids else 0
-        return cids[k:] + cids[:k]
-
     async def _fetch(self, r: int, cid: str) -> bytes:
-        """One published model, from the first of `_providers` that delivers it; logs
-        which provider served it, whether that was the requester, the size and the
-        time. Fetched without keeping: the caller keeps it once it has validated it.
-        Its own model is fetched too (a cover fetch, see the module docstring)."""
+        """One published model, from the first of `_providers` that delivers it (or
+        from its own store); logs which provider served it, the size and the time.
+        Fetched without keeping: the caller keeps it once it has validated it."""
+        if self.node.holds(cid):
+            return await self.node.get(cid, [])
         reasons: dict[str, str] = {}
-        for provider in self._providers(r, cid):
+        for provider in self._providers(r):
             t0 = time.monotonic()
             try:
-                blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes, local=False)
+                blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes)
             except BlobUnavailable as e:
                 reasons.update(e.reasons)
-                self._holders.get(r, {}).get(cid, set()).discard(provider)  # not asked again
                 continue
             self._log(
-                "model_fetched",
-                r,
-                cid=cid,
-                provider=provider,
-                from_requester=provider == self.requester_peer,
-                bytes=len(blob),
-                seconds=round(time.monotonic() - t0, 3),
+                "model_fetched", r, cid=cid, provider=provider, bytes=len(blob), seconds=round(time.monotonic() - t0, 3)
             )
             return blob
         raise BlobUnavailable(cid, reasons)
 
-    def _providers(self, r: int, cid: str) -> list[str]:
-        """The peers that announced holding `cid`, in random order (spreads the load),
-        then the requester, which re-serves every published model."""
-        others = sorted(
-            p for p in self._holders.get(r, {}).get(cid, ()) if p not in (self.node.peer_id, self.requester_peer)
-        )
-        random.Random(self._seed("providers", r, cid)).shuffle(others)
-        return [*others, self.requester_peer]
-
-    async def _announce_holding(self, r: int, cid: str) -> None:
-        """Announces the CIDs it holds and has verified, as soon as it has them. One
-        announcement in flight at a time: CIDs verified meanwhile go out together in
-        the next (fewer gossip messages than one per model). `faults.announce_loss`
-        drops that fraction of announcements."""
-        self._unannounced.append((r, cid))
-        if self._announcing:
-            return
-        self._announcing = True
-        try:
-            while self._unannounced:
-                batch, self._unannounced = self._unannounced[:HOLDING_BATCH], self._unannounced[HOLDING_BATCH:]
-                for rb in sorted({rb for rb, _ in batch}):
-                    self._announcements += 1
-                    draw = random.Random(self._seed("announce", rb, self._announcements)).random()
-                    if draw < self.setup.announce_loss:
-                        continue
-                    held = [c for q, c in batch if q == rb]
-                    msg = {
-                        "kind": "holding",
-                        "round": rb,
-                        "cids": held,
-                        "worker": self.address,
-                        "binding": self._binding,
-                    }
-                    await self.node.announce(self.setup.topic, msg)
-        finally:
-            self._announcing = False
+    def _providers(self, r: int) -> list[str]:
+        """The requester first (it re-serves every published model), then peers that
+        announced holding the round, in an order seeded from the scenario."""
+        others = sorted(p for p in self._holders.get(r, ()) if p != self.node.peer_id)
+        random.Random(self._seed("providers", r)).shuffle(others)
+        return [self.requester_peer, *others]
 
 
 def new_salt() -> bytes:

@@ -440,13 +440,10 @@ class _TrioNode:
             raise ProtocolError(f"blob of {len(data)} bytes does not match its CID")
         return data
 
-    async def get(
-        self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool, deadline_s: float, local: bool
-    ) -> bytes:
+    async def get(self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool, deadline_s: float) -> bytes:
         """The first provider's bytes that match `cid`, trying providers in order, all
-        within `deadline_s` (each one also within `fetch_timeout_s`); the stored copy
-        first if `local`."""
-        if local and cid in self.blobs:
+        within `deadline_s` (each one also within `fetch_timeout_s`)."""
+        if cid in self.blobs:
             return self.blobs[cid]
         me = self.host.get_id().to_base58()
         candidates = [p for p in dict.fromkeys(providers) if p != me]
@@ -550,18 +547,15 @@ class _TrioNode:
         self.host.set_stream_handler(TProtocol(protocol), handler)
 
     async def send_message(self, peer: str, protocol: str, payload: dict[str, Any]) -> None:
-        try:
-            with bridge.fail_after(self.cfg.request_timeout_s):
-                stream = await self.open_stream(peer, protocol)
-                try:
-                    await stream.write(encode_request(payload))
-                    await read_response(stream, 0, what=f"message on {protocol}")
-                except BaseException:
-                    await _reset(stream)
-                    raise
-                await _close(stream)
-        except bridge.TooSlowError:  # trio's own error must not reach asyncio callers
-            raise PeerUnreachable(peer, f"no acknowledgement within {self.cfg.request_timeout_s} s") from None
+        with bridge.fail_after(self.cfg.request_timeout_s):
+            stream = await self.open_stream(peer, protocol)
+            try:
+                await stream.write(encode_request(payload))
+                await read_response(stream, 0, what=f"message on {protocol}")
+            except BaseException:
+                await _reset(stream)
+                raise
+            await _close(stream)
 
     # ---------------------------------------------------------------- injected faults
 
@@ -782,9 +776,6 @@ class P2PNode:
         return inbox
 
     async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
-        """Sends one direct message and waits for its acknowledgement; raises
-        PeerUnreachable when none comes within `request_timeout_s`, or what libp2p
-        raised when the stream could not be opened or was reset."""
         await self._call(self._node.send_message, peer_id, protocol, payload)
 
     async def get(
@@ -795,17 +786,15 @@ class P2PNode:
         keep: bool = False,
         max_bytes: int | None = None,
         deadline_s: float | None = None,
-        local: bool = True,
     ) -> bytes:
         """Fetches a blob from the first provider that delivers bytes matching `cid`;
         `keep` stores and re-serves it (replication). The whole get, every provider
         tried, ends within `deadline_s` (`NodeConfig.get_deadline_s` by default); each
-        provider also within `fetch_timeout_s`. A blob this node holds is returned
-        from its store, unless `local=False` (a fetch over the network even so). Raises
-        BlobUnavailable with a reason per provider (untried ones included)."""
+        provider also within `fetch_timeout_s`. Raises BlobUnavailable with a reason
+        per provider (untried ones included)."""
         cap = self.config.max_blob_bytes if max_bytes is None else max_bytes
         deadline = self.config.get_deadline_s if deadline_s is None else deadline_s
-        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline, local))
+        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline))
 
     async def tag(self, cid: str, task: str, round_: int) -> None:
         """Lists an already held blob under (task, round) for `ask_held`."""
