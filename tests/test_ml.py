@@ -13,7 +13,7 @@ from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator, 
 from discofl_p2p.ml.datasets import DatasetError, load_dataset, load_embedded_mnist, load_full_mnist, parse_idx
 from discofl_p2p.ml.models import MODELS, build_model, export_initial_model, load_initial_model, parameter_count
 from discofl_p2p.ml.splits import partition
-from discofl_p2p.ml.training import TrainConfig, evaluate, score, train
+from discofl_p2p.ml.training import TrainConfig, evaluate, inference_module, predict, score, train
 from discofl_p2p.ml.weights import ModelRejected, decode_state, encode_state, spec_of
 
 
@@ -109,6 +109,20 @@ def test_initial_model_travels_as_torchscript_without_its_class():
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(loaded(x), m(x))
     assert spec_of(loaded.state_dict()) == spec_of(m.state_dict())
+
+
+def test_predict_on_w0s_torchscript_matches_the_eager_model_and_leaves_it_untouched(mnist):
+    # predict freezes and optimises a TorchScript module (oneDNN, fused conv+ReLU): it
+    # must give the eager model's classes, and the scripted module must stay trainable.
+    eager = build_model("compact_cnn", seed=3)
+    scripted = load_initial_model(export_initial_model(eager))
+    x = mnist.x[:600]
+    with torch.no_grad():
+        assert torch.allclose(inference_module(scripted)(x), eager.eval()(x), atol=1e-4)
+    # Classes agree but for float ties (an untrained model's logits lie close together).
+    assert (predict(scripted, x) == predict(eager, x)).sum() >= 597
+    assert (predict(scripted, x, batch_size=7) == predict(eager, x)).sum() >= 597
+    assert all(p.requires_grad for p in scripted.parameters())
 
 
 def test_safetensors_round_trip():

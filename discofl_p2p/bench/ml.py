@@ -1,6 +1,8 @@
 """`discofl-p2p bench ml`: training and evaluation throughput per registry model on
-CPU, and the time of each aggregation rule for W = 6 and W = 50 models of the
-PyTorch-examples CNN (about 1.2M parameters)."""
+CPU (evaluation as agents run it: the model rebuilt from w0's TorchScript archive, then
+`predict`; the goal is eval >= 3x train, since evaluation is the W^2 part of a round),
+and the time of each aggregation rule for W = 6 and W = 50 models of the PyTorch-examples
+CNN (about 1.2M parameters)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from rich.table import Table
 
 from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator
 from discofl_p2p.ml.datasets import load_embedded_mnist
-from discofl_p2p.ml.models import MODELS, build_model, parameter_count
+from discofl_p2p.ml.models import MODELS, build_model, export_initial_model, load_initial_model, parameter_count
 from discofl_p2p.ml.training import TrainConfig, predict, train
 
 
@@ -30,14 +32,17 @@ def throughput_table(n_train: int = 2048, n_eval: int = 4096) -> Table:
     data = load_embedded_mnist()
     idx = torch.arange(n_train)
     t = Table(title=f"Throughput on CPU ({torch.get_num_threads()} threads; best of 3)")
-    for col in ("model", "parameters", "train samples/s", "eval samples/s"):
+    for col in ("model", "parameters", "train samples/s", "eval samples/s", "eval / train"):
         t.add_column(col, justify="right" if col != "model" else "left")
     for name in MODELS:
         model = build_model(name)
         cfg = TrainConfig(epochs=1, batch_size=64)
         train_s = _best_of(partial(train, model, data, idx, cfg))
-        eval_s = _best_of(partial(predict, model, data.x[:n_eval]))
-        t.add_row(name, f"{parameter_count(model):,}", f"{n_train / train_s:,.0f}", f"{n_eval / eval_s:,.0f}")
+        scripted = load_initial_model(export_initial_model(model))  # what evaluate_job runs
+        eval_s = _best_of(partial(predict, scripted, data.x[:n_eval]))
+        train_rate, eval_rate = n_train / train_s, n_eval / eval_s
+        rates = (f"{train_rate:,.0f}", f"{eval_rate:,.0f}", f"{eval_rate / train_rate:.1f}x")
+        t.add_row(name, f"{parameter_count(model):,}", *rates)
     return t
 
 

@@ -54,10 +54,24 @@ def train(model: nn.Module, data: Dataset, idx: torch.Tensor, cfg: TrainConfig, 
     return last
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def inference_module(model: nn.Module) -> nn.Module:
+    """`model` in eval mode, and for a TorchScript module (w0 and every model built from
+    it) a frozen copy optimised for inference: conv+ReLU fused, oneDNN layouts. Costs
+    about 6 ms and makes a forward pass of the compact CNN about 4x faster on CPU, so it
+    pays even for a worker's ~100-sample test split. Eager modules run as they are."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    if isinstance(model, torch.jit.ScriptModule):
+        frozen: nn.Module = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+        return frozen
+    return model
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class predictions, forward only. Batches of 256 keep activations in cache (4096
+    measured about half as fast: the first conv alone writes 200 MB at that size)."""
+    fast = inference_module(model)
+    with torch.inference_mode():
+        return torch.cat([fast(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def score(pred: torch.Tensor, y: torch.Tensor, metric: str = "accuracy", num_classes: int = 10) -> float:
