@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (see README):
 #   make demo   set everything up, then run the main job (scenarios/collusion.toml)
-#   make test   set everything up, then run the test suite
+#   make test   set everything up, then run the test suite (CI runs this; slow tests skipped)
 # Both are idempotent: set-up steps are skipped when their inputs have not changed.
 
 PYTHON ?= python3
@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo lint test test-fast coverage bench-gas compile clean
+.PHONY: setup demo lint test test-all test-fast coverage bench-gas compile clean
 
 setup: $(VENV)/.stamp-deps node_modules/.stamp-npm
 
@@ -44,8 +44,15 @@ lint: setup
 	$(BIN)/ruff format --check discofl_p2p tests tools
 	$(BIN)/mypy
 
-# The whole suite under coverage (subprocesses included), then the figure per package.
+# The suite under coverage (subprocesses included), then the figure per package.
+# `test` skips the tests marked slow (it still runs whole small scenarios, in-process
+# and one process per agent); `test-all` runs every test.
 test: lint
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest -m "not slow" --cov --cov-report= $(PYTEST_ARGS)
+	$(BIN)/python tools/coverage_by_package.py
+
+test-all: lint
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest --cov --cov-report= $(PYTEST_ARGS)
 	$(BIN)/python tools/coverage_by_package.py

@@ -73,7 +73,6 @@ async def _node_info(ws_url: str) -> dict[str, str]:
         await w3.provider.disconnect()
 
 
-@pytest.mark.slow
 def test_bench_ml_quick_prints_every_model_and_rule():
     out = _bench("ml")
     for name in MODELS:
@@ -82,7 +81,6 @@ def test_bench_ml_quick_prints_every_model_and_rule():
         assert re.search(rf"{NUMBER} ms", _row(out, rule)), _row(out, rule)
 
 
-@pytest.mark.slow
 def test_bench_p2p_quick_prints_throughput_all_to_all_and_memory():
     out = _bench("p2p")
     assert re.search(rf"1 MiB\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}", out), out

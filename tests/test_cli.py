@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-
-import pytest
 
 from discofl_p2p import __version__
 
@@ -29,7 +28,13 @@ def test_help_lists_the_subcommands_and_version_prints():
     assert all(b in _cli("bench", "--help").stdout for b in ("gas", "ml", "p2p", "scenarios"))
 
 
-@pytest.mark.slow
+def test_demo_plays_a_whole_task_and_every_wei_is_accounted_for(anvil):
+    p = _cli("demo", "--rpc-url", anvil.rpc_url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    balance = r"withdrawn (\d+) \+ refunded (\d+) \+ held 0 = (\d+) wei;\s*deposit \3 wei: OK"
+    assert re.search(balance, p.stdout), p.stdout
+
+
 def test_unreachable_chain_and_missing_anvil_are_clear_errors():
     p = _cli("demo", "--rpc-url", "http://127.0.0.1:1")
     assert p.returncode == 3 and "cannot reach the chain" in p.stderr and "Traceback" not in p.stderr

@@ -7,8 +7,11 @@ import asyncio
 import base64
 import json
 import random
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +206,47 @@ def test_api_takes_names_from_a_run_directory_and_needs_a_contract(anvil, tmp_pa
     run(body())
     with pytest.raises(ValueError, match="needs --contract"):
         TaskReader(anvil.ws_url, None, None)
+
+
+def test_dashboard_command_serves_a_task_until_interrupted(anvil):
+    """`discofl-p2p dashboard` as a user runs it: its own process, the URL on stdout,
+    the task's workers in the API, and SIGINT ends it with exit 0."""
+
+    async def deploy() -> ScriptedTask:
+        w3 = await connect(anvil.ws_url)
+        try:
+            params = TaskParams(rounds=1, top_k=1, max_workers=2, deposit_wei=10**18)
+            return await deploy_and_register(w3, anvil.ws_url, params, 2, seed=7104)
+        finally:
+            await w3.provider.disconnect()
+
+    task = run(deploy())
+    cmd = [sys.executable, "-m", "discofl_p2p", "dashboard", "--rpc-url", anvil.rpc_url]
+    proc = subprocess.Popen(
+        [*cmd, "--contract", task.requester.address, "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/?)", line)
+        assert url, line
+
+        async def workers() -> list[dict[str, Any]]:
+            async with aiohttp.ClientSession() as session:
+                deadline = time.monotonic() + WAIT_S
+                while True:
+                    got = await (await session.get(url.group(1).rstrip("/") + "/api/workers")).json()
+                    if len(got) == 2 or time.monotonic() > deadline:
+                        return list(got)
+                    await asyncio.sleep(0.2)
+
+        assert [w["address"] for w in run(workers())] == [w.account.address for w in task.workers]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0
+    no_target = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert no_target.returncode == 2 and "give --contract, or --run" in no_target.stderr
 
 
 def _write_run(out: Path, task: ScriptedTask) -> None:
@@ -421,7 +465,6 @@ async def _dom(browser: Browser) -> dict[str, Any]:
     return json.loads(await browser.eval(DOM_STATE))
 
 
-@pytest.mark.slow
 @needs_chromium
 def test_browser_follows_a_live_task(anvil, tmp_path):
     async def body() -> None:

@@ -332,7 +332,6 @@ def test_restricted_blob_is_served_only_to_named_peers_until_shared_and_messages
     run(go())
 
 
-@pytest.mark.slow
 def test_two_node_processes_serve_and_fetch_with_key_files(tmp_path):
     """One node per process (`discofl-p2p node`), the same API as the simulations."""
     blob = os.urandom(300_000)

@@ -28,7 +28,6 @@ from discofl_p2p.scenario.runner import run_scenario
 from tests.conftest import TINY, run, tiny
 
 
-@pytest.mark.slow
 def test_processes_mode_settles_as_in_process(tmp_path, anvil):
     file = tmp_path / "tiny.toml"
     file.write_text(TINY.format(name="procs"))

@@ -65,7 +65,6 @@ def _scenario(
     return proc, out
 
 
-@pytest.mark.slow
 def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     proc, out = _scenario(tmp_path, SMALL.format(acc_min=0.5), anvil)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -138,7 +137,6 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     assert audit.returncode == 0 and "every settled round matches" in audit.stdout, audit.stdout + audit.stderr
 
 
-@pytest.mark.slow
 def test_exit_codes_follow_expectations_and_file_validity(tmp_path, anvil):
     # One round, under the loyalty policy (explicit amounts on-chain), with an
     # accuracy expectation no model can meet.
