@@ -208,19 +208,25 @@ def test_api_takes_names_from_a_run_directory_and_needs_a_contract(anvil, tmp_pa
         TaskReader(anvil.ws_url, None, None)
 
 
+def _two_workers(ws_url: str, seed: int) -> ScriptedTask:
+    """A one-round task with two registered workers, deployed and left waiting."""
+
+    async def deploy() -> ScriptedTask:
+        w3 = await connect(ws_url)
+        try:
+            params = TaskParams(rounds=1, top_k=2, max_workers=3, deposit_wei=10**18)
+            return await deploy_and_register(w3, ws_url, params, 2, seed=seed)
+        finally:
+            await w3.provider.disconnect()
+
+    return run(deploy())
+
+
 def test_dashboard_command_serves_a_task_until_interrupted(anvil):
     """`discofl-p2p dashboard` as a user runs it: its own process, the URL on stdout,
     the task's workers in the API, and SIGINT ends it with exit 0."""
 
-    async def deploy() -> ScriptedTask:
-        w3 = await connect(anvil.ws_url)
-        try:
-            params = TaskParams(rounds=1, top_k=1, max_workers=2, deposit_wei=10**18)
-            return await deploy_and_register(w3, anvil.ws_url, params, 2, seed=7104)
-        finally:
-            await w3.provider.disconnect()
-
-    task = run(deploy())
+    task = _two_workers(anvil.ws_url, seed=7104)
     cmd = [sys.executable, "-m", "discofl_p2p", "dashboard", "--rpc-url", anvil.rpc_url]
     proc = subprocess.Popen(
         [*cmd, "--contract", task.requester.address, "--port", "0"], stdout=subprocess.PIPE, text=True
@@ -294,15 +300,7 @@ P2P_OF_RUN = [  # what _write_run's logs say, per node (the hostile worker named
 
 
 def test_scenario_dashboard_finds_the_contract_in_the_run_log(anvil, tmp_path):
-    async def deploy() -> ScriptedTask:
-        w3 = await connect(anvil.ws_url)
-        try:
-            params = TaskParams(rounds=1, top_k=2, max_workers=3, deposit_wei=10**18)
-            return await deploy_and_register(w3, anvil.ws_url, params, 2, seed=7105)
-        finally:
-            await w3.provider.disconnect()
-
-    task = run(deploy())
+    task = _two_workers(anvil.ws_url, seed=7105)
     said: list[str] = []
     with run_dashboard(0, anvil.ws_url, tmp_path, said.append) as url:
         assert url is not None and url.startswith("http://127.0.0.1:")
