@@ -66,6 +66,11 @@ def test_audit_on_chain_accepts_an_honest_requester_and_catches_a_dishonest_one(
         assert (audit.paid_ranking[0] == best) is (not dishonest)
 
 
+def test_the_audit_of_an_anchored_rule_fails_a_round_without_anchor_scores(anvil):
+    (audit,) = run(audit_task(anvil.ws_url, _play(anvil, dishonest=False), "anchored")).rounds
+    assert audit.anchor_missing and not audit.ok
+
+
 @pytest.mark.parametrize("dishonest", [False, True])
 def test_audit_command_exits_1_on_a_dishonest_settlement_and_0_on_an_honest_one(anvil, dishonest):
     contract = _play(anvil, dishonest)
