@@ -4,7 +4,8 @@ Reads the registered workers, each round's published models, every evaluator's
 revealed scores (a committed row never revealed counts as no evaluation, as the
 requester counts it) and the settlement (its calldata reveals who submitted which model), then
 recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
-one the task was settled with; an anchored rule takes the requester's AnchorScores
+one the task was settled with, with its `--scoring-param`s, checked as the scenario's
+`[task] scoring_params` are; an anchored rule takes the requester's AnchorScores
 event of the round as its anchor, and a round without one fails) and the ranking and rewards the contract should have
 paid, through `trust.settlement.settle` under the task's reward policy (`--policy`,
 `--floor`, `--bonus` for an Explicit-rule task; Top-K is on the chain). It reports the
@@ -17,7 +18,9 @@ rounds never settled and what the close shared out. Exit 0 when every round matc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from eth_typing import HexStr
 from rich.console import Console
@@ -26,6 +29,7 @@ from rich.table import Table
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, commitment, decode_scores
+from discofl_p2p.scenario.config import ScenarioError, check_scoring_params
 from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import score_matrix
 from discofl_p2p.trust.rewards import round_pot
@@ -82,15 +86,16 @@ async def audit_task(
     ws_url: str,
     contract: str,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: Mapping[str, Any] | None = None,
     *,
     policy: str = "top_k",
     floor: float = 0.0,
     bonus: float = 0.0,
 ) -> TaskAudit:
-    """Recomputes every settled round; `policy`, `floor` and `bonus` are the task's
-    reward policy and its parameters (`[task]` in its scenario), which the chain
-    does not hold."""
-    rule_fn = make_scoring_rule(scoring)
+    """Recomputes every settled round; `scoring` and `scoring_params` are the task's
+    rule, `policy`, `floor` and `bonus` its reward policy and its parameters (`[task]`
+    in its scenario), none of which the chain holds."""
+    rule_fn = make_scoring_rule(scoring, **(scoring_params or {}))
     history: list[dict[str, float]] = []  # as the requester kept it: earlier rounds' honesty
     w3 = await connect(ws_url)
     try:
@@ -165,17 +170,19 @@ def audit_main(
     ws_url: str,
     contract: str,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: dict[str, Any] | None = None,
     *,
     policy: str = "top_k",
     floor: float = 0.0,
     bonus: float = 0.0,
 ) -> int:
+    params = dict(scoring_params or {})
     try:
-        make_scoring_rule(scoring)
-    except ValueError as e:
-        Console(stderr=True).print(f"discofl-p2p audit: {e}")
+        check_scoring_params(scoring, params, "--scoring-param")
+    except ScenarioError as e:
+        Console(stderr=True).print(f"discofl-p2p audit: {e}", markup=False)
         return 2
-    task = asyncio.run(audit_task(ws_url, contract, scoring, policy=policy, floor=floor, bonus=bonus))
+    task = asyncio.run(audit_task(ws_url, contract, scoring, params, policy=policy, floor=floor, bonus=bonus))
     console = Console(width=140)
     for r in task.unsettled:
         console.print(f"round {r}: [yellow]not settled[/] (the task is running, or was abandoned)")

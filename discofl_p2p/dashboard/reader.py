@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,13 +201,19 @@ class TaskReader:
     rebuilds, and `wait_newer(v)` waits for a version above `v`."""
 
     def __init__(
-        self, ws_url: str, contract: str | None = None, run_dir: Path | None = None, scoring: str = DEFAULT_SCORING
+        self,
+        ws_url: str,
+        contract: str | None = None,
+        run_dir: Path | None = None,
+        scoring: str = DEFAULT_SCORING,
+        scoring_params: Mapping[str, Any] | None = None,
     ) -> None:
-        """`scoring`: the task's contribution scoring rule ([task] scoring; the chain
-        does not hold it), with which the contributions are recomputed as `audit` does."""
+        """`scoring` and `scoring_params`: the task's contribution scoring rule and its
+        parameters ([task] scoring, scoring_params; the chain holds neither), with which
+        the contributions are recomputed as `audit` does."""
         if contract is None and run_dir is None:
             raise ValueError("the dashboard needs --contract, or --run naming a run that deployed one")
-        self.scoring = make_scoring_rule(scoring)
+        self.scoring = make_scoring_rule(scoring, **(scoring_params or {}))
         self.needs_anchor = scoring in NEEDS_ANCHOR
         self.ws_url = ws_url
         self.contract = _addr(contract) if contract else None

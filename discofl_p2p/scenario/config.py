@@ -228,6 +228,16 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
     return sc
 
 
+def check_scoring_params(rule: str, params: dict[str, Any], where: str = "<command line>") -> None:
+    """`params` for scoring rule `rule`, checked as a scenario's `[task] scoring_params`
+    is (known to the rule, of its TOML type, valid), for the commands that take a rule
+    without a scenario file (`audit`, `dashboard`). Raises ScenarioError naming the key."""
+    v = _Validator(where, "")
+    if rule not in SCORING_RULES:
+        raise v.fail("task.scoring", f"unknown scoring rule {rule!r}; choose one of {', '.join(SCORING_RULES)}")
+    v.scoring_params(rule, params)
+
+
 class _Validator:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
