@@ -679,4 +679,30 @@ contract DiscoFLTask {
     function heldBalance() external view returns (uint256) {
         return address(this).balance;
     }
+
+    // ------------------------------------------------------------------ trust anchor
+
+    /// @dev The requester's own score of every published model of `round`, on a root
+    ///      validation set that no worker holds (the `anchored` scoring rule's trust
+    ///      anchor, after FLTrust); encoded as ScoresRevealed's `scores`.
+    event AnchorScores(uint32 indexed round, bytes scores);
+
+    /// @notice The last round whose anchor scores the requester posted (0: none).
+    uint32 public anchoredRound;
+
+    /// @notice The requester posts its anchor scores for the current round: once, while
+    ///         the round is in evaluation (before it settles), one big-endian uint16 per
+    ///         published model in published order (as revealScores). Emits only:
+    ///         settlement does not read them; the audit recomputes the anchored rule
+    ///         from the event. Values are checked off-chain, as evaluators' are.
+    function postAnchorScores(uint32 round, bytes calldata scores) external onlyRequester {
+        _inPhase(Phase.Evaluation);
+        _atRound(round);
+        if (anchoredRound == round) revert AlreadyScored();
+        if (scores.length != 2 * uint256(modelCount)) {
+            revert BadScoresLength(2 * uint256(modelCount), scores.length);
+        }
+        anchoredRound = round;
+        emit AnchorScores(round, scores);
+    }
 }

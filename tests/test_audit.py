@@ -3,6 +3,7 @@ ranks against the scores."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -64,6 +65,93 @@ def test_audit_on_chain_accepts_an_honest_requester_and_catches_a_dishonest_one(
         best = max(audit.contribution, key=lambda w: audit.contribution[w].score)
         assert audit.expected_ranking[0] == best
         assert (audit.paid_ranking[0] == best) is (not dishonest)
+
+
+def test_the_audit_of_an_anchored_rule_fails_a_round_without_anchor_scores(anvil):
+    (audit,) = run(audit_task(anvil.ws_url, _play(anvil, dishonest=False), "anchored")).rounds
+    assert audit.anchor_missing and not audit.ok
+
+
+def test_the_audit_takes_the_rules_parameters(anvil):
+    """A task settled under trimmed with trim = 0.4 (the median of 3 evaluators) is
+    audited with that parameter, not the rule's default 0.25 (the mean of 3)."""
+    from discofl_p2p.trust.blockflow import ranking, score_matrix
+    from discofl_p2p.trust.scoring import ScoringContext, make_scoring_rule
+
+    async def go() -> tuple[str, list[str]]:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=1, top_k=2, max_workers=4, deposit_wei=10**18)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=46)
+            req = task.requester
+            subs = await commit_all(task, 1, random.Random(3))
+            digests, owners = [s.digest for s in subs], [s.worker for s in subs]
+            await req.open_evaluation(1, digests)
+            # Model 0: two evaluators say 0.9, one 0.1 (median 0.9, mean 0.63); model 1: 0.7 from all.
+            table = [[None, 0.9, 0.9, 0.1], [0.7, None, 0.7, 0.7], [0.5, 0.5, None, 0.5], [0.4, 0.4, 0.4, None]]
+            rows = {o: [table[k][i] for k in range(4)] for i, o in enumerate(owners)}
+            await score_all(task.workers, 1, [encode_scores(rows[o]) for o in owners])
+            matrix, everyone = score_matrix(owners, rows), sorted(owners, key=str.lower)
+            by = {
+                t: ranking(make_scoring_rule("trimmed", trim=t)(matrix, everyone, ScoringContext()), 2)
+                for t in (0.25, 0.4)
+            }
+            assert by[0.25] != by[0.4]  # not vacuous: the parameter decides the ranking
+            ranked = [owners.index(o) for o in by[0.4]]
+            await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), ranked)
+            return req.address, by[0.4]
+        finally:
+            await w3.provider.disconnect()
+
+    contract, ranked = run(go())
+    (default,) = run(audit_task(anvil.ws_url, contract, "trimmed")).rounds
+    assert not default.ok
+    (tuned,) = run(audit_task(anvil.ws_url, contract, "trimmed", {"trim": 0.4})).rounds
+    assert tuned.ok and tuned.paid_ranking == ranked
+
+    # The dashboard recomputes the contributions with the same parameters.
+    from discofl_p2p.dashboard.reader import TaskReader, stop_task
+
+    async def dashboard() -> dict:
+        reader = TaskReader(anvil.ws_url, contract, None, "trimmed", {"trim": 0.4})
+        follow = asyncio.create_task(reader.run_forever())
+        try:
+            while not (snap := reader.snapshot())["rounds"] or not snap["rounds"][0]["contributions"]:
+                await asyncio.wait_for(reader.wait_newer(snap["version"]), 30)
+            return snap["rounds"][0]["contributions"]
+        finally:
+            await stop_task(follow)
+
+    assert {w: c["score"] for w, c in run(dashboard()).items()} == {w: c.score for w, c in tuned.contribution.items()}
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["--scoring", "trimmed", "--scoring-param", "trim=0.6"],
+            "--scoring-param: task.scoring_params.trim: must be in [0, 0.5)",
+        ),
+        (
+            ["--scoring", "trimmed", "--scoring-param", "cut=0.1"],
+            "unknown parameter of scoring rule 'trimmed'; it takes: trim",
+        ),
+        (["--scoring", "trimmed", "--scoring-param", 'trim="x"'], "trim: must be int or float, got str 'x'"),
+        (["--scoring", "consensus", "--scoring-param", "trim=0.1"], "scoring rule 'consensus' takes no parameters"),
+        (["--scoring", "median"], "unknown scoring rule 'median'"),
+        (["--scoring", "trimmed", "--scoring-param", "trim"], "expected KEY=VALUE, got 'trim'"),
+        (["--scoring", "trimmed", "--scoring-param", "trim=0.1.2"], "trim: not a TOML value"),
+    ],
+)
+def test_the_audit_checks_scoring_params_as_the_scenario_does(args, words, capsys):
+    from discofl_p2p.commands.cli import main
+
+    try:
+        code = main(["audit", "--rpc-url", "http://127.0.0.1:1", "--contract", "0x" + "11" * 20, *args])
+    except SystemExit as e:  # argparse refuses a malformed KEY=VALUE itself
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in " ".join(err.split()), err
 
 
 @pytest.mark.parametrize("dishonest", [False, True])

@@ -608,6 +608,38 @@ def test_wrong_reveals_are_rejected(anvil):
     run(go())
 
 
+def test_anchor_scores_are_the_requesters_once_per_round_in_evaluation(anvil):
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=2, top_k=2, rounds=2), 2, seed=23)
+            req, w1 = task.requester, task.workers[0]
+            row = encode_scores([0.8, 0.25])
+            with _reverts("WrongPhase"):
+                await req.post_anchor_scores(1, row)  # submission: nothing is published yet
+            subs, models = await _round_to_settlement(task, random.Random(6))
+            with _reverts("NotRequester"):
+                await w1.post_anchor_scores(1, row)
+            with _reverts("WrongRound"):
+                await req.post_anchor_scores(2, row)
+            with _reverts("BadScoresLength"):
+                await req.post_anchor_scores(1, encode_scores([0.8]))
+            res = await req.post_anchor_scores(1, row)
+            assert [(e.name, e.args["round"], decode_scores(e.args["scores"])) for e in res.events] == [
+                ("AnchorScores", 1, [0.8, 0.25])
+            ]
+            assert await req.view("anchoredRound") == 1
+            with _reverts("AlreadyScored"):
+                await req.post_anchor_scores(1, row)
+            await req.settle_round(1, models, *reveal(req.address, 1, subs, models), [0])
+            with _reverts("WrongPhase"):
+                await req.post_anchor_scores(1, row)  # settled: round 2 is in submission
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
 def test_a_submitter_who_withholds_its_opening_is_excluded_not_blocking(anvil):
     async def go():
         w3 = await connect(anvil.ws_url)

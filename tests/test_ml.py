@@ -85,6 +85,18 @@ def test_dirichlet_skews_labels_and_iid_does_not(mnist):
     assert top_label_share(partition(mnist.y, 6, scheme="dirichlet", alpha=0.1, seed=1)) > 0.4
 
 
+def test_the_root_set_comes_out_of_the_test_split_and_leaves_the_workers_shares_alone(mnist):
+    p = partition(mnist.y, 4, scheme="dirichlet", alpha=0.3, seed=2)
+    q = partition(mnist.y, 4, scheme="dirichlet", alpha=0.3, seed=2, root=100)
+    assert len(p.root) == 0 and len(q.root) == 100 and len(q.test) == len(p.test) - 100
+    assert torch.equal(torch.cat([q.root, q.test]).sort().values, p.test.sort().values)
+    for a, b in zip(p.workers, q.workers):
+        assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    assert len(torch.unique(mnist.y[q.root])) == 10  # a uniform sample of the task: every class
+    with pytest.raises(ValueError, match="root must be in"):
+        partition(mnist.y, 4, seed=2, root=len(p.test))
+
+
 def test_per_worker_cap(mnist):
     p = partition(mnist.y, 4, per_worker=500, seed=0)
     assert all(len(w.train) + len(w.val) == 500 for w in p.workers)

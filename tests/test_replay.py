@@ -11,9 +11,11 @@ import asyncio
 
 import pytest
 
+from discofl_p2p.commands.audit import audit_task
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.plain import run_plain
 from discofl_p2p.scenario.runner import RunOutcome, run_scenario
+from tests.conftest import run
 
 SMALL = """\
 timeout_s = 240
@@ -68,10 +70,11 @@ params = { mode = "copy" }
 
 
 def _learning(rounds) -> dict[int, tuple]:
-    """What must replay: per round, the scores, contributions, ranking, rewards and
-    exclusions (the published order and salts are secrets, and are not compared)."""
+    """What must replay: per round, the scores, contributions, ranking, rewards,
+    exclusions and the requester's anchor scores (the published order and salts are
+    secrets, and are not compared)."""
     return {
-        r: (rec.scores, rec.contribution, rec.ranking, rec.rewards_wei, dict(sorted(rec.excluded.items())))
+        r: (rec.scores, rec.contribution, rec.ranking, rec.rewards_wei, dict(sorted(rec.excluded.items())), rec.anchor)
         for r, rec in rounds.items()
     }
 
@@ -149,3 +152,56 @@ def test_the_plain_loop_equals_the_full_stack_with_the_new_attacks(anvil):
     assert {"syb-1", "syb-2", "copy-1"} <= set(full.rounds[3].models) and not full.rounds[3].excluded
     assert 0 < full.rounds[3].scores["stealth-1"]["stealth-2"] < 1
     assert min(full.rounds[3].scores["copy-1"].values()) == 0.0
+
+
+ANCHORED = """\
+timeout_s = 180
+
+[task]
+name = "anchored"
+rounds = 2
+top_k = 3
+scoring = "anchored"
+root_samples = 100
+submission_timeout_s = 60
+evaluation_timeout_s = 60
+seed = 6
+
+[data]
+samples_per_worker = 150
+
+[model]
+name = "logreg"
+epochs = 1
+lr = 0.01
+
+[[workers]]
+name = "honest"
+count = 3
+
+[[workers]]
+name = "ring"
+count = 2
+behavior = "collusion"
+params = { ring = "r1", shares_cids = true }
+"""
+
+
+@pytest.mark.slow
+def test_the_anchored_rule_runs_end_to_end_replays_in_the_plain_loop_and_passes_the_audit(anvil):
+    """The requester scores every model on its root set and posts the scores
+    (AnchorScores); it settles with them, the plain loop computes the same anchor, and
+    the audit recomputes every round from the chain. A ring of 2 in 5 that scores itself
+    1 and the others 0 is measured against the anchor and earns nothing."""
+    full = _full(ANCHORED, anvil)
+    plain = run_plain(parse_scenario(ANCHORED))
+    assert _learning(plain.rounds) == _learning(full.rounds)
+    assert plain.final_accuracy == full.final_accuracy
+    for rec in full.rounds.values():
+        assert set(rec.anchor) == set(rec.models) and all(0.3 < v < 1 for v in rec.anchor.values())
+        assert rec.rewards_wei["ring-1"] == rec.rewards_wei["ring-2"] == 0 < sum(rec.rewards_wei.values())
+    audit = run(audit_task(anvil.ws_url, full.contract, "anchored"))
+    assert [a.round for a in audit.rounds] == [1, 2] and audit.ok
+    assert all(not a.anchor_missing for a in audit.rounds)
+    # Not vacuous: another rule's figures do not match what was settled with the anchor.
+    assert not run(audit_task(anvil.ws_url, full.contract, "blockflow")).ok

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discofl_p2p.scenario.config import ScenarioError, parse_scenario
+from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import agreement, contribution_scores, lower_median, ranking
 from discofl_p2p.trust.consensus import evaluator_distance, evaluator_weights
 from discofl_p2p.trust.estimators import hodges_lehmann, trimmed_mean, weighted_lower_median
@@ -236,6 +237,20 @@ def test_reputations_fold_the_history():
     assert rep == {"a": 0.75, "b": 0.5, "c": 1.0}  # c never scored: its prior stays
 
 
+def test_the_anchor_is_the_posted_row_by_published_position():
+    owner_at = ["C", "A", "B"]  # the shuffled published order
+    assert anchor_of(owner_at, [0.5, 0.9, None]) == {"C": 0.5, "A": 0.9}  # B's position abstains
+    with pytest.raises(ValueError, match="2 scores for 3 published models"):
+        anchor_of(owner_at, [0.5, 0.9])
+    # Settled with it: the ring (scoring itself 1, the others 0) is weighed by the anchor,
+    # not by a median it holds half of.
+    s = {"A": {"B": 0.7, "C": 0.5}, "B": {"A": 0.9, "C": 1.0}, "C": {"A": 0.0, "B": 1.0}}
+    c = _rule("anchored")(s, ["A", "B", "C"], ScoringContext(anchor=anchor_of(["A", "B", "C"], [0.9, 0.7, 0.5])))
+    assert c["A"].honesty == 1.0 and c["B"].honesty == c["C"].honesty == 0.0
+    # A's evaluators both carry no weight: its centre is the anchor's own 0.9.
+    assert {k: (v.median, v.score) for k, v in c.items()} == {"A": (0.9, 1.0), "B": (0.7, 0.0), "C": (0.5, 0.0)}
+
+
 def test_anchored_needs_an_anchor():
     with pytest.raises(ValueError, match="anchor"):
         _p("anchored", honest_majority())
@@ -338,6 +353,10 @@ def test_the_default_is_consensus_and_a_rule_with_params_parses():
     sc = parse_scenario(BASE.format(task='scoring = "reputation"\nscoring_params = { memory = 0.8, prior = 1 }'))
     assert (sc.task.scoring, sc.task.scoring_params) == ("reputation", {"memory": 0.8, "prior": 1})
     make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
+    anchored = parse_scenario(BASE.format(task='scoring = "anchored"'))
+    assert (anchored.task.scoring, anchored.task.root_samples) == ("anchored", 100)
+    # Only a rule with an anchor uses the root set; any other leaves it unchecked (and empty).
+    assert parse_scenario(BASE.format(task="root_samples = 0")).task.root_samples == 0
 
 
 @pytest.mark.parametrize(
@@ -345,7 +364,8 @@ def test_the_default_is_consensus_and_a_rule_with_params_parses():
     [
         ('scoring = "median"', "task.scoring", 4, "choose one of blockflow, trimmed"),
         ("scoring = 3", "task.scoring", 4, "must be str"),
-        ('scoring = "anchored"', "task.scoring", 4, "anchor scores on a root validation set"),
+        ('scoring = "anchored"\nroot_samples = 0', "task.root_samples", 5, "between 1 and 1999"),
+        ('scoring = "anchored"\nroot_samples = 2000', "task.root_samples", 5, "the 2000 digits mnist-embedded"),
         ('scoring = "trimmed"\nscoring_params = { trim = 0.5 }', "task.scoring_params.trim", 5, "[0, 0.5)"),
         ('scoring = "trimmed"\nscoring_params = { cut = 0.1 }', "task.scoring_params.cut", 5, "it takes: trim"),
         ('scoring = "trimmed"\nscoring_params = { trim = "x" }', "task.scoring_params.trim", 5, "must be int or float"),

@@ -10,8 +10,10 @@ with marginal contribution >= 0.6; no honest worker paid nothing (every worker h
 the same number of samples in these matrices, so that is the issue's "no honest worker
 with at least the median number of samples earns nothing"). Then the breakdown
 fraction per attack and rule: the smallest adversary fraction at which the accuracy or
-the share goal fails ("-": it holds at every fraction run; "not run": no such cell), and the number of cells in
-which each rule meets all four goals.
+the share goal fails ("-": it holds at every fraction run; "not run": no such cell), the number of cells in
+which each rule meets all four goals, and per rule the means over its attacked cells
+(accuracy loss, adversary share, honest workers unpaid), the figures that compare
+rules run on the same cells (every rule of `SCORING_RULES` found, `anchored` included).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from discofl_p2p.trust.scoring import DEFAULT_SCORING
 
 ACC_POINTS, SHARE, RHO = 1.0, 0.01, 0.6
 
@@ -42,7 +46,7 @@ def describe(cell: dict[str, Any]) -> tuple[str, str, str, Fraction, int]:
         g = adv[0]
         attack = next((g[k] for k in ("train", "score", "participation") if k in g), g.get("behavior", "?"))
     count = sum(g["count"] for g in adv)
-    return split, sc["task"].get("scoring", "blockflow"), attack, Fraction(count, total), sc["task"]["seed"]
+    return split, sc["task"].get("scoring", DEFAULT_SCORING), attack, Fraction(count, total), sc["task"]["seed"]
 
 
 def main(dirs: list[str]) -> None:
@@ -112,6 +116,15 @@ def main(dirs: list[str]) -> None:
         print()
     for r in rules:
         print(f"{r}: all four goals met in {met[r][0]} of {met[r][1]} attacked cells")
+    print()
+    for r in rules:
+        cells_r = [x for k, rs in rows.items() if k[1] == r for x in rs]
+        print(
+            f"{r}: over {len(cells_r)} attacked cells, mean accuracy loss "
+            f"{statistics.mean(x['loss'] for x in cells_r):.2f} points, mean adversary share "
+            f"{statistics.mean(x['share'] for x in cells_r):.3f}, honest unpaid per cell "
+            f"{statistics.mean(x['unpaid'] for x in cells_r):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class RoundRecord:
     test_accuracy: dict[str, float] = field(default_factory=dict)
     gas: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)  # worker -> why it was left out
+    anchor: dict[str, float] = field(default_factory=dict)  # the requester's posted anchor scores, if its rule has one
     wall_s: float = 0.0
 
 
@@ -109,6 +110,12 @@ class TaskSetup:
     def test_set(self) -> tuple[Any, Any]:
         """The held-out (x, y) that no worker sees, sliced once for every evaluation."""
         return self.data.x[self.partition.test], self.data.y[self.partition.test]
+
+    @functools.cached_property
+    def root_set(self) -> tuple[Any, Any]:
+        """The requester's root validation set (x, y) for the trust anchor: held out
+        from every worker and from the test set; empty unless the scoring rule needs it."""
+        return self.data.x[self.partition.root], self.data.y[self.partition.root]
 
     def train_cfg_for(self, round_: int) -> TrainConfig:
         """Local training decays the learning rate across rounds as well as epochs."""

@@ -14,7 +14,9 @@ by the worker's signed binding, that it speaks for the worker's address?),
 It logs each round's lifecycle as info events (agent "requester", round, seconds
 since the round started): round_started, opening_accepted, model_checked (ok or
 not, seconds), evaluation_opened (published and excluded counts, gas),
-scores_received, round_settled (ranking, gas), and task_closed.
+scores_received, anchor_posted (under an anchored scoring rule: its own scores of the
+round's models on its root set, posted on-chain; seconds, gas), round_settled
+(ranking, gas), and task_closed.
 """
 
 from __future__ import annotations
@@ -33,14 +35,21 @@ from discofl_p2p.agents.identity import verify_binding
 from discofl_p2p.agents.jobs import evaluate_job, initial_state
 from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
-from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, reveal
+from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, encode_scores, reveal
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
 from discofl_p2p.p2p.node import Inbox, P2PNode
+from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
-from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
+from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
+    NEEDS_ANCHOR,
+    ScoringContext,
+    honesty_record,
+    make_scoring_rule,
+)
 from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 log = structlog.get_logger("discofl.requester")
@@ -82,6 +91,7 @@ class _Round:
     valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
+    anchor: asyncio.Task[dict[str, float]] | None = None  # the posted anchor (NEEDS_ANCHOR): worker name -> score
 
 
 def _reveals_complete(r: _Round, everyone: set[str]) -> bool:
@@ -244,6 +254,9 @@ class RequesterAgent:
         self._published_cids: dict[str, str] = {}  # CID -> where it was first seen
         self._last_contrib: dict[str, Contribution] = {}
         self._scoring = make_scoring_rule(cfg.scoring, **cfg.scoring_params)
+        self._needs_anchor = cfg.scoring in NEEDS_ANCHOR
+        if self._needs_anchor and len(setup.partition.root) == 0:
+            raise ValueError(f"scoring rule {cfg.scoring!r} needs a root set ([task] root_samples) in the task setup")
         # Each settled round's evaluator honesty, oldest first: the scoring rule's context.
         self._honesty_history: list[dict[str, float]] = []
 
@@ -525,6 +538,29 @@ class RequesterAgent:
         res = await self.client.open_evaluation(r.number, r.published)
         self._log("evaluation_opened", r.number, published=len(owners), excluded=len(r.excluded), gas=res.gas_used)
         r.phase = "evaluation"
+        if self._needs_anchor:
+            r.anchor = self._spawn(self._post_anchor(r))
+
+    async def _post_anchor(self, r: _Round) -> dict[str, float]:
+        """The trust anchor of an anchored scoring rule: its own score of every
+        published model on its root set (`TaskSetup.root_set`, in the task's metric),
+        posted on-chain in the evaluators' encoding while the workers evaluate. It
+        settles with the values as posted (basis points), which the audit reads back.
+        Its next transaction is the settlement, which waits for this one."""
+        t0 = time.monotonic()
+        x, y = self.setup.root_set
+        row: list[float | None] = []
+        for w in r.owner_at:
+            state = r.checked.get(w)
+            row.append(
+                None
+                if state is None
+                else await self.setup.run_cpu(evaluate_job, self.w0, state, x, y, self.setup.metric)
+            )
+        packed = encode_scores(row)
+        res = await self.client.post_anchor_scores(r.number, packed)
+        self._log("anchor_posted", r.number, models=len(row), seconds=round(time.monotonic() - t0, 3), gas=res.gas_used)
+        return anchor_of([self.names[w] for w in r.owner_at], decode_scores(packed))
 
     async def _test_accuracy(self, r: _Round) -> None:
         x, y = self.setup.test_set
@@ -546,7 +582,8 @@ class RequesterAgent:
         # Ties break in address order (`tie_order`): the same in every run, unlike the
         # registration events', and on the chain for the audit, unlike the roster.
         everyone = tie_order({self.names[a]: a for a in self.registered})
-        contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history)))
+        anchor = await r.anchor if r.anchor is not None else None
+        contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history), anchor=anchor))
         self._honesty_history.append(honesty_record(contrib, matrix))
         self.streaks = streaks_after(self.streaks, everyone, name_at)
         ranked, rewards = settle(
@@ -578,6 +615,7 @@ class RequesterAgent:
         rec = self.recorder.record(r.number)
         rec.scores = matrix
         rec.contribution = {n: c.score for n, c in contrib.items()}
+        rec.anchor = dict(anchor or {})
         rec.ranking = ranked
         rec.rewards_wei = rewards
         # By name, not in the secret published order: the final model replays exactly.

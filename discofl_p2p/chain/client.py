@@ -402,6 +402,11 @@ class TaskClient:
         out of the published list), until the evaluation deadline; `audit` checks it."""
         return await self._call("disputeExclusion", round_, digest, salt)
 
+    async def post_anchor_scores(self, round_: int, packed_scores: bytes) -> TxResult:
+        """The requester posts its own scores of the round's published models on its root
+        validation set (the `anchored` rule's anchor), once, during evaluation."""
+        return await self._call("postAnchorScores", round_, packed_scores)
+
     async def settle_round(
         self,
         round_: int,

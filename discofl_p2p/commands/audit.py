@@ -4,7 +4,9 @@ Reads the registered workers, each round's published models, every evaluator's
 revealed scores (a committed row never revealed counts as no evaluation, as the
 requester counts it) and the settlement (its calldata reveals who submitted which model), then
 recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
-one the task was settled with) and the ranking and rewards the contract should have
+one the task was settled with, with its `--scoring-param`s, checked as the scenario's
+`[task] scoring_params` are; an anchored rule takes the requester's AnchorScores
+event of the round as its anchor, and a round without one fails) and the ranking and rewards the contract should have
 paid, through `trust.settlement.settle` under the task's reward policy (`--policy`,
 `--floor`, `--bonus` for an Explicit-rule task; Top-K is on the chain). It reports the
 submitters each round excluded, the excluded ones that posted a valid opening of a
@@ -16,7 +18,9 @@ rounds never settled and what the close shared out. Exit 0 when every round matc
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from eth_typing import HexStr
 from rich.console import Console
@@ -25,9 +29,17 @@ from rich.table import Table
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, commitment, decode_scores
+from discofl_p2p.scenario.config import ScenarioError, check_scoring_params
+from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import score_matrix
 from discofl_p2p.trust.rewards import round_pot
-from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
+from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
+    NEEDS_ANCHOR,
+    ScoringContext,
+    honesty_record,
+    make_scoring_rule,
+)
 from discofl_p2p.trust.settlement import RoundAudit, audit_round, streaks_after, tie_order
 
 
@@ -74,15 +86,16 @@ async def audit_task(
     ws_url: str,
     contract: str,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: Mapping[str, Any] | None = None,
     *,
     policy: str = "top_k",
     floor: float = 0.0,
     bonus: float = 0.0,
 ) -> TaskAudit:
-    """Recomputes every settled round; `policy`, `floor` and `bonus` are the task's
-    reward policy and its parameters (`[task]` in its scenario), which the chain
-    does not hold."""
-    rule_fn = make_scoring_rule(scoring)
+    """Recomputes every settled round; `scoring` and `scoring_params` are the task's
+    rule, `policy`, `floor` and `bonus` its reward policy and its parameters (`[task]`
+    in its scenario), none of which the chain holds."""
+    rule_fn = make_scoring_rule(scoring, **(scoring_params or {}))
     history: list[dict[str, float]] = []  # as the requester kept it: earlier rounds' honesty
     w3 = await connect(ws_url)
     try:
@@ -123,26 +136,30 @@ async def audit_task(
                 if e.name == "ScoresRevealed" and e.args["round"] == r
             }
             streaks = streaks_after(streaks, registered, owner_at)
-            out.rounds.append(
-                audit_round(
-                    r,
-                    registered,
-                    owner_at,
-                    scores,
-                    round_pot(deposit, rounds, r),
-                    settled.args["rankedOwners"],
-                    settled.args["rewards"],
-                    policy=policy if rule == RewardRule.EXPLICIT else "top_k",
-                    top_k=top_k,
-                    streaks=streaks,
-                    floor=floor,
-                    bonus=bonus,
-                    scoring=rule_fn,
-                    context=ScoringContext(history=tuple(history)),
-                    excluded=[w for w in args["submitters"] if w in excluded],
-                    withheld=_withheld(c.address, r, events, excluded, commitments, listed),
-                )
+            anchor, anchor_missing = None, False
+            if scoring in NEEDS_ANCHOR:
+                rows = [bytes(e.args["scores"]) for e in events if e.name == "AnchorScores" and e.args["round"] == r]
+                # Without the event the rule runs on an empty anchor, and the round fails.
+                anchor, anchor_missing = (anchor_of(owner_at, decode_scores(rows[0])), False) if rows else ({}, True)
+            audited = audit_round(
+                r,
+                registered,
+                owner_at,
+                scores,
+                round_pot(deposit, rounds, r),
+                settled.args["rankedOwners"],
+                settled.args["rewards"],
+                policy=policy if rule == RewardRule.EXPLICIT else "top_k",
+                top_k=top_k,
+                streaks=streaks,
+                floor=floor,
+                bonus=bonus,
+                scoring=rule_fn,
+                context=ScoringContext(history=tuple(history), anchor=anchor),
+                excluded=[w for w in args["submitters"] if w in excluded],
+                withheld=_withheld(c.address, r, events, excluded, commitments, listed),
             )
+            out.rounds.append(replace(audited, anchor_missing=anchor_missing))
             history.append(honesty_record(out.rounds[-1].contribution, score_matrix(owner_at, scores)))
         return out
     finally:
@@ -153,17 +170,19 @@ def audit_main(
     ws_url: str,
     contract: str,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: dict[str, Any] | None = None,
     *,
     policy: str = "top_k",
     floor: float = 0.0,
     bonus: float = 0.0,
 ) -> int:
+    params = dict(scoring_params or {})
     try:
-        make_scoring_rule(scoring)
-    except ValueError as e:
-        Console(stderr=True).print(f"discofl-p2p audit: {e}")
+        check_scoring_params(scoring, params, "--scoring-param")
+    except ScenarioError as e:
+        Console(stderr=True).print(f"discofl-p2p audit: {e}", markup=False)
         return 2
-    task = asyncio.run(audit_task(ws_url, contract, scoring, policy=policy, floor=floor, bonus=bonus))
+    task = asyncio.run(audit_task(ws_url, contract, scoring, params, policy=policy, floor=floor, bonus=bonus))
     console = Console(width=140)
     for r in task.unsettled:
         console.print(f"round {r}: [yellow]not settled[/] (the task is running, or was abandoned)")
@@ -180,6 +199,11 @@ def audit_main(
             title=f"round {a.round}: "
             + ("[green]matches the chain[/]" if a.ok else "[bold red]DOES NOT MATCH the chain[/]")
             + f"; unpaid pot {a.unpaid} wei"
+            + (
+                "; [bold red]no AnchorScores event[/]: the anchored rule cannot be recomputed"
+                if a.anchor_missing
+                else ""
+            )
         )
         for col in ("worker", "m_k", "d_k", "p_k", "expected reward", "paid reward", "note"):
             t.add_column(col, justify="left" if col in ("worker", "note") else "right")

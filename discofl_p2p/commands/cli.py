@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
+from typing import Any
 
 from discofl_p2p import __version__
 from discofl_p2p.trust.scoring import DEFAULT_SCORING
+
+
+def scoring_param(text: str) -> tuple[str, Any]:
+    """One `--scoring-param KEY=VALUE`: VALUE is read as a TOML value, as the scenario's
+    `[task] scoring_params` would hold it (`trim=0.25` is a float, `prior=1` an int)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: not a TOML value: {value!r}") from None
+
+
+def _add_scoring(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--scoring", default=DEFAULT_SCORING, help=help_)
+    parser.add_argument(
+        "--scoring-param",
+        dest="scoring_params",
+        type=scoring_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the rule ([task] scoring_params), e.g. trim=0.25; repeat for more",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="recompute every settled round of a task from the chain alone")
     audit.add_argument("--rpc-url", required=True, help="the chain the task lives on")
     audit.add_argument("--contract", required=True, help="the task's contract address")
-    audit.add_argument("--scoring", default=DEFAULT_SCORING, help="the scoring rule the task used ([task] scoring)")
+    _add_scoring(audit, "the scoring rule the task used ([task] scoring)")
     audit.add_argument(
         "--policy",
         default="top_k",
@@ -107,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     dash.add_argument("--port", type=int, default=9545, help="port to bind (default 9545; 0 picks a free one)")
     dash.add_argument("--run", metavar="DIR", help="a scenario's output directory: worker names, accuracy")
-    dash.add_argument(
-        "--scoring", default=DEFAULT_SCORING, help="the task's scoring rule ([task] scoring), for its contributions"
-    )
+    _add_scoring(dash, "the task's scoring rule ([task] scoring), for its contributions")
 
     demo = sub.add_parser("demo", help="the contract lifecycle alone (random models), with balances")
     demo.add_argument("--rpc-url", help="use this running chain instead of starting anvil")
@@ -239,13 +264,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         from discofl_p2p.commands.audit import audit_main
 
         return audit_main(
-            to_ws_url(args.rpc_url), args.contract, args.scoring, policy=args.policy, floor=args.floor, bonus=args.bonus
+            to_ws_url(args.rpc_url),
+            args.contract,
+            args.scoring,
+            dict(args.scoring_params),
+            policy=args.policy,
+            floor=args.floor,
+            bonus=args.bonus,
         )
     if args.command == "dashboard":
         from discofl_p2p.chain.anvil import to_ws_url
         from discofl_p2p.commands.dashboard import dashboard_main
 
-        return dashboard_main(to_ws_url(args.rpc_url), args.contract, args.host, args.port, args.run, args.scoring)
+        return dashboard_main(
+            to_ws_url(args.rpc_url),
+            args.contract,
+            args.host,
+            args.port,
+            args.run,
+            args.scoring,
+            dict(args.scoring_params),
+        )
     if args.command == "demo":
         from discofl_p2p.commands.demo import demo_main
 

@@ -148,11 +148,13 @@ def _run_with_progress(
 
     with progress:
         if rpc_url:
-            with run_dashboard(dashboard, to_ws_url(rpc_url), out, console.print, sc.task.scoring):
+            with run_dashboard(
+                dashboard, to_ws_url(rpc_url), out, console.print, sc.task.scoring, sc.task.scoring_params
+            ):
                 return run(to_ws_url(rpc_url))
         with (
             Anvil(new_session=processes_of is not None) as anvil,
-            run_dashboard(dashboard, anvil.ws_url, out, console.print, sc.task.scoring),
+            run_dashboard(dashboard, anvil.ws_url, out, console.print, sc.task.scoring, sc.task.scoring_params),
         ):
             return run(anvil.ws_url)
 

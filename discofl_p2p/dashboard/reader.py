@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,15 @@ from web3 import AsyncWeb3
 from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
 from discofl_p2p.dashboard.traffic import p2p_figures
+from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import score_matrix
-from discofl_p2p.trust.scoring import DEFAULT_SCORING, ScoringContext, honesty_record, make_scoring_rule
+from discofl_p2p.trust.scoring import (
+    DEFAULT_SCORING,
+    NEEDS_ANCHOR,
+    ScoringContext,
+    honesty_record,
+    make_scoring_rule,
+)
 
 _log = logging.getLogger("discofl.dashboard")
 
@@ -186,6 +193,7 @@ class _Round:
     settled: ChainEvent | None = None
     owner_at: list[str | None] | None = None
     excluded: list[str] = field(default_factory=list)
+    anchor: list[float | None] | None = None  # the requester's AnchorScores row (anchored rules)
 
 
 class TaskReader:
@@ -193,13 +201,20 @@ class TaskReader:
     rebuilds, and `wait_newer(v)` waits for a version above `v`."""
 
     def __init__(
-        self, ws_url: str, contract: str | None = None, run_dir: Path | None = None, scoring: str = DEFAULT_SCORING
+        self,
+        ws_url: str,
+        contract: str | None = None,
+        run_dir: Path | None = None,
+        scoring: str = DEFAULT_SCORING,
+        scoring_params: Mapping[str, Any] | None = None,
     ) -> None:
-        """`scoring`: the task's contribution scoring rule ([task] scoring; the chain
-        does not hold it), with which the contributions are recomputed as `audit` does."""
+        """`scoring` and `scoring_params`: the task's contribution scoring rule and its
+        parameters ([task] scoring, scoring_params; the chain holds neither), with which
+        the contributions are recomputed as `audit` does."""
         if contract is None and run_dir is None:
             raise ValueError("the dashboard needs --contract, or --run naming a run that deployed one")
-        self.scoring = make_scoring_rule(scoring)
+        self.scoring = make_scoring_rule(scoring, **(scoring_params or {}))
+        self.needs_anchor = scoring in NEEDS_ANCHOR
         self.ws_url = ws_url
         self.contract = _addr(contract) if contract else None
         if contract and self.contract is None:
@@ -353,6 +368,8 @@ class TaskReader:
                 rounds.setdefault(a["round"], _Round(a["round"])).scores[a["evaluator"]] = decode_scores(
                     bytes(a["scores"])
                 )
+            elif ev.name == "AnchorScores":
+                rounds.setdefault(a["round"], _Round(a["round"])).anchor = decode_scores(bytes(a["scores"]))
             elif ev.name == "RoundSettled":
                 r = rounds.setdefault(a["round"], _Round(a["round"]))
                 r.settled = ev
@@ -381,10 +398,12 @@ class TaskReader:
                 for who, amount in zip(ranking, r.settled.args["rewards"]):
                     rewards[who] = rewards.get(who, 0) + amount
                     cumulative[who] = cumulative.get(who, 0) + amount
-            if r.owner_at is not None:
+            # An anchored rule needs the round's AnchorScores; without them, no contributions.
+            if r.owner_at is not None and (r.anchor is not None or not self.needs_anchor):
                 owner_at = [o or "" for o in r.owner_at]
                 matrix = score_matrix(owner_at, r.scores)
-                c = self.scoring(matrix, registered, ScoringContext(history=tuple(history)))
+                anchor = anchor_of(owner_at, r.anchor) if r.anchor is not None else None
+                c = self.scoring(matrix, registered, ScoringContext(history=tuple(history), anchor=anchor))
                 history.append(honesty_record(c, matrix))
                 contributions = {
                     w: {

@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,7 @@ def dashboard_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """Serves a dashboard from a thread of its own (its own event loop) while the block
     runs; yields its URL. `scenario --dashboard` uses it beside the run."""
@@ -164,7 +165,8 @@ def dashboard_thread(
 
     async def serve() -> None:
         try:
-            runner, u = await start_site(make_app(TaskReader(ws_url, contract, run_dir, scoring)), host, port)
+            reader = TaskReader(ws_url, contract, run_dir, scoring, scoring_params)
+            runner, u = await start_site(make_app(reader), host, port)
         except BaseException as e:
             failure.append(e)
             ready.set()
@@ -199,13 +201,15 @@ def run_dashboard(
     run_dir: Path | None,
     say: Callable[[str], object] = print,
     scoring: str = DEFAULT_SCORING,
+    scoring_params: Mapping[str, Any] | None = None,
 ) -> Iterator[str | None]:
     """`scenario --dashboard [PORT]`: a dashboard on 127.0.0.1 beside the run while the
     block runs (nothing when `port` is None). It finds the contract in the run's
-    log.jsonl once the requester deploys it; `scoring` is the scenario's rule."""
+    log.jsonl once the requester deploys it; `scoring` and `scoring_params` are the
+    scenario's rule."""
     if port is None:
         yield None
         return
-    with dashboard_thread(ws_url, run_dir=run_dir, port=port, scoring=scoring) as url:
+    with dashboard_thread(ws_url, run_dir=run_dir, port=port, scoring=scoring, scoring_params=scoring_params) as url:
         say(f"dashboard: {url}")
         yield url

@@ -1,6 +1,8 @@
 """Deterministic partitions of a data set across W workers.
 
-First a global held-out test set that no worker sees; then the rest is spread over
+First a global held-out test set that no worker sees (less, when asked, a root set
+carved from it: the requester's own validation data for a trust anchor, which no
+worker sees either and the test accuracy does not count); then the rest is spread over
 the workers (IID, Dirichlet(alpha) label skew, or quantity skew); then each worker's
 share is split 80/20 into train and validation (the paper's split). Everything is a
 tensor of indices into the data set, drawn from one seeded generator.
@@ -8,7 +10,7 @@ tensor of indices into the data set, drawn from one seeded generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ class WorkerSplit:
 class Partition:
     test: torch.Tensor
     workers: list[WorkerSplit]
+    root: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 SCHEMES = ("iid", "dirichlet", "quantity")
@@ -39,8 +42,11 @@ def partition(
     val_fraction: float = 0.2,
     per_worker: int | None = None,
     seed: int = 0,
+    root: int = 0,
 ) -> Partition:
-    """Splits indices of `labels`; `per_worker` caps each worker's share (None: all)."""
+    """Splits indices of `labels`; `per_worker` caps each worker's share (None: all).
+    `root` samples of the held-out part become `Partition.root` instead of test data;
+    the workers' shares are the same whatever `root` is."""
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
     if scheme not in SCHEMES:
@@ -52,7 +58,11 @@ def partition(
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g)
     n_test = round(len(labels) * test_fraction)
-    test, pool = perm[:n_test], perm[n_test:]
+    if not 0 <= root < n_test:
+        raise ValueError(
+            f"root must be in [0, {n_test}) (the held-out samples, less at least one for testing), got {root}"
+        )
+    root_set, test, pool = perm[:root], perm[root:n_test], perm[n_test:]
     if per_worker is not None:
         pool = pool[: per_worker * n_workers]
     if scheme == "iid":
@@ -67,7 +77,7 @@ def partition(
         share = unshuffled[torch.randperm(len(unshuffled), generator=g)]
         n_val = max(1, round(len(share) * val_fraction)) if len(share) > 1 else 0
         workers.append(WorkerSplit(train=share[n_val:], val=share[:n_val]))
-    return Partition(test=test, workers=workers)
+    return Partition(test=test, workers=workers, root=root_set)
 
 
 def _split_by_proportions(pool: torch.Tensor, props: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:

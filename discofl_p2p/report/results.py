@@ -66,6 +66,7 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
                 "gas": rec.gas,
                 "wall_s": round(rec.wall_s, 3),
             }
+            | ({"anchor": rec.anchor} if rec.anchor else {})  # the requester's own scores, under an anchored rule
         )
     return {
         "scenario": sc.to_dict(),

@@ -90,6 +90,9 @@ class TaskSection:
     norm_bound: float = 2.0  # ml.aggregation.norm_bounded before the rule; 0: off
     scoring: str = DEFAULT_SCORING  # trust.scoring.SCORING_RULES
     scoring_params: dict[str, float | int] = field(default_factory=dict)
+    # The requester's root validation set for a rule in NEEDS_ANCHOR (anchored): that
+    # many held-out samples, taken from the test split (ml.splits.partition); else unused.
+    root_samples: int = 100
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120
     metric: str = "accuracy"
@@ -223,6 +226,16 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
     sc = Scenario(file, task, data, model, groups, faults, expect, timeout_s)
     v.semantics(sc)
     return sc
+
+
+def check_scoring_params(rule: str, params: dict[str, Any], where: str = "<command line>") -> None:
+    """`params` for scoring rule `rule`, checked as a scenario's `[task] scoring_params`
+    is (known to the rule, of its TOML type, valid), for the commands that take a rule
+    without a scenario file (`audit`, `dashboard`). Raises ScenarioError naming the key."""
+    v = _Validator(where, "")
+    if rule not in SCORING_RULES:
+        raise v.fail("task.scoring", f"unknown scoring rule {rule!r}; choose one of {', '.join(SCORING_RULES)}")
+    v.scoring_params(rule, params)
 
 
 class _Validator:
@@ -465,12 +478,6 @@ class _Validator:
                 f"below 1 it would pull in most honest models), got {t.norm_bound}",
             ),
             ("task.scoring", t.scoring in SCORING_RULES, f"choose one of {', '.join(SCORING_RULES)}"),
-            (
-                "task.scoring",
-                t.scoring not in NEEDS_ANCHOR,
-                f"{t.scoring!r} needs the requester's anchor scores on a root validation set, which no runner "
-                "computes yet",
-            ),
             ("task.submission_timeout_s", t.submission_timeout_s >= 1, "must be >= 1"),
             ("task.evaluation_timeout_s", t.evaluation_timeout_s >= 1, "must be >= 1"),
             (
@@ -520,6 +527,14 @@ class _Validator:
             raise self.fail(
                 "data.test_fraction",
                 f"leaves {pool} digits of {d.dataset} for {w} workers; each needs at least 2 (train and validation)",
+            )
+        n_test = round(size * d.test_fraction)
+        if t.scoring in NEEDS_ANCHOR and not 1 <= t.root_samples < n_test:
+            raise self.fail(
+                "task.root_samples",
+                f"scoring rule {t.scoring!r} scores every model on a root set of held-out samples: it must be "
+                f"between 1 and {n_test - 1} (the {n_test} digits {d.dataset} holds out for testing, less one), "
+                f"got {t.root_samples}",
             )
         self.aggregation_params(t.aggregation, t.aggregation_params, w)
         self.scoring_params(t.scoring, t.scoring_params)

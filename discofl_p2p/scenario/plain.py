@@ -16,6 +16,8 @@ rankings and rewards as the full stack (`tests/test_replay.py`):
 - scores go through the chain's encoding (`encode_scores`, basis points) as the
   requester reads them, and the same BlockFlow, Top-K and reward functions settle the
   round (`trust.settlement.settle`); the final model is built as the requester builds it;
+- under an anchored scoring rule the requester's anchor is its score of every published
+  model on the same root set (`TaskSetup.root_set`), through the same encoding;
 - commit-reveal of scores decides nothing here: every on-time worker reveals what it
   committed, and a `copy_median` scorer, which under commit-reveal never sees a row
   to copy before it must commit, submits its true scores, as in the full stack.
@@ -48,9 +50,10 @@ from discofl_p2p.ml.weights import Spec, StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.scenario.config import Scenario
 from discofl_p2p.scenario.runner import build_behaviours, build_setup, worker_names
+from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
-from discofl_p2p.trust.scoring import ScoringContext, honesty_record, make_scoring_rule
+from discofl_p2p.trust.scoring import NEEDS_ANCHOR, ScoringContext, honesty_record, make_scoring_rule
 from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
@@ -69,6 +72,7 @@ class PlainRound:
     ranking: list[str] = field(default_factory=list)
     rewards_wei: dict[str, int] = field(default_factory=dict)
     test_accuracy: dict[str, float] = field(default_factory=dict)  # each published model's, as the requester records
+    anchor: dict[str, float] = field(default_factory=dict)  # the requester's root-set scores, under an anchored rule
     # A guessing ring member (no shared CIDs) -> (its guesses that were a ring mate's model, its guesses).
     ring_guesses: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -176,10 +180,15 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
                 rows[n] = decode_scores(encode_scores(row))  # the self-score is dropped anyway
         for n in published:
             rec.test_accuracy[n] = evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+        anchor = None
+        if sc.task.scoring in NEEDS_ANCHOR:
+            row = [evaluate_job(w0_blob, own[n][1], *ctx.root_set, ctx.metric) for n in published]
+            anchor = rec.anchor = anchor_of(published, decode_scores(encode_scores(row)))
 
         # The requester settles.
         rec.scores = score_matrix(canon, rows)
-        contrib = scoring(rec.scores, tie_order(address), ScoringContext(history=tuple(honesty_history)))
+        context = ScoringContext(history=tuple(honesty_history), anchor=anchor)
+        contrib = scoring(rec.scores, tie_order(address), context)
         honesty_history.append(honesty_record(contrib, rec.scores))
         streaks = streaks_after(streaks, names, published)
         rec.contribution = {n: c.score for n, c in contrib.items()}

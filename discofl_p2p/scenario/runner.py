@@ -43,6 +43,7 @@ from discofl_p2p.ml.training import TrainConfig
 from discofl_p2p.ml.weights import encode_state, spec_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, P2PNode, key_from_seed
 from discofl_p2p.scenario.config import Scenario
+from discofl_p2p.trust.scoring import NEEDS_ANCHOR
 
 log = structlog.get_logger("discofl.runner")
 
@@ -160,7 +161,8 @@ def build_worker(
 
 def data_partition(sc: Scenario) -> tuple[Dataset, Partition]:
     """The scenario's data set and its split among the workers (seeded: every process
-    that computes it gets the same)."""
+    that computes it gets the same), with the requester's root set when the scoring
+    rule needs an anchor."""
     data = load_dataset(sc.data.dataset, sc.data.directory or None)
     part = partition(
         data.y,
@@ -170,6 +172,7 @@ def data_partition(sc: Scenario) -> tuple[Dataset, Partition]:
         test_fraction=sc.data.test_fraction,
         per_worker=sc.data.samples_per_worker or None,
         seed=sc.task.seed,
+        root=sc.task.root_samples if sc.task.scoring in NEEDS_ANCHOR else 0,
     )
     return data, part
 

@@ -16,6 +16,12 @@ Unlike every median, this holds against a coalition of any size, as long as the
 anchor is honest and its root set represents the task: a ring's self-scores are far
 from the anchor, its weight is 0. The price is the root set itself (data the
 requester must own) and the trust placed in the requester. Pure functions, no I/O.
+
+Where the anchor comes from: the requester scores every published model on its root
+set (`[task] root_samples` held-out samples, `ml.splits.partition`), posts the row on
+the chain by published position (`postAnchorScores`, event AnchorScores, in the
+evaluators' encoding), and settles with `anchor_of` that row; the audit reads the
+event back and does the same.
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ from discofl_p2p.trust.estimators import (
     Worker,
     weighted_lower_median,
 )
+
+
+def anchor_of(owner_at: Sequence[Worker], row: Sequence[float | None]) -> dict[Worker, float]:
+    """The anchor as `ScoringContext.anchor` takes it, from the requester's row of
+    scores by published position (`owner_at[i]` owns the model at position i): worker
+    -> score, leaving out a position the row abstains on (None)."""
+    if len(row) != len(owner_at):
+        raise ValueError(f"the anchor row has {len(row)} scores for {len(owner_at)} published models")
+    return {w: s for w, s in zip(owner_at, row, strict=True) if s is not None}
 
 
 def anchored(

@@ -68,7 +68,8 @@ SCORING_RULES: dict[str, Callable[..., dict[Any, Contribution]]] = {
 }
 
 NEEDS_ANCHOR = frozenset({"anchored"})
-"""Rules that need `ScoringContext.anchor`, which the runners do not compute yet."""
+"""Rules that need `ScoringContext.anchor`: the requester scores every published model
+on its root set (`[task] root_samples`) and posts the scores on-chain (AnchorScores)."""
 
 DEFAULT_SCORING = "consensus"
 """Chosen by the benchmark (docs/robustness.md, "Choosing the default scoring rule")."""

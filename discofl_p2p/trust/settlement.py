@@ -29,7 +29,8 @@ class RoundAudit:
     posted a valid opening (disputeExclusion) of a model that is neither in the
     round's list nor in an earlier one (so not a copy or a replay the requester had
     to leave out); `unpaid`: what the round's pot did not pay (shared by the
-    participants at close)."""
+    participants at close); `anchor_missing`: the rule needs the requester's anchor
+    scores and the chain has none for the round (it cannot be recomputed)."""
 
     round: int
     contribution: dict[str, Contribution]
@@ -40,6 +41,7 @@ class RoundAudit:
     excluded: list[str] = field(default_factory=list)
     withheld: list[str] = field(default_factory=list)
     unpaid: int = 0
+    anchor_missing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -47,6 +49,7 @@ class RoundAudit:
             self.expected_ranking == self.paid_ranking
             and self.expected_rewards == self.paid_rewards
             and not self.withheld
+            and not self.anchor_missing
         )
 
 

@@ -62,9 +62,8 @@ def has_scoring_axis() -> bool:
 
 def runnable_scorings() -> list[str]:
     """The scoring rules the scenario schema accepts, read from it: its
-    `SCORING_RULES` less `NEEDS_ANCHOR` (rules no runner can feed yet)."""
-    rules = getattr(config, "SCORING_RULES", ())
-    return [r for r in rules if r not in getattr(config, "NEEDS_ANCHOR", frozenset())]
+    `SCORING_RULES` (the anchored rule included: its runners compute the anchor)."""
+    return list(getattr(config, "SCORING_RULES", ()))
 
 
 @dataclass(frozen=True)
