@@ -99,3 +99,6 @@ def test_bench_scenarios_quick_runs_every_scenario_and_the_plain_loop():
     for name in ("baseline", "garbage"):
         assert re.search(rf"│\s*{NUMBER}\s*│\s*{NUMBER}\s*│", _row(out, f"{name}.toml")), out
     assert re.search(rf"plain loop = {NUMBER} \(goal", out), out
+    assert re.search(
+        rf"at equal parallelism \(\d+ jobs at a time in both\): {NUMBER} s / {NUMBER} s = {NUMBER}", out
+    ), out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.plain import run_plain
 
@@ -46,3 +48,22 @@ def test_plain_loop_learns_and_scores_the_garbage_trainer_below_the_honest():
     # Every random choice is seeded from the scenario: a second run is the same run.
     again = run_plain(sc)
     assert again.final_accuracy == out.final_accuracy and again.contributions == out.contributions
+
+
+def test_jobs_in_parallel_change_only_the_wall_time():
+    """Training and evaluation on two threads at once (as the agents' pool runs them)
+    give the very same run: every job is single-threaded and seeded on its own."""
+    sc = parse_scenario(SMALL)
+    one, two = run_plain(sc), run_plain(sc, jobs=2)
+    assert two.contributions == one.contributions and two.final_accuracy == one.final_accuracy
+    for r, rec in one.rounds.items():
+        other = two.rounds[r]
+        assert (other.models, other.scores, other.ranking, other.rewards_wei, other.test_accuracy) == (
+            rec.models,
+            rec.scores,
+            rec.ranking,
+            rec.rewards_wei,
+            rec.test_accuracy,
+        )
+    with pytest.raises(ValueError, match="jobs must be at least 1, not 0"):
+        run_plain(sc, jobs=0)

@@ -30,12 +30,21 @@ decides nothing), salts, gas. It also measures each published model's test accur
 as the requester does, so that it is the reference for the overhead of
 decentralisation (`discofl-p2p bench scenarios`). Torch runs one thread, as each of the
 agents' jobs does: a different thread count can change float sums.
+
+`jobs` runs the round's training jobs, and each evaluator's evaluations, on that many
+threads at once, as the agents share one pool of jobs sized to the cores; the results
+are the same for any `jobs` (each job is single-threaded and seeded on its own, and
+results are gathered in roster order), only the wall time changes. That is how the
+overhead of decentralisation is measured at equal parallelism.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -55,6 +64,16 @@ from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import NEEDS_ANCHOR, ScoringContext, honesty_record, make_scoring_rule
 from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+class _Each(Protocol):
+    """Maps a function over items, some at a time, with results in the items' order."""
+
+    def __call__(self, fn: Callable[[_In], _Out], items: Iterable[_In], /) -> list[_Out]: ...
+
 
 PLAIN_CONTRACT = "0x" + "00" * 19 + "01"
 """The address the plain loop's commitments are bound to (there is no contract)."""
@@ -95,7 +114,19 @@ class _Worker:
     previous_base: StateDict | None = None
 
 
-def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
+def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5, jobs: int = 1) -> PlainOutcome:
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+
+        def each(fn: Callable[[_In], _Out], items: Iterable[_In]) -> list[_Out]:
+            """`fn` over `items`, `jobs` at a time, results in the items' order."""
+            return list(pool.map(fn, items)) if jobs > 1 else [fn(i) for i in items]
+
+        return _run(sc, final_keep_ratio, each)
+
+
+def _run(sc: Scenario, final_keep_ratio: float, each: _Each) -> PlainOutcome:
     torch.set_num_threads(1)
     started = time.monotonic()
     ctx, w0_blob = build_setup(sc)
@@ -124,8 +155,9 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
     for r in range(1, sc.task.rounds + 1):
         rec = rounds[r] = PlainRound(r)
         active = [n for n in names if not behaviours[n].stopped(r)]
-        own: dict[str, tuple[str, StateDict]] = {}
-        for n in active:
+
+        def submit(n: str, r: int = r) -> tuple[str, StateDict]:
+            """Worker n's round: its base, its training, its submission (touches only its state)."""
             b, ws = behaviours[n], state[n]
             base = ctx.aggregate(ws.candidates) if r > 1 and ws.candidates and b.starts_from_aggregate() else w0
             trained = base
@@ -135,7 +167,9 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
                 trained = train_job(w0_blob, base, x, y, ctx.train_cfg_for(r), seed(owner, "train", r))
             sub = b.submission(trained, base, ws.seen, seed(n, "submit", r), ws.previous_base)
             ws.previous_base = base
-            own[n] = (cid_of(encode_state(sub)), sub)
+            return cid_of(encode_state(sub)), sub
+
+        own: dict[str, tuple[str, StateDict]] = dict(zip(active, each(submit, active)))
 
         # The requester: on-time commitments, in roster order, and its exclusions.
         salt = bytes(32)
@@ -157,15 +191,23 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
         rec.models = {n: own[n][0] for n in published}
         canon = sorted(published, key=lambda n: own[n][0])  # the workers' CID order
 
-        rows: dict[str, list[float | None]] = {}
-        for n in active:
-            b, ws = behaviours[n], state[n]
+        def evaluate(
+            n: str, canon: list[str] = canon, own: dict[str, tuple[str, StateDict]] = own
+        ) -> tuple[list[float | None], float]:
+            """Evaluator n's true scores of the published models, and of its own model."""
             x, y = ctx.data.x[splits[n].val], ctx.data.y[splits[n].val]
             true: list[float | None] = [
                 None if m == n else evaluate_job(w0_blob, own[m][1], x, y, ctx.metric) for m in canon
             ]
+            return true, evaluate_job(w0_blob, own[n][1], x, y, ctx.metric)
+
+        evaluated = dict(zip(active, each(evaluate, active)))
+        rows: dict[str, list[float | None]] = {}
+        for n in active:
+            b, ws = behaviours[n], state[n]
+            true, own_score = evaluated[n]
             kept = [(own[m][0], own[m][1], s) for m, s in zip(canon, true) if s is not None]
-            kept.append((own[n][0], own[n][1], evaluate_job(w0_blob, own[n][1], x, y, ctx.metric)))
+            kept.append((own[n][0], own[n][1], own_score))
             kept.sort(key=lambda k: k[0])
             ws.candidates = [Candidate(st, s) for _, st, s in kept]
             ws.seen = [(s, st) for c, st, s in kept if c != own[n][0]]
@@ -178,8 +220,11 @@ def run_plain(sc: Scenario, *, final_keep_ratio: float = 0.5) -> PlainOutcome:
                 rec.ring_guesses[n] = (len(guess & truth), len(guess))
             if not b.late(r):
                 rows[n] = decode_scores(encode_scores(row))  # the self-score is dropped anyway
-        for n in published:
-            rec.test_accuracy[n] = evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+
+        def accuracy(n: str, own: dict[str, tuple[str, StateDict]] = own) -> float:
+            return evaluate_job(w0_blob, own[n][1], *ctx.test_set, "accuracy")
+
+        rec.test_accuracy = dict(zip(published, each(accuracy, published)))
         anchor = None
         if sc.task.scoring in NEEDS_ANCHOR:
             row = [evaluate_job(w0_blob, own[n][1], *ctx.root_set, ctx.metric) for n in published]
