@@ -68,10 +68,12 @@ params = { mode = "copy" }
 
 
 def _learning(rounds) -> dict[int, tuple]:
-    """What must replay: per round, the scores, contributions, ranking, rewards and
-    exclusions (the published order and salts are secrets, and are not compared)."""
+    """What must replay: per round, the models' CIDs (bit for bit: a model that differs
+    in its last bits often keeps every score), the scores, contributions, ranking,
+    rewards and exclusions (the published order and salts are secrets, and are not
+    compared)."""
     return {
-        r: (rec.scores, rec.contribution, rec.ranking, rec.rewards_wei, dict(sorted(rec.excluded.items())))
+        r: (rec.models, rec.scores, rec.contribution, rec.ranking, rec.rewards_wei, dict(sorted(rec.excluded.items())))
         for r, rec in rounds.items()
     }
 
