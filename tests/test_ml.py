@@ -143,6 +143,18 @@ def test_safetensors_round_trip():
     assert all(torch.equal(back[k], state[k]) for k in state)
 
 
+def test_decoded_weights_come_in_w0s_tensor_order():
+    """The safetensors parser returns tensors in an order of its own (it varied from
+    call to call), and an aggregation flattens its candidates in dict order; so a
+    decoded model must come in w0's (the spec's) order, as a trained one does."""
+    state = build_model("logreg").state_dict()  # fc.weight, fc.bias: not sorted
+    spec = spec_of(state)
+    assert list(spec) != sorted(spec)
+    blob = encode_state(state)
+    for _ in range(5):
+        assert list(decode_state(blob, spec)) == list(spec)
+
+
 class _Boom:
     def __reduce__(self):
         return (print, ("pwned",))
@@ -244,6 +256,32 @@ def test_norm_bound_on_vectors_keeps_the_direction_and_bounds_the_distance():
     for before, after, d in zip(honest, out, dist.tolist()):
         if d <= radius:
             assert torch.equal(before.state["w"], after.state["w"])
+
+
+def test_aggregation_does_not_depend_on_the_order_of_a_state_dicts_keys():
+    """Bit for bit, whatever order each candidate lists its tensors in (a decoded
+    peer model and a worker's own trained one list them differently). The norm bound's
+    distances and the weighted sums are float sums over the flattened weights, so a
+    layout taken from the first candidate's dict order changed their last bits, and
+    with them the round's aggregate and every model after it (issue 8: two full-stack
+    runs of one scenario differed from round 2 on)."""
+    g = torch.Generator().manual_seed(8)
+    base = {"fc.weight": torch.randn(10, 784, generator=g) * 0.05, "fc.bias": torch.randn(10, generator=g) * 0.05}
+    states = [{k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in base.items()} for _ in range(9)]
+    states.append({k: torch.randn(v.shape, generator=g) for k, v in base.items()})  # garbage: clipped
+    scores = [0.8 + 0.01 * i for i in range(9)] + [0.1]
+    forward = [Candidate(s, sc, 100) for s, sc in zip(states, scores)]
+    # Every other candidate, the first among them, lists its tensors the other way round.
+    mixed = [
+        Candidate(dict(reversed(s.items())) if i % 2 == 0 else s, sc, 100)
+        for i, (s, sc) in enumerate(zip(states, scores))
+    ]
+    assert norm_bounded(forward, 2.0)[-1].state is not states[-1]  # the bound acts
+    for name in AGGREGATORS:
+        for rule in (make_aggregator(name), make_aggregator(name, norm_bound=2.0)):
+            want, got = rule(forward), rule(mixed)
+            assert list(got) == list(mixed[0].state), name  # in the first candidate's order
+            assert all(torch.equal(got[k], want[k]) for k in want), name
 
 
 def test_aggregation_input_errors():

@@ -70,11 +70,20 @@ params = { mode = "copy" }
 
 
 def _learning(rounds) -> dict[int, tuple]:
-    """What must replay: per round, the scores, contributions, ranking, rewards,
-    exclusions and the requester's anchor scores (the published order and salts are
-    secrets, and are not compared)."""
+    """What must replay: per round, the models' CIDs (bit for bit: a model that differs
+    in its last bits often keeps every score), the scores, contributions, ranking,
+    rewards, exclusions and the requester's anchor scores (the published order and
+    salts are secrets, and are not compared)."""
     return {
-        r: (rec.scores, rec.contribution, rec.ranking, rec.rewards_wei, dict(sorted(rec.excluded.items())), rec.anchor)
+        r: (
+            rec.models,
+            rec.scores,
+            rec.contribution,
+            rec.ranking,
+            rec.rewards_wei,
+            dict(sorted(rec.excluded.items())),
+            rec.anchor,
+        )
         for r, rec in rounds.items()
     }
 
@@ -135,6 +144,10 @@ count = 2
 train = "backdoor"
 score = "stealthy_ring"
 score_params = { ring = "s", shares_cids = true, delta = 0.1 }
+
+[[workers]]
+name = "extra"
+count = 1
 """
 
 
@@ -142,7 +155,9 @@ score_params = { ring = "s", shares_cids = true, delta = 0.1 }
 def test_the_plain_loop_equals_the_full_stack_with_the_new_attacks(anvil):
     """Sybil identities (their operator's data split and seeds), a noisy copy that
     down-scores the best models, and a stealthy ring of backdoor trainers sharing CIDs,
-    on the full stack (anvil, libp2p) and in the plain loop."""
+    on the full stack (anvil, libp2p) and in the plain loop. Ten workers: with the
+    tenth, the aggregate of a worker whose first candidate was a decoded peer model
+    (tensors in the parser's order) differed in its last bits (`ml/aggregation._stack`)."""
     text = SMALL.format(name="equiv-new", top_k=6, policy="proportional") + NEW_ATTACKS
     full = _full(text, anvil)
     plain = run_plain(parse_scenario(text))

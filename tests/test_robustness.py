@@ -287,6 +287,10 @@ def test_full_stack_sample_picks_distinct_cells_and_names_each_difference(tmp_pa
         "round 2: only in full stack",
         "final accuracy: plain 0.9 full 0.8",
     ]
+    # Bit for bit: a model whose CID differs is named even when every score agrees.
+    c = PlainRound(1, models={"a": "bafy1", "b": "bafy2"}, scores=a.scores, contribution=a.contribution)
+    d = PlainRound(1, models={"a": "bafy1", "b": "bafy3"}, scores=a.scores, contribution=a.contribution)
+    assert differences({1: c}, {1: d}, 0.9, 0.9) == ["round 1 models: the CIDs of b differ"]
 
 
 @pytest.mark.slow

@@ -31,22 +31,29 @@ AggregationRule = Callable[[Sequence[Candidate]], StateDict]
 
 
 def _stack(cands: Sequence[Candidate]) -> tuple[torch.Tensor, Callable[[torch.Tensor], StateDict]]:
+    """The (W, P) matrix of the candidates' floating-point tensors, flattened in sorted
+    name order, and the inverse that rebuilds a state dict from one row.
+
+    The layout is the names' sorted order, never a dict's insertion order: the rules'
+    float sums (norms, weighted sums, means) round differently when a tensor moves
+    within the row, and a peer's decoded model and a worker's own trained one list
+    their tensors in different orders. A layout taken from the first candidate made
+    the aggregate, and every model trained from it, differ between two runs of one
+    scenario and between the full stack and the plain loop."""
     if not cands:
         raise ValueError("nothing to aggregate: no candidate models")
     first = cands[0].state
-    keys = [k for k, v in first.items() if v.is_floating_point()]
+    keys = sorted(k for k, v in first.items() if v.is_floating_point())
     flat = torch.stack([torch.cat([c.state[k].reshape(-1).float() for k in keys]) for c in cands])
 
     def unflatten(vec: torch.Tensor) -> StateDict:
-        out, pos = {}, 0
-        for k, v in first.items():
-            if k in keys:
-                n = v.numel()
-                out[k] = vec[pos : pos + n].reshape(v.shape).to(v.dtype)
-                pos += n
-            else:
-                out[k] = v.clone()
-        return out
+        out: StateDict = {}
+        pos = 0
+        for k in keys:
+            v = first[k]
+            out[k] = vec[pos : pos + v.numel()].reshape(v.shape).to(v.dtype)
+            pos += v.numel()
+        return {k: out[k] if k in out else v.clone() for k, v in first.items()}
 
     return flat, unflatten
 

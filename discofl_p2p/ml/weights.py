@@ -34,7 +34,8 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def decode_state(data: bytes, spec: Spec, *, max_bytes: int | None = None) -> StateDict:
-    """Parses and validates a peer's safetensors bytes against `spec` (w0's)."""
+    """Parses and validates a peer's safetensors bytes against `spec` (w0's); the
+    tensors come back in the spec's order."""
     if max_bytes is not None and len(data) > max_bytes:
         raise ModelRejected(f"model is {len(data)} bytes, over the cap of {max_bytes}")
     if len(data) < 8:
@@ -61,4 +62,5 @@ def decode_state(data: bytes, spec: Spec, *, max_bytes: int | None = None) -> St
             raise ModelRejected(f"tensor {name!r} has dtype {t.dtype}, w0 has {dtype}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelRejected(f"tensor {name!r} has NaN or infinite values")
-    return state
+    # In w0's order, as a trained model's state dict is: the parser's own order varies.
+    return {name: state[name] for name in spec}

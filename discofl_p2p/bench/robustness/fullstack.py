@@ -2,10 +2,12 @@
 the full stack (a real anvil chain, libp2p nodes, the agents: `scenario/runner.py`)
 and compared round by round with the plain loop, which the sweep trusts for them.
 
-What must agree is what `tests/test_replay.py` proves on two scenarios: per round the
-scores, contributions, ranking, rewards and exclusions, and the final accuracy (the
-published order and salts are secrets that decide nothing, and are not compared).
-Every difference is reported, field by field; none is expected.
+What must agree is what `tests/test_replay.py` proves on three scenarios: per round the
+published models' CIDs, scores, contributions, ranking, rewards and exclusions, and
+the final accuracy (the published order and salts are secrets that decide nothing,
+and are not compared). The CIDs make it bit for bit: a model that differs in its last
+bits (an aggregate summed in another order) often keeps every score. Every difference
+is reported, field by field; none is expected.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from discofl_p2p.bench.robustness.matrix import Cell
 
-FIELDS = ("scores", "contribution", "ranking", "rewards_wei", "excluded")
+FIELDS = ("models", "scores", "contribution", "ranking", "rewards_wei", "excluded")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ def differences(plain_rounds: dict[int, Any], full_rounds: dict[int, Any], plain
             a, b = getattr(p, name), getattr(f, name)
             if name == "excluded":
                 a, b = dict(sorted(a.items())), dict(sorted(b.items()))
-            if a != b:
+            if a != b and name == "models":
+                who = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+                out.append(f"round {r} models: the CIDs of {', '.join(who)} differ")
+            elif a != b:
                 out.append(f"round {r} {name}: plain {a} full {b}")
     if plain_acc != full_acc:
         out.append(f"final accuracy: plain {plain_acc} full {full_acc}")
