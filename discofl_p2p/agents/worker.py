@@ -66,6 +66,9 @@ MAX_W0_BYTES = 64 * 2**20
 REVEAL_POLL_S = 1.0
 """How often a worker waiting to reveal its scores reads the chain's clock."""
 
+W0_ATTEMPTS = 5
+"""Tries at fetching w0 from a requester that is there but busy (not for "not found")."""
+
 
 class W0Rejected(Exception):
     """w0 could not be fetched from the requester, or does not match the contract."""
@@ -124,10 +127,17 @@ class WorkerAgent:
         digest = bytes(await self.client.view("initialModel"))
         cid = cid_from_digest(digest)
         t0 = time.monotonic()
-        try:
-            w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
-        except BlobUnavailable as e:
-            raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
+        jitter = random.Random(self._seed("w0"))
+        for attempt in range(1, W0_ATTEMPTS + 1):
+            try:
+                w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
+                break
+            except BlobUnavailable as e:
+                if attempt == W0_ATTEMPTS or "not found" in str(e):
+                    raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
+                log.warning("w0_fetch_retried", agent=self.name, attempt=attempt, reason=str(e))
+                # A busy requester (every worker asks at once): back off, out of step.
+                await asyncio.sleep(2**attempt * (0.5 + jitter.random()))
         if digest_of(cid_of(w0)) != digest:
             raise W0Rejected(f"w0 does not match the contract's initialModel {digest.hex()}")
         try:
