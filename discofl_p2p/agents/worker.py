@@ -54,6 +54,7 @@ from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
 from discofl_p2p.ml.weights import Spec, StateDict, encode_state, spec_of
+from discofl_p2p.p2p.bridge import BridgeClosed
 from discofl_p2p.p2p.cid import cid_from_digest, cid_of, digest_of
 from discofl_p2p.p2p.node import Announcement, BlobUnavailable, Inbox, P2PNode
 
@@ -67,7 +68,8 @@ REVEAL_POLL_S = 1.0
 """How often a worker waiting to reveal its scores reads the chain's clock."""
 
 W0_ATTEMPTS = 5
-"""Tries at fetching w0 from a requester that is there but busy (not for "not found")."""
+"""Tries at fetching w0, or sending an opening, to a requester that is there but busy
+(a "not found" for w0 is final)."""
 
 
 class W0Rejected(Exception):
@@ -324,14 +326,29 @@ class WorkerAgent:
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
         opening = {"task": setup.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()}
-        await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening | {"binding": self._binding})
-        self._log("opening_sent", r, cid=cid)
+        await self._send_opening(r, opening | {"binding": self._binding})
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
             self._salts[r] = salt  # committed: it may dispute an exclusion with it
             self._log("model_committed", r, gas=res.gas_used)
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
+
+    async def _send_opening(self, r: int, opening: dict[str, object]) -> None:
+        """Hands the opening to the requester, trying again if a busy requester did not
+        acknowledge it. If it never does, the worker still commits: the requester then
+        leaves its model out as not opened, and the round goes on."""
+        for attempt in range(1, W0_ATTEMPTS + 1):
+            try:
+                await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening)
+                self._log("opening_sent", r, cid=opening["cid"])
+                return
+            except BridgeClosed:
+                raise
+            except Exception as e:  # noqa: BLE001 - libp2p raises several stream errors
+                log.warning("opening_send_failed", agent=self.name, round=r, attempt=attempt, reason=str(e))
+                if attempt < W0_ATTEMPTS:
+                    await asyncio.sleep(2**attempt * (0.5 + random.random()))
 
     async def _tell_ring(self, r: int, cid: str) -> None:
         """Tells its ring mates its CID over their direct messages (a mate that is

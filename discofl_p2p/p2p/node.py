@@ -547,15 +547,18 @@ class _TrioNode:
         self.host.set_stream_handler(TProtocol(protocol), handler)
 
     async def send_message(self, peer: str, protocol: str, payload: dict[str, Any]) -> None:
-        with bridge.fail_after(self.cfg.request_timeout_s):
-            stream = await self.open_stream(peer, protocol)
-            try:
-                await stream.write(encode_request(payload))
-                await read_response(stream, 0, what=f"message on {protocol}")
-            except BaseException:
-                await _reset(stream)
-                raise
-            await _close(stream)
+        try:
+            with bridge.fail_after(self.cfg.request_timeout_s):
+                stream = await self.open_stream(peer, protocol)
+                try:
+                    await stream.write(encode_request(payload))
+                    await read_response(stream, 0, what=f"message on {protocol}")
+                except BaseException:
+                    await _reset(stream)
+                    raise
+                await _close(stream)
+        except bridge.TooSlowError:  # trio's own error must not reach asyncio callers
+            raise PeerUnreachable(peer, f"no acknowledgement within {self.cfg.request_timeout_s} s") from None
 
     # ---------------------------------------------------------------- injected faults
 
@@ -776,6 +779,9 @@ class P2PNode:
         return inbox
 
     async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
+        """Sends one direct message and waits for its acknowledgement; raises
+        PeerUnreachable when none comes within `request_timeout_s`, or what libp2p
+        raised when the stream could not be opened or was reset."""
         await self._call(self._node.send_message, peer_id, protocol, payload)
 
     async def get(
