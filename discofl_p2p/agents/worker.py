@@ -28,7 +28,9 @@ TaskClosed           withdraw its share of what the rounds left unpaid (if any),
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
 model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
-withdrawn.
+withdrawn; and as warnings what it retried: w0_fetch_retried and opening_send_failed
+(the requester is asked up to REQUESTER_ATTEMPTS times, with a jittered doubling
+back-off, since a busy requester or one lost stream must not end a worker).
 """
 
 from __future__ import annotations
@@ -67,9 +69,12 @@ MAX_W0_BYTES = 64 * 2**20
 REVEAL_POLL_S = 1.0
 """How often a worker waiting to reveal its scores reads the chain's clock."""
 
-W0_ATTEMPTS = 5
-"""Tries at fetching w0, or sending an opening, to a requester that is there but busy
-(a "not found" for w0 is final)."""
+REQUESTER_ATTEMPTS = 5
+"""Tries at fetching w0, or sending an opening, to a requester that is there but busy or
+behind a lossy link (a "not found" for w0 is final)."""
+
+RETRY_BASE_S = 1.0
+"""The first back-off before trying the requester again; it doubles with each try."""
 
 
 class W0Rejected(Exception):
@@ -96,6 +101,7 @@ class WorkerAgent:
     ring_peers: tuple[str, ...] = ()
     withdrawn_wei: int = 0
     watchdog_s: float = WATCHDOG_POLL_S  # how often it checks whether the requester stalled
+    retry_base_s: float = RETRY_BASE_S  # first back-off before asking the requester again
     w0: bytes | None = None  # fetched from the requester, checked against the contract
     _spec: Spec | None = None
     _binding: str = ""  # its signed peer binding (identity.py)
@@ -130,16 +136,15 @@ class WorkerAgent:
         cid = cid_from_digest(digest)
         t0 = time.monotonic()
         jitter = random.Random(self._seed("w0"))
-        for attempt in range(1, W0_ATTEMPTS + 1):
+        for attempt in range(1, REQUESTER_ATTEMPTS + 1):
             try:
                 w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
                 break
             except BlobUnavailable as e:
-                if attempt == W0_ATTEMPTS or "not found" in str(e):
+                if attempt == REQUESTER_ATTEMPTS or "not found" in str(e):
                     raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
                 log.warning("w0_fetch_retried", agent=self.name, attempt=attempt, reason=str(e))
-                # A busy requester (every worker asks at once): back off, out of step.
-                await asyncio.sleep(2**attempt * (0.5 + jitter.random()))
+                await self._back_off(attempt, jitter)
         if digest_of(cid_of(w0)) != digest:
             raise W0Rejected(f"w0 does not match the contract's initialModel {digest.hex()}")
         try:
@@ -338,17 +343,23 @@ class WorkerAgent:
         """Hands the opening to the requester, trying again if a busy requester did not
         acknowledge it. If it never does, the worker still commits: the requester then
         leaves its model out as not opened, and the round goes on."""
-        for attempt in range(1, W0_ATTEMPTS + 1):
+        jitter = random.Random(self._seed("opening", r))
+        for attempt in range(1, REQUESTER_ATTEMPTS + 1):
             try:
                 await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening)
-                self._log("opening_sent", r, cid=opening["cid"])
+                self._log("opening_sent", r, cid=opening["cid"], attempt=attempt)
                 return
             except BridgeClosed:
                 raise
             except Exception as e:  # noqa: BLE001 - libp2p raises several stream errors
                 log.warning("opening_send_failed", agent=self.name, round=r, attempt=attempt, reason=str(e))
-                if attempt < W0_ATTEMPTS:
-                    await asyncio.sleep(2**attempt * (0.5 + random.random()))
+                if attempt < REQUESTER_ATTEMPTS:
+                    await self._back_off(attempt, jitter)
+
+    async def _back_off(self, attempt: int, jitter: random.Random) -> None:
+        """Waits before asking the requester again: doubling with each try, jittered so
+        that workers that all failed at once (a busy requester) come back out of step."""
+        await asyncio.sleep(self.retry_base_s * 2 ** (attempt - 1) * (0.5 + jitter.random()))
 
     async def _tell_ring(self, r: int, cid: str) -> None:
         """Tells its ring mates its CID over their direct messages (a mate that is
