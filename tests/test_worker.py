@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -264,7 +265,7 @@ def test_a_worker_retries_w0_and_its_opening_over_a_lossy_link(anvil):
         await worker.node.degrade(0, 0.5, LOSSY_SEED)
         with capture_logs() as logs:
             fetched = await worker.fetch_w0()
-            await worker._send_opening(1, {"round": 1, "cid": "c"})
+            assert await worker._send_opening(1, {"round": 1, "cid": "c"}, range(1, 6), random.Random(1))
             received = await asyncio.wait_for(inbox.get(), 10)
         dropped = worker.node.link_faults["streams_dropped"]
         # A message that cannot get through in time: a partitioned node holds its own
