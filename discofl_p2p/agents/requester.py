@@ -455,6 +455,9 @@ class RequesterAgent:
             self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
             for op in self._early.pop(r.number, []):
                 self._admit(op)
+            if self._resumed:  # openings that came early, before the crash
+                for w in self._take_stored_openings(r):
+                    self._spawn(self._check_blob(r.number, w, r.openings[w][0], self.bound[w]))
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
             self.recorder.on_phase(r.number, "evaluation")
@@ -493,10 +496,7 @@ class RequesterAgent:
         self._apply(ev)
         a = ev.args
         if ev.name == "RoundStarted":
-            r = self.rounds[a["round"]]
-            for w, op in self.store.openings(r.number).items():
-                r.openings[w] = (op.cid, op.salt)
-                self.bound.setdefault(w, op.peer)
+            self._take_stored_openings(self.rounds[a["round"]])
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
             sel = self.store.selection(r.number)
@@ -526,6 +526,18 @@ class RequesterAgent:
         elif ev.name in ("TaskClosed", "TaskAbandoned"):
             self._finish_pending = False
             self._closed = True
+
+    def _take_stored_openings(self, r: _Round) -> list[str]:
+        """The openings of round `r` the store holds and `r` does not yet; returns
+        their workers."""
+        assert self.store is not None
+        new = []
+        for w, op in self.store.openings(r.number).items():
+            if w not in r.openings:
+                r.openings[w] = (op.cid, op.salt)
+                self.bound.setdefault(w, op.peer)
+                new.append(w)
+        return new
 
     def _address_of(self, name: str) -> str:
         return next(a for a, n in self.names.items() if n == name)
