@@ -371,3 +371,70 @@ def test_a_faulted_worker_is_recovered_only_if_published_every_round_and_exited_
         "outcome": "excluded",
         "reasons": {"process": "exited with code 1: LinkDropped"},
     }
+
+
+RESTART = (
+    TINY.replace("rounds = 1", "rounds = 2").replace("evaluation_timeout_s = 30", "evaluation_timeout_s = 60")
+    + '\n[faults]\nrestart_requester = {{ round = 2, phase = "evaluation" }}\n'
+)
+"""TINY over two rounds, with the requester's process killed (SIGKILL) as round 2's
+evaluation opens, while the workers fetch the published models from it, and started
+again with `--resume`."""
+
+
+@pytest.mark.slow
+def test_a_requester_killed_mid_round_resumes_and_settles_every_round_once(tmp_path):
+    """The restarted requester replays the chain (round 1 settled, round 2 in
+    evaluation), takes round 2's published order and checked models back from its
+    store, serves them again, and settles round 2: each round is settled by exactly one
+    transaction and paid once (run_faulty: the whole deposit paid or refunded, once)."""
+    res, events = run_faulty(tmp_path, RESTART.format(name="restart"))
+    [fault] = res["faults"]
+    assert (fault["kind"], fault["round"], fault["phase"], fault["outcome"]) == (
+        "restart_requester",
+        2,
+        "evaluation",
+        "recovered",
+    )
+    assert fault["new_pid"] != fault["pid"] and fault["back_s"] > 0
+    assert fault["resumed"]["round"] == 2 and fault["resumed"]["phase"] == "evaluation"
+    assert fault["resumed"]["settled"] == [1]
+    ours = [e for e in events if e.get("process") == "requester"]
+    assert [e["round"] for e in ours if e["event"] == "round_settled"] == [1, 2]
+    assert len([e for e in ours if e["event"] == "task_deployed"]) == 1
+    assert len([e for e in ours if e["event"] == "requester_resumed"]) == 1
+    # Nothing lost: every worker's model published and scored in both rounds, rewards
+    # paid for both, and each worker withdrew what the chain says it earned.
+    for rec in res["rounds"]:
+        assert sorted(rec["models"]) == ["honest-1", "honest-2", "honest-3"] and not rec["excluded"]
+        assert sum(int(v) for v in rec["rewards_wei"].values()) > 0
+    assert {w["name"]: w["exit_code"] for w in res["workers"]} == dict.fromkeys(["honest-1", "honest-2", "honest-3"], 0)
+    withdrawn: dict[str, int] = {}
+    for e in events:
+        if e["event"] == "withdrawn":
+            withdrawn[e["agent"]] = withdrawn.get(e["agent"], 0) + int(e["amount"])
+    assert all(withdrawn.get(n, 0) >= int(v) for n, v in res["final"]["rewards_wei"].items())
+    refunded = int(res["final"]["deposit_refunded_wei"])
+    assert sum(withdrawn.values()) + refunded <= int(res["task"]["deposit_wei"])
+
+
+def test_restart_requester_is_validated_and_needs_processes(tmp_path, capsys):
+    from discofl_p2p.scenario.config import ScenarioError, parse_scenario
+
+    text = RESTART.format(name="k")
+    cases = [  # (edit of the file, the error it gets: file:line: key: message)
+        (("round = 2, ", "round = 3, "), r":\d+: faults.restart_requester.round: must be a round from 1 to 2, got 3"),
+        (('"evaluation"', '"training"'), r"faults.restart_requester.phase: must be one of submission, evaluation"),
+        (('phase = "evaluation"', "phase = 2"), r"faults.restart_requester.phase: must be str, got int 2"),
+        (("round = 2, ", ""), r"faults.restart_requester: missing 'round'"),
+        (("round = 2, ", "round = 2, after_s = 1, "), r"faults.restart_requester.after_s: unknown key"),
+    ]
+    for (old, new), error in cases:
+        with pytest.raises(ScenarioError, match=error):
+            parse_scenario(text.replace(old, new))
+    file = tmp_path / "restart.toml"
+    file.write_text(text)
+    assert main(["scenario", str(file), "--out", str(tmp_path / "run")]) == 2
+    assert "faults.restart_requester kills the requester's OS process: run it with --processes" in (
+        capsys.readouterr().err
+    )

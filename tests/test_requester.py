@@ -269,3 +269,39 @@ def test_only_the_tasks_own_workers_may_register(anvil):
     refused, st = run(with_simulation(anvil, tiny("allowlist"), body))
     assert refused == "NotAllowed"
     assert st.worker_count == 3
+
+
+def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path):
+    """What a restarted requester reads back (openings, the published order, checked
+    models) is what the first process wrote; a second task in the same directory, a
+    blob whose bytes no longer match its CID, and a corrupt round file are refused."""
+    from discofl_p2p.agents.requester_store import RequesterStore, StoreError
+    from discofl_p2p.p2p.cid import cid_of
+
+    store = RequesterStore(tmp_path / "s")
+    store.create("0xC0", b"w0 bytes")
+    with pytest.raises(StoreError, match="already holds a task"):
+        store.create("0xC1", b"other")
+    store.add_opening(1, "0xA", "peerA", "cidA", b"\x01" * 32)
+    store.save_selection(1, ["0xA"], {"honest-2": "no opening received"})
+    cid = store.save_blob(1, b"model of A")
+    store.save_blob(2, b"model of round 2")
+    store.save_settled(1, {"honest-1": 0.5})
+
+    again = RequesterStore(tmp_path / "s")  # a new process
+    assert again.task() == ("0xC0", b"w0 bytes")
+    [(worker, op)] = again.openings(1).items()
+    assert (worker, op.peer, op.cid, op.salt) == ("0xA", "peerA", "cidA", b"\x01" * 32)
+    sel = again.selection(1)
+    assert sel is not None and sel.owner_at == ["0xA"] and sel.excluded == {"honest-2": "no opening received"}
+    assert again.selection(2) is None and again.openings(2) == {}
+    assert cid == cid_of(b"model of A") and again.blob(1, cid) == b"model of A"
+    assert again.test_accuracy(1) == {"honest-1": 0.5}
+    (tmp_path / "s" / "blobs" / "1" / cid).write_bytes(b"tampered")
+    assert again.blob(1, cid) is None
+    again.forget_before(2)
+    assert not (tmp_path / "s" / "blobs" / "1").exists() and (tmp_path / "s" / "blobs" / "2").exists()
+    assert not list((tmp_path / "s").glob(".*.tmp"))  # every write was renamed into place
+    (tmp_path / "s" / "round-3.json").write_text("[")
+    with pytest.raises(StoreError, match=r"round-3\.json"):
+        RequesterStore(tmp_path / "s").openings(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from discofl_p2p.agents.worker import new_salt
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import decode_scores
-from discofl_p2p.p2p.node import P2PNetwork, key_from_seed
+from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, key_from_seed
 from discofl_p2p.scenario.config import parse_scenario
 from discofl_p2p.scenario.runner import RunOutcome, Simulation, run_scenario
 from tests.conftest import TINY, run, tiny, with_simulation
@@ -239,3 +240,47 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
     withdrawn = [e for e in events if e.get("event") == "withdrawn"]
     assert withdrawn and {e["agent"] for e in withdrawn} <= set(settled["ranking"])
     assert all(e["amount"] > 0 and e["round"] == 1 for e in withdrawn)
+
+
+# ---------------------------------------------------------------- retries to the requester
+
+LOSSY_SEED = "retry-6"
+"""Seeds the lossy link so that its draws at loss 0.5 run drop, pass, drop, pass."""
+
+
+def test_a_worker_retries_w0_and_its_opening_over_a_lossy_link(anvil):
+    """honest-1's link to the requester drops one stream in two (real libp2p hosts, the
+    injected lossy link of `p2p/linkfault.py`, seeded so that the first try of each
+    request is dropped). It fetches w0 and hands its opening over on the second try
+    each time, with a warning for the lost one, instead of refusing the task or dying
+    of one lost stream. A message that is never acknowledged raises PeerUnreachable
+    (not trio's TooSlowError, which would end the worker's task group)."""
+    from discofl_p2p.agents.context import OPENING_PROTOCOL
+    from discofl_p2p.p2p.node import PeerUnreachable
+
+    async def body(sim: Simulation, net: P2PNetwork, w0: bytes):
+        worker = sim.workers[0]
+        worker.retry_base_s = 0.05
+        inbox = await sim.requester.node.serve_messages(OPENING_PROTOCOL)
+        await worker.node.degrade(0, 0.5, LOSSY_SEED)
+        with capture_logs() as logs:
+            fetched = await worker.fetch_w0()
+            assert await worker._send_opening(1, {"round": 1, "cid": "c"}, range(1, 6), random.Random(1))
+            received = await asyncio.wait_for(inbox.get(), 10)
+        dropped = worker.node.link_faults["streams_dropped"]
+        # A message that cannot get through in time: a partitioned node holds its own
+        # outgoing stream until the partition ends, past the request timeout.
+        silent = await net.add_node(key_from_seed(8, "silent"))
+        await silent.partition(3)
+        with pytest.raises(PeerUnreachable, match="no acknowledgement within"):
+            await silent.send_message(sim.requester.node.peer_id, OPENING_PROTOCOL, {"round": 1})
+        return fetched == w0, received, dropped, logs, worker.node.peer_id
+
+    same_w0, (sender, msg), dropped, logs, peer = run(
+        with_simulation(anvil, tiny("retries"), body, node_cfg=NodeConfig(request_timeout_s=1.5))
+    )
+    assert same_w0
+    assert sender == peer and msg == {"round": 1, "cid": "c"} and dropped == 2
+    warned = [(e["event"], e["attempt"]) for e in logs if e["event"] in ("w0_fetch_retried", "opening_send_failed")]
+    assert warned == [("w0_fetch_retried", 1), ("opening_send_failed", 1)]
+    assert [e["attempt"] for e in logs if e["event"] == "opening_sent"] == [2]

@@ -17,6 +17,12 @@ not, seconds), evaluation_opened (published and excluded counts, gas),
 scores_received, anchor_posted (under an anchored scoring rule: its own scores of the
 round's models on its root set, posted on-chain; seconds, gas), round_settled
 (ranking, gas), and task_closed.
+
+With a store (`requester_store.py`) it keeps on disk what only it knows (openings,
+the secret published order, the checked models), and `resume` takes a task back
+after a crash: it replays the contract's events (`_replay`, state only), then
+`_carry_on` does what was due and not done, once. A round the chain holds as settled
+is never settled again, so nothing is paid twice.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import structlog
 from discofl_p2p.agents.context import OPENING_PROTOCOL, Recorder, TaskSetup
 from discofl_p2p.agents.identity import verify_binding
 from discofl_p2p.agents.jobs import evaluate_job, initial_state
+from discofl_p2p.agents.requester_store import RequesterStore, StoreError
 from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
 from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, encode_scores, reveal
@@ -92,6 +99,7 @@ class _Round:
     started: float = field(default_factory=time.monotonic)
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
     anchor: asyncio.Task[dict[str, float]] | None = None  # the posted anchor (NEEDS_ANCHOR): worker name -> score
+    anchor_posted: dict[str, float] | None = None  # the same, read back from its event after a restart
 
 
 def _reveals_complete(r: _Round, everyone: set[str]) -> bool:
@@ -224,8 +232,11 @@ class RequesterAgent:
         cfg: RequesterConfig,
         names: dict[str, str],
         w0: bytes,
+        store: RequesterStore | None = None,
     ) -> None:
         self.client, self.node, self.setup, self.recorder, self.cfg = client, node, setup, recorder, cfg
+        # Its own state on disk (requester_store.py), for a restart; None: kept in memory only.
+        self.store = store
         self.w0 = w0
         self.names = names  # worker address -> worker name
         # worker address -> its libp2p peer id: the first peer that proved, with an
@@ -259,6 +270,10 @@ class RequesterAgent:
             raise ValueError(f"scoring rule {cfg.scoring!r} needs a root set ([task] root_samples) in the task setup")
         # Each settled round's evaluator honesty, oldest first: the scoring rule's context.
         self._honesty_history: list[dict[str, float]] = []
+        self._events_from = 0  # the first block whose events it has not seen (resume)
+        self._resumed = False
+        self._finish_pending = False  # replayed: training finished, the task not closed
+        self._closed = False  # replayed: the task is closed
 
     # ---------------------------------------------------------------- setup
 
@@ -272,9 +287,11 @@ class RequesterAgent:
         cfg: RequesterConfig,
         names: dict[str, str],
         w0: bytes,
+        store: RequesterStore | None = None,
     ) -> RequesterAgent:
         """Publishes w0 on the network (kept for the task's whole life: workers fetch
-        it by the contract's `initialModel`) and deploys the task contract."""
+        it by the contract's `initialModel`) and deploys the task contract; with a
+        `store`, records the task there first thing, so that it can be resumed."""
         w0_cid = await node.put(w0)
         rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
         params = TaskParams(
@@ -293,9 +310,55 @@ class RequesterAgent:
         )
         client, res = await client_factory(params)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
-        agent = cls(client, node, setup, recorder, cfg, names, w0)
-        w0_weights = await setup.run_cpu(lambda: cid_of(encode_state(initial_state(w0))))
-        agent._published_cids[w0_weights] = "w0"
+        if store is not None:
+            store.create(client.address, w0)
+        agent = cls(client, node, setup, recorder, cfg, names, w0, store)
+        await agent._note_w0_weights()
+        return agent
+
+    async def _note_w0_weights(self) -> None:
+        """w0's weights count as published: a submission of them is a replay."""
+        w0_weights = await self.setup.run_cpu(lambda: cid_of(encode_state(initial_state(self.w0))))
+        self._published_cids[w0_weights] = "w0"
+
+    @classmethod
+    async def resume(
+        cls,
+        client: TaskClient,
+        node: P2PNode,
+        setup: TaskSetup,
+        recorder: Recorder,
+        cfg: RequesterConfig,
+        names: dict[str, str],
+        store: RequesterStore,
+    ) -> RequesterAgent:
+        """The requester of the task in `store` after a crash: it publishes w0 again,
+        replays the contract's events up to the latest block (`_replay`: state only, no
+        transaction, no timer) and takes the rest of its state from the store; `run`
+        then carries on from the next block. Raises StoreError when the store and the
+        chain disagree (w0, a published order it did not keep)."""
+        _, w0 = store.task()
+        if digest_of(cid_of(w0)) != bytes(await client.view("initialModel")):
+            raise StoreError(f"{store.root / 'w0.pt'}: w0 does not match the contract's initialModel")
+        await node.put(w0)
+        agent = cls(client, node, setup, recorder, cfg, names, w0, store)
+        await agent._note_w0_weights()
+        head = await client.w3.eth.block_number
+        events = await client.past_events(0, head)
+        for ev in events:
+            await agent._replay(ev)
+        agent._events_from, agent._resumed = head + 1, True
+        current = max(agent.rounds, default=0)
+        log.info(
+            "requester_resumed",
+            agent="requester",
+            contract=client.address,
+            events=len(events),
+            block=head,
+            round=current,
+            phase=agent.rounds[current].phase if current else "registration",
+            settled=sorted(n for n, r in agent.rounds.items() if r.phase == "settled"),
+        )
         return agent
 
     # ---------------------------------------------------------------- main loop
@@ -307,16 +370,16 @@ class RequesterAgent:
             self._spawn(self._feed_events())
             self._spawn(self._feed_inbox(inbox))
             self._spawn(self._timer(("registration_timeout", 0), self.cfg.registration_timeout_s))
-            while True:
+            running = not self._resumed or await self._carry_on()
+            while running:
                 kind, item = await self._queue.get()
-                if not await self._handle(kind, item):
-                    break
+                running = await self._handle(kind, item)
             # The task is closed: feeders, pending timers and checks end with it.
             for t in list(self._tasks):
                 t.cancel()
 
     async def _feed_events(self) -> None:
-        events = self.client.events()
+        events = self.client.events(self._events_from)
         try:
             async for ev in events:
                 await self._queue.put(("event", ev))
@@ -364,22 +427,16 @@ class RequesterAgent:
 
     # ---------------------------------------------------------------- events
 
-    async def _on_event(self, ev: ChainEvent) -> bool:
+    def _apply(self, ev: ChainEvent) -> None:
+        """What a contract event changes in this agent's view of the task, and nothing
+        else: shared by the live feed (`_on_event`) and the replay after a restart."""
         a = ev.args
         if ev.name == "WorkerRegistered":
             self.registered.append(a["worker"])
-            if len(self.registered) == len(self.names) and not self._training_requested:
-                self._training_requested = True
-                await self.client.start_training()
+        elif ev.name == "TrainingStarted":
+            self._training_requested = True
         elif ev.name == "RoundStarted":
-            r = _Round(a["round"], deadline=a["deadline"])
-            self.rounds[r.number] = r
-            self._log("round_started", r.number, deadline=r.deadline)
-            self.recorder.on_phase(r.number, "submission")
-            # Patience in wall-clock seconds: anvil's clock runs ahead under load.
-            self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
-            for op in self._early.pop(r.number, []):
-                self._admit(op)
+            self.rounds[a["round"]] = _Round(a["round"], deadline=a["deadline"])
         elif ev.name == "ModelCommitted":
             r = self.rounds[a["round"]]
             r.commitments[a["worker"]] = bytes(a["commitment"])
@@ -387,10 +444,7 @@ class RequesterAgent:
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
             r.phase = "evaluation"
-            self.recorder.on_phase(r.number, "evaluation")
             r.deadline = a["deadline"]
-            self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
-            r.accuracy = self._spawn(self._test_accuracy(r))
         elif ev.name == "ScoresCommitted":
             self.rounds[a["round"]].score_commits.add(a["evaluator"])
         elif ev.name == "ScoresRevealed":
@@ -398,12 +452,38 @@ class RequesterAgent:
             # commits closed, so every ScoresCommitted of the round came before this.
             r = self.rounds[a["round"]]
             r.commits_closed = True
-            row = r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
+            r.scores[a["evaluator"]] = decode_scores(bytes(a["scores"]))
+
+    async def _on_event(self, ev: ChainEvent) -> bool:
+        a = ev.args
+        self._apply(ev)
+        if ev.name == "WorkerRegistered":
+            if len(self.registered) == len(self.names) and not self._training_requested:
+                self._training_requested = True
+                await self.client.start_training()
+        elif ev.name == "RoundStarted":
+            r = self.rounds[a["round"]]
+            self._log("round_started", r.number, deadline=r.deadline)
+            self.recorder.on_phase(r.number, "submission")
+            # Patience in wall-clock seconds: anvil's clock runs ahead under load.
+            self._spawn(self._timer(("submission_deadline", r.number), self.cfg.submission_timeout_s + 1))
+            for op in self._early.pop(r.number, []):
+                self._admit(op)
+            if self._resumed:  # openings that came early, before the crash
+                for w in self._take_stored_openings(r):
+                    self._spawn(self._check_blob(r.number, w, r.openings[w][0], self.bound[w]))
+        elif ev.name == "EvaluationOpened":
+            r = self.rounds[a["round"]]
+            self.recorder.on_phase(r.number, "evaluation")
+            self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
+            r.accuracy = self._spawn(self._test_accuracy(r))
+        elif ev.name == "ScoresRevealed":
+            r = self.rounds[a["round"]]
             self._log(
                 "scores_received",
                 r.number,
                 evaluator=self.names.get(a["evaluator"], a["evaluator"]),
-                scored=sum(v is not None for v in row),
+                scored=sum(v is not None for v in r.scores[a["evaluator"]]),
                 received=len(r.scores),
             )
         elif ev.name == "RoundSettled":
@@ -418,6 +498,124 @@ class RequesterAgent:
             return False
         if self.rounds:
             await self._advance(self.rounds[max(self.rounds)])
+        return True
+
+    # ---------------------------------------------------------------- resume
+
+    async def _replay(self, ev: ChainEvent) -> None:
+        """One past event, after a restart: the same state as `_apply`, completed from
+        the store (openings, the published order, checked models), and a settled
+        round's decisions worked out again (`_decide`) without sending anything."""
+        assert self.store is not None
+        self._apply(ev)
+        a = ev.args
+        if ev.name == "RoundStarted":
+            self._take_stored_openings(self.rounds[a["round"]])
+        elif ev.name == "EvaluationOpened":
+            r = self.rounds[a["round"]]
+            sel = self.store.selection(r.number)
+            if sel is None:
+                why = f"round {r.number} was opened, but its published order is not stored"
+                raise StoreError(f"{self.store.root}: {why}")
+            r.owner_at, r.excluded = sel.owner_at, sel.excluded
+            r.valid = {w: r.openings[w] for w in sel.owner_at}
+            r.published = [digest_of(r.valid[w][0]) for w in sel.owner_at]
+            if r.published != [bytes(d) for d in a["models"]]:
+                raise StoreError(f"{self.store.root}: round {r.number}'s stored order is not the one published")
+            rec = self.recorder.record(r.number)
+            rec.models = {self.names[w]: r.valid[w][0] for w in r.owner_at}
+            rec.excluded = dict(sorted(r.excluded.items()))
+            for w in r.owner_at:
+                self._published_cids[r.valid[w][0]] = f"{self.names[w]} (round {r.number})"
+        elif ev.name == "RoundSettled":
+            r = self.rounds[a["round"]]
+            r.phase = "settled"
+            matrix, contrib, ranked, rewards = self._decide(r, r.anchor_posted)
+            if list(a["rankedOwners"]) != [self._address_of(n) for n in ranked]:
+                log.warning("replayed_ranking_differs", agent="requester", round=r.number, ranking=ranked)
+            self._record_settlement(r, matrix, contrib, ranked, rewards, r.anchor_posted)
+            self.recorder.record(r.number).test_accuracy = self.store.test_accuracy(r.number)
+        elif ev.name == "AnchorScores":
+            r = self.rounds[a["round"]]
+            r.anchor_posted = anchor_of([self.names[w] for w in r.owner_at], decode_scores(bytes(a["scores"])))
+        elif ev.name == "TrainingFinished":
+            self._finish_pending = True
+        elif ev.name in ("TaskClosed", "TaskAbandoned"):
+            self._finish_pending = False
+            self._closed = True
+
+    def _take_stored_openings(self, r: _Round) -> list[str]:
+        """The openings of round `r` the store holds and `r` does not yet; returns
+        their workers."""
+        assert self.store is not None
+        new = []
+        for w, op in self.store.openings(r.number).items():
+            if w not in r.openings:
+                r.openings[w] = (op.cid, op.salt)
+                self.bound.setdefault(w, op.peer)
+                new.append(w)
+        return new
+
+    def _address_of(self, name: str) -> str:
+        return next(a for a, n in self.names.items() if n == name)
+
+    async def _restore_models(self, r: _Round, workers: Collection[str]) -> list[str]:
+        """Takes back the checked models of `workers` in round `r` from the store: their
+        states, and their blobs on the node, which re-serves them to the evaluators.
+        Returns the workers whose model is not there."""
+        assert self.store is not None
+        missing = []
+        for w in workers:
+            blob = self.store.blob(r.number, r.openings[w][0])
+            if blob is None:
+                missing.append(w)
+                continue
+            r.checked[w] = await self.setup.run_cpu(decode_state, blob, self.setup.spec)
+            await self.node.put(blob, task=self.setup.task_id, round_=r.number)
+        return missing
+
+    async def _carry_on(self) -> bool:
+        """After the replay: acts where the crash left off. The current round's models
+        go back on the node and its deadline timers restart from the chain's clock;
+        a checked model the store lacks is fetched and checked again; what was due
+        and not done (starting training, opening evaluation, settling, closing) is
+        done once. False when the task is already closed."""
+        assert self.store is not None
+        if self._closed:
+            return False
+        if self._finish_pending:
+            await self._finish()
+            return False
+        if not self.rounds:
+            if len(self.registered) == len(self.names) and not self._training_requested:
+                self._training_requested = True
+                await self.client.start_training()
+            return True
+        settled = [r for r in self.rounds.values() if r.phase == "settled"]
+        if settled:  # the last settled round's models make the final model
+            last = max(settled, key=lambda r: r.number)
+            await self._restore_models(last, last.owner_at)
+            self._last_states = {self.names[w]: s for w in last.owner_at if (s := last.checked.get(w)) is not None}
+            self._last_states = dict(sorted(self._last_states.items()))
+        r = self.rounds[max(self.rounds)]
+        now = (await self.client.w3.eth.get_block("latest"))["timestamp"]
+        left = max(0.0, r.deadline - now) + 1
+        if r.phase == "submission":
+            # A model it had not checked yet (or not kept) is fetched from its author again.
+            for w in await self._restore_models(r, list(r.openings)):
+                self._spawn(self._check_blob(r.number, w, r.openings[w][0], self.bound[w]))
+            self.recorder.on_phase(r.number, "submission")
+            self._spawn(self._timer(("submission_deadline", r.number), left))
+        elif r.phase == "evaluation":
+            for w in await self._restore_models(r, r.owner_at):
+                log.warning("model_lost", agent="requester", round=r.number, worker=self.names[w])
+                r.checked[w] = None
+            self.recorder.on_phase(r.number, "evaluation")
+            self._spawn(self._timer(("evaluation_deadline", r.number), left))
+            r.accuracy = self._spawn(self._test_accuracy(r))
+            if self._needs_anchor and r.anchor_posted is None:
+                r.anchor = self._spawn(self._post_anchor(r))
+        await self._advance(r)
         return True
 
     def _on_opening(self, peer: str, msg: object) -> None:
@@ -439,6 +637,8 @@ class RequesterAgent:
         except OpeningRejected as e:
             log.warning("opening_rejected", peer=op.peer, round=op.round, reason=str(e))
             return
+        if self.store is not None:  # a worker sends its opening once: keep it for a restart
+            self.store.add_opening(op.round, op.worker, op.peer, op.cid, op.salt)
         if where == "early":
             self._early.setdefault(op.round, []).append(op)
             return
@@ -456,6 +656,8 @@ class RequesterAgent:
             blob = await self.node.get(cid, [peer], max_bytes=self.setup.max_model_bytes)
             state = await self.setup.run_cpu(decode_state, blob, self.setup.spec)
             await self.node.put(blob, task=self.setup.task_id, round_=r)
+            if self.store is not None:
+                self.store.save_blob(r, blob)
         except Exception as e:  # noqa: BLE001 - a bad model excludes its author this round
             log.warning("model_rejected", worker=self.names[worker], round=r, reason=str(e))
             state = None
@@ -528,6 +730,8 @@ class RequesterAgent:
             log.warning("submission_excluded", worker=name, round=r.number, reason=why)
         for w in owners:
             self._published_cids[ok[w][0]] = f"{self.names[w]} (round {r.number})"
+        if self.store is not None:  # the secret order, kept before the chain publishes it
+            self.store.save_selection(r.number, owners, r.excluded)
         if forced:
             log.info(
                 "submission_deadline_passed",
@@ -572,17 +776,19 @@ class RequesterAgent:
                     evaluate_job, self.w0, state, x, y, "accuracy"
                 )
 
-    async def _settle(self, r: _Round, *, forced: bool) -> None:
-        r.phase = "settling"
-        self.recorder.on_phase(r.number, "settling")
-        if r.accuracy is not None:
-            await r.accuracy  # measured while workers evaluated; recorded with the round
+    def _decide(
+        self, r: _Round, anchor: dict[str, float] | None
+    ) -> tuple[Any, dict[str, Contribution], list[str], dict[str, int]]:
+        """The round's settlement, worked out from its revealed scores (and the posted
+        anchor, under an anchored rule): (score matrix, contributions, ranking, rewards
+        by name). It moves the cross-round state on
+        (streaks, evaluator honesty), so it runs once per round, in round order: when
+        settling, or when replaying a settled round after a restart."""
         name_at = [self.names[w] for w in r.owner_at]
         matrix = score_matrix(name_at, {self.names[e]: s for e, s in r.scores.items()})
         # Ties break in address order (`tie_order`): the same in every run, unlike the
         # registration events', and on the chain for the audit, unlike the roster.
         everyone = tie_order({self.names[a]: a for a in self.registered})
-        anchor = await r.anchor if r.anchor is not None else None
         contrib = self._scoring(matrix, everyone, ScoringContext(history=tuple(self._honesty_history), anchor=anchor))
         self._honesty_history.append(honesty_record(contrib, matrix))
         self.streaks = streaks_after(self.streaks, everyone, name_at)
@@ -596,6 +802,35 @@ class RequesterAgent:
             floor=self.cfg.quality_floor,
             bonus=self.cfg.loyalty_bonus,
         )
+        return matrix, contrib, ranked, rewards
+
+    def _record_settlement(
+        self,
+        r: _Round,
+        matrix: Any,
+        contrib: dict[str, Contribution],
+        ranked: list[str],
+        rewards: dict[str, int],
+        anchor: dict[str, float] | None,
+    ) -> None:
+        rec = self.recorder.record(r.number)
+        rec.scores = matrix
+        rec.contribution = {n: c.score for n, c in contrib.items()}
+        rec.anchor = dict(anchor or {})
+        rec.ranking = ranked
+        rec.rewards_wei = rewards
+        self._last_contrib = contrib
+
+    async def _settle(self, r: _Round, *, forced: bool) -> None:
+        r.phase = "settling"
+        self.recorder.on_phase(r.number, "settling")
+        if r.accuracy is not None:
+            await r.accuracy  # measured while workers evaluated; recorded with the round
+        name_at = [self.names[w] for w in r.owner_at]
+        anchor = r.anchor_posted
+        if anchor is None and r.anchor is not None:
+            anchor = await r.anchor
+        matrix, contrib, ranked, rewards = self._decide(r, anchor)
         amounts_by_rank = [rewards[n] for n in ranked]
         explicit = [] if self.cfg.reward_policy == "top_k" else amounts_by_rank
         positions = [name_at.index(n) for n in ranked]
@@ -608,19 +843,17 @@ class RequesterAgent:
         ]
         args = reveal(self.client.address, r.number, submissions, r.published)
         res = await self.client.settle_round(r.number, r.published, *args, positions, explicit)
+        r.phase = "settled"
         self._log("round_settled", r.number, ranking=ranked, gas=res.gas_used)
         # Earlier rounds' models are fetched by nobody any more; this round's states are
         # kept for the final model.
         await self.node.forget_before(self.setup.task_id, r.number)
-        rec = self.recorder.record(r.number)
-        rec.scores = matrix
-        rec.contribution = {n: c.score for n, c in contrib.items()}
-        rec.anchor = dict(anchor or {})
-        rec.ranking = ranked
-        rec.rewards_wei = rewards
+        self._record_settlement(r, matrix, contrib, ranked, rewards, anchor)
+        if self.store is not None:
+            self.store.save_settled(r.number, self.recorder.record(r.number).test_accuracy)
+            self.store.forget_before(r.number)
         # By name, not in the secret published order: the final model replays exactly.
         self._last_states = dict(sorted((self.names[w], s) for w in r.owner_at if (s := r.checked.get(w)) is not None))
-        self._last_contrib = contrib
         if forced:
             log.info(
                 "evaluation_deadline_passed",

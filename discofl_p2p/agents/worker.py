@@ -28,16 +28,21 @@ TaskClosed           withdraw its share of what the rounds left unpaid (if any),
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
 model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
-withdrawn.
+withdrawn; and as warnings what it retried: w0_fetch_retried and opening_send_failed
+(the requester is asked up to REQUESTER_ATTEMPTS times, with a jittered doubling
+back-off, since a busy requester or one lost stream must not end a worker), and
+model_fetch_retried (until FETCH_PATIENCE of the evaluation window has passed: a
+requester that crashed and restarts serves the round's models again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -54,6 +59,7 @@ from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.splits import WorkerSplit
 from discofl_p2p.ml.weights import Spec, StateDict, encode_state, spec_of
+from discofl_p2p.p2p.bridge import BridgeClosed
 from discofl_p2p.p2p.cid import cid_from_digest, cid_of, digest_of
 from discofl_p2p.p2p.node import Announcement, BlobUnavailable, Inbox, P2PNode
 
@@ -65,6 +71,18 @@ MAX_W0_BYTES = 64 * 2**20
 
 REVEAL_POLL_S = 1.0
 """How often a worker waiting to reveal its scores reads the chain's clock."""
+
+REQUESTER_ATTEMPTS = 5
+"""Tries at fetching w0, or sending an opening, to a requester that is there but busy or
+behind a lossy link (a "not found" for w0 is final)."""
+
+RETRY_BASE_S = 1.0
+"""The first back-off before trying the requester again; it doubles with each try."""
+
+FETCH_PATIENCE = 0.5
+"""The share of the evaluation window a worker keeps trying to fetch a model that no
+provider delivered for a passing reason (the requester restarting after a crash, a
+lost stream), before it abstains on it; the rest is left for scoring and committing."""
 
 
 class W0Rejected(Exception):
@@ -91,6 +109,7 @@ class WorkerAgent:
     ring_peers: tuple[str, ...] = ()
     withdrawn_wei: int = 0
     watchdog_s: float = WATCHDOG_POLL_S  # how often it checks whether the requester stalled
+    retry_base_s: float = RETRY_BASE_S  # first back-off before asking the requester again
     w0: bytes | None = None  # fetched from the requester, checked against the contract
     _spec: Spec | None = None
     _binding: str = ""  # its signed peer binding (identity.py)
@@ -110,6 +129,8 @@ class WorkerAgent:
     _reveals: set[asyncio.Task[None]] = field(default_factory=set)
     _tg: asyncio.TaskGroup | None = None
     _salts: dict[int, bytes] = field(default_factory=dict)  # round -> salt of its model committed on-chain
+    _fetch_until: float = 0.0  # monotonic time until which it retries this round's fetches
+    _late_openings: dict[int, asyncio.Task[bool]] = field(default_factory=dict)  # round -> still trying
 
     @property
     def address(self) -> str:
@@ -124,10 +145,16 @@ class WorkerAgent:
         digest = bytes(await self.client.view("initialModel"))
         cid = cid_from_digest(digest)
         t0 = time.monotonic()
-        try:
-            w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
-        except BlobUnavailable as e:
-            raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
+        jitter = random.Random(self._seed("w0"))
+        for attempt in range(1, REQUESTER_ATTEMPTS + 1):
+            try:
+                w0 = await self.node.get(cid, [self.requester_peer], max_bytes=MAX_W0_BYTES)
+                break
+            except BlobUnavailable as e:
+                if attempt == REQUESTER_ATTEMPTS or "not found" in str(e):
+                    raise W0Rejected(f"could not fetch w0 {cid} from the requester: {e}") from e
+                log.warning("w0_fetch_retried", agent=self.name, attempt=attempt, reason=str(e))
+                await self._back_off(attempt, jitter)
         if digest_of(cid_of(w0)) != digest:
             raise W0Rejected(f"w0 does not match the contract's initialModel {digest.hex()}")
         try:
@@ -175,7 +202,7 @@ class WorkerAgent:
                     watchdog.cancel()
                     if ring:
                         ring.cancel()
-                    for t in list(self._reveals):  # a task that ended leaves nothing to reveal
+                    for t in [*self._reveals, *self._late_openings.values()]:  # nothing left to do
                         t.cancel()
         finally:
             await events.aclose()
@@ -243,6 +270,8 @@ class WorkerAgent:
                 return False
             await self._submit(r)
         elif ev.name == "EvaluationOpened":
+            if late := self._late_openings.pop(a["round"], None):
+                late.cancel()  # the requester takes no more openings for the round
             if not self.behavior.stopped(a["round"]):
                 await self._evaluate(a["round"], list(a["models"]), a["deadline"], ev.block_number)
         elif ev.name == "TrainingFinished":
@@ -314,14 +343,51 @@ class WorkerAgent:
         if self.behavior.late(r):
             await self._wait_for("EvaluationOpened", r)
         opening = {"task": setup.task_id, "round": r, "worker": self.address, "cid": cid, "salt": salt.hex()}
-        await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening | {"binding": self._binding})
-        self._log("opening_sent", r, cid=cid)
+        opening |= {"binding": self._binding}
+        jitter = random.Random(self._seed("opening", r))
+        delivered = await self._send_opening(r, opening, range(1, REQUESTER_ATTEMPTS + 1), jitter)
         try:
             res = await self._gas(r, self.client.submit_model(r, c))
             self._salts[r] = salt  # committed: it may dispute an exclusion with it
             self._log("model_committed", r, gas=res.gas_used)
         except ContractRevert as e:
             log.warning("submission_refused", worker=self.name, round=r, error=e.name)
+            return
+        if not delivered and self._tg is not None:
+            # The requester may be restarting after a crash: it takes openings until
+            # it opens the round's evaluation, so keep trying until then.
+            attempts = itertools.count(REQUESTER_ATTEMPTS + 1)
+            task = self._tg.create_task(self._send_opening(r, opening, attempts, jitter))
+            self._late_openings[r] = task
+            task.add_done_callback(lambda _: self._late_openings.pop(r, None))
+
+    async def _send_opening(
+        self, r: int, opening: dict[str, object], attempts: Iterable[int], jitter: random.Random
+    ) -> bool:
+        """Hands the opening to the requester, trying again (a jittered, doubling
+        back-off, at most 8 x `retry_base_s`) while it does not acknowledge it: a busy
+        or restarting requester, a lost stream. Returns whether it was delivered; if
+        it is not, the worker still commits, and the requester leaves its model out
+        as not opened unless a later try gets through before evaluation opens."""
+        for attempt in attempts:
+            if attempt > 1:
+                await self._back_off(min(attempt - 1, 4), jitter)
+            try:
+                await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, opening)
+                self._log("opening_sent", r, cid=opening["cid"], attempt=attempt)
+                return True
+            except BridgeClosed:
+                raise
+            except Exception as e:  # noqa: BLE001 - libp2p raises several stream errors
+                log.warning("opening_send_failed", agent=self.name, round=r, attempt=attempt, reason=str(e))
+        return False
+
+    async def _back_off(self, attempt: int, jitter: random.Random) -> None:
+        """Waits before asking the requester again: doubling with each try, jittered so
+        that workers that all failed at once (a busy requester) come back out of step.
+        The next try dials the requester again even if the last dial failed."""
+        await asyncio.sleep(self.retry_base_s * 2 ** (attempt - 1) * (0.5 + jitter.random()))
+        await self.node.unblock(self.requester_peer)
 
     async def _tell_ring(self, r: int, cid: str) -> None:
         """Tells its ring mates its CID over their direct messages (a mate that is
@@ -347,6 +413,8 @@ class WorkerAgent:
         if own_cid is not None and own_cid not in cids:
             await self._dispute(r, own_cid)
         x, y = setup.data.x[self.split.val], setup.data.y[self.split.val]
+        now = (await self.client.w3.eth.get_block("latest"))["timestamp"]
+        self._fetch_until = time.monotonic() + max(0, deadline - now) * FETCH_PATIENCE
 
         async def judge(cid: str) -> tuple[StateDict, float] | None:
             if cid == own_cid:
@@ -480,22 +548,31 @@ class WorkerAgent:
     async def _fetch(self, r: int, cid: str) -> bytes:
         """One published model, from the first of `_providers` that delivers it (or
         from its own store); logs which provider served it, the size and the time.
-        Fetched without keeping: the caller keeps it once it has validated it."""
+        Fetched without keeping: the caller keeps it once it has validated it. When
+        every provider failed for a passing reason (`BlobUnavailable.transient`: the
+        requester down for a restart, a lost stream) it tries them all again, with a
+        jittered back-off, until `_fetch_until` (FETCH_PATIENCE of the window)."""
         if self.node.holds(cid):
             return await self.node.get(cid, [])
-        reasons: dict[str, str] = {}
-        for provider in self._providers(r):
-            t0 = time.monotonic()
-            try:
-                blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes)
-            except BlobUnavailable as e:
-                reasons.update(e.reasons)
-                continue
-            self._log(
-                "model_fetched", r, cid=cid, provider=provider, bytes=len(blob), seconds=round(time.monotonic() - t0, 3)
-            )
-            return blob
-        raise BlobUnavailable(cid, reasons)
+        jitter = random.Random(self._seed("fetch", r, cid))
+        for attempt in itertools.count(1):
+            reasons: dict[str, str] = {}
+            for provider in self._providers(r):
+                t0 = time.monotonic()
+                try:
+                    blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes)
+                except BlobUnavailable as e:
+                    reasons.update(e.reasons)
+                    continue
+                seconds = round(time.monotonic() - t0, 3)
+                self._log("model_fetched", r, cid=cid, provider=provider, bytes=len(blob), seconds=seconds)
+                return blob
+            failed = BlobUnavailable(cid, reasons)
+            if not failed.transient or time.monotonic() >= self._fetch_until:
+                raise failed
+            log.warning("model_fetch_retried", agent=self.name, round=r, cid=cid, attempt=attempt, reason=str(failed))
+            await self._back_off(min(attempt, 3), jitter)
+        raise AssertionError("unreachable")
 
     def _providers(self, r: int) -> list[str]:
         """The requester first (it re-serves every published model), then peers that

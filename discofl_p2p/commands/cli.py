@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument(
         "--registration-timeout", type=float, default=60.0, metavar="S", help="start with whoever registered by then"
     )
+    req.add_argument(
+        "--store", metavar="DIR", help="keep the requester's own state here (openings, published order, models)"
+    )
+    req.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the task in --store after a crash (same --key and --node-key): replay the chain, carry on",
+    )
 
     wk = sub.add_parser("worker", help="one worker agent alone: joins a task by its contract address")
     agent_options(wk)
@@ -217,6 +225,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.scenario,
                 args.workers,
                 registration_timeout_s=args.registration_timeout,
+                store=args.store,
+                resume=args.resume,
                 **common,
             )
         from discofl_p2p.commands.worker import worker_main

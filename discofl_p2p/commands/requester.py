@@ -2,12 +2,17 @@
 
     discofl-p2p requester --rpc-url URL --key FILE --scenario FILE --workers FILE \\
         [--node-key FILE] [--host H] [--port P] [--log FILE] [--records FILE] \\
-        [--registration-timeout S]
+        [--registration-timeout S] [--store DIR [--resume]]
 
 It deploys the task for the workers named in `--workers` (a JSON object, worker name
 -> address: the task's allowlist), publishes w0 on its libp2p node and runs the task
 to its end. stdout: one JSON line with the contract and the multiaddr workers
 `--bootstrap` from, then one line per round phase. Exit codes: `agent_common.py`.
+
+With `--store DIR` it keeps there what only it knows (`agents/requester_store.py`).
+After a crash, `--resume` (with the same `--key`, `--node-key` and `--port`, so that
+workers find it again) takes the task from DIR instead of deploying one, replays the
+contract's events and carries on where it stopped, without repeating a transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from web3 import Web3
 
+from discofl_p2p.agents.requester_store import RequesterStore
 from discofl_p2p.chain.anvil import to_ws_url
 from discofl_p2p.commands.agent_common import (
     AgentArgsError,
@@ -64,8 +70,12 @@ def requester_main(
     records: str | None = None,
     parent_pid: int | None = None,
     registration_timeout_s: float = 60.0,
+    store: str | None = None,
+    resume: bool = False,
 ) -> int:
     async def body(stop: asyncio.Event) -> bool:
+        if resume and not store:
+            raise AgentArgsError("--resume needs --store DIR: the state of the task to resume")
         sc = load_task_scenario(scenario, seed)
         names = load_workers(workers)
         account = load_account(key)
@@ -81,6 +91,8 @@ def requester_main(
             port=port,
             records=Path(records) if records else None,
             registration_timeout_s=registration_timeout_s,
+            store=RequesterStore(Path(store)) if store else None,
+            resume=resume,
         )
 
     return run_agent("requester", log, parent_pid, body)

@@ -69,6 +69,12 @@ def scenario_main(
     if sc.faults.kill and not processes:
         _error(f"invalid scenario: {file}: faults.kill kills an agent's OS process: run it with --processes (or up)")
         return EXIT_BAD_FILE
+    if sc.faults.restart_requester and not processes:
+        _error(
+            f"invalid scenario: {file}: faults.restart_requester kills the requester's OS process: "
+            "run it with --processes (or up)"
+        )
+        return EXIT_BAD_FILE
     for kind in ("partition", "lossy"):
         if getattr(sc.faults, kind) and not processes:
             _error(

@@ -99,6 +99,14 @@ class BlobUnavailable(Exception):
         detail = "; ".join(f"{p[:16]}..: {r}" for p, r in reasons.items()) or "no providers"
         super().__init__(f"could not fetch {cid}: {detail}")
 
+    @property
+    def transient(self) -> bool:
+        """Whether trying the same providers later may succeed: some provider could
+        not be reached, timed out, reset the stream or did not hold the blob (yet),
+        rather than sending bytes over the cap or bytes that do not match the CID."""
+        final = ("over the cap", "does not match its CID")
+        return any(not any(f in why for f in final) for why in self.reasons.values())
+
 
 class PeerUnreachable(Exception):
     """Dialling a peer failed; the message names the peer and libp2p's reason."""
@@ -415,13 +423,16 @@ class _TrioNode:
         cache of peers that failed a moment ago (agent processes start together, and
         one retries until its peer listens)."""
         info = PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
-        network = self.host.get_network()
-        if hasattr(network, "unblock_peer"):
-            network.unblock_peer(info.peer_id)
+        await self.unblock(peer_id)
         try:
             await self.host.connect(info)
         except Exception as e:  # libp2p raises several dial errors
             raise PeerUnreachable(peer_id, str(e) or type(e).__name__) from e
+
+    async def unblock(self, peer_id: str) -> None:
+        network = self.host.get_network()
+        if hasattr(network, "unblock_peer"):
+            network.unblock_peer(ID.from_base58(peer_id))
 
     async def fetch_from(self, cid: str, provider: str, max_bytes: int) -> bytes:
         async with self._client_slots.hold(provider):
@@ -547,15 +558,18 @@ class _TrioNode:
         self.host.set_stream_handler(TProtocol(protocol), handler)
 
     async def send_message(self, peer: str, protocol: str, payload: dict[str, Any]) -> None:
-        with bridge.fail_after(self.cfg.request_timeout_s):
-            stream = await self.open_stream(peer, protocol)
-            try:
-                await stream.write(encode_request(payload))
-                await read_response(stream, 0, what=f"message on {protocol}")
-            except BaseException:
-                await _reset(stream)
-                raise
-            await _close(stream)
+        try:
+            with bridge.fail_after(self.cfg.request_timeout_s):
+                stream = await self.open_stream(peer, protocol)
+                try:
+                    await stream.write(encode_request(payload))
+                    await read_response(stream, 0, what=f"message on {protocol}")
+                except BaseException:
+                    await _reset(stream)
+                    raise
+                await _close(stream)
+        except bridge.TooSlowError:  # trio's own error must not reach asyncio callers
+            raise PeerUnreachable(peer, f"no acknowledgement within {self.cfg.request_timeout_s} s") from None
 
     # ---------------------------------------------------------------- injected faults
 
@@ -731,6 +745,13 @@ class P2PNode:
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
         await self._call(self._node.connect, peer_id, list(addrs))
 
+    async def unblock(self, peer_id: str) -> None:
+        """Lets the next request to `peer_id` dial it at once. After a failed dial the
+        swarm refuses the peer for 60 s without dialling (its negative cache), which
+        would defeat a caller that retries on purpose: a worker waiting for a
+        requester that restarts after a crash."""
+        await self._call(self._node.unblock, peer_id)
+
     async def put(
         self,
         data: bytes,
@@ -776,6 +797,9 @@ class P2PNode:
         return inbox
 
     async def send_message(self, peer_id: str, protocol: str, payload: dict[str, Any]) -> None:
+        """Sends one direct message and waits for its acknowledgement; raises
+        PeerUnreachable when none comes within `request_timeout_s`, or what libp2p
+        raised when the stream could not be opened or was reset."""
         await self._call(self._node.send_message, peer_id, protocol, payload)
 
     async def get(

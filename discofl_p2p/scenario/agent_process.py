@@ -33,6 +33,7 @@ from libp2p.crypto.keys import KeyPair
 
 from discofl_p2p.agents.context import Recorder
 from discofl_p2p.agents.requester import RequesterAgent
+from discofl_p2p.agents.requester_store import RequesterStore
 from discofl_p2p.chain.client import TaskClient, connect
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, P2PNode, PeerUnreachable
 from discofl_p2p.scenario.config import Scenario
@@ -153,9 +154,12 @@ async def serve_requester(
     port: int = 0,
     records: Path | None = None,
     registration_timeout_s: float = 60.0,
+    store: RequesterStore | None = None,
+    resume: bool = False,
 ) -> bool:
-    """Deploys the task for the workers `names` (address -> name, its allowlist) and
-    runs it until it is closed (True) or `stop` is set (False)."""
+    """Deploys the task for the workers `names` (address -> name, its allowlist), or
+    with `resume` takes the one in `store` back after a crash, and runs it until it
+    is closed (True) or `stop` is set (False)."""
     torch.set_num_threads(1)
     setup, w0 = build_setup(sc)
     recorder = Recorder(on_phase=lambda r, phase: emit({"round": r, "phase": phase}))
@@ -166,15 +170,22 @@ async def serve_requester(
             node = await net.add_node(node_key)
             await node.subscribe(setup.topic)
             log.info("node_started", agent="requester", peer_id=node.peer_id, address=account.address)
-            requester = await RequesterAgent.deploy(
-                lambda params: TaskClient.deploy(w3, account, params, ws_url=ws_url),
-                node,
-                setup,
-                recorder,
-                requester_config(sc, registration_timeout_s),
-                names,
-                w0,
-            )
+            cfg = requester_config(sc, registration_timeout_s)
+            if resume and store is not None:
+                contract, _ = store.task()
+                client = TaskClient(w3, contract, account, ws_url=ws_url)
+                requester = await RequesterAgent.resume(client, node, setup, recorder, cfg, names, store)
+            else:
+                requester = await RequesterAgent.deploy(
+                    lambda params: TaskClient.deploy(w3, account, params, ws_url=ws_url),
+                    node,
+                    setup,
+                    recorder,
+                    cfg,
+                    names,
+                    w0,
+                    store,
+                )
             emit({"contract": requester.client.address, "peer_id": node.peer_id, "multiaddr": multiaddr_of(node)})
             try:
                 finished = await until_stopped(requester.run(), stop)

@@ -164,6 +164,14 @@ class FaultsSection:
     # worker name -> {round, delay_ms, loss}: from that round's start each p2p stream it
     # opens or accepts waits delay_ms and is dropped with probability loss, seeded
     lossy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # {round, phase}: when the requester reaches that round's phase, its process gets
+    # SIGKILL and is started again from its store (processes mode; `--resume`)
+    restart_requester: dict[str, Any] = field(default_factory=dict)
+
+
+RESTART_PHASES = ("submission", "evaluation", "settling", "settled")
+"""The requester's round phases (its progress lines) at which `[faults]
+restart_requester` can kill it."""
 
 
 @dataclass(frozen=True)
@@ -351,6 +359,23 @@ class _Validator:
                     v = self.typed(spec[k], (int, float), f"{key}.{k}")
                     if not lo <= v <= hi or (kind == "partition" and v == 0):
                         raise self.fail(f"{key}.{k}", f"must be {what}, got {v!r}")
+
+    def restart_requester(self, sc: Scenario) -> None:
+        """`[faults] restart_requester = { round = R, phase = P }`: R a round of the
+        task, P one of the requester's round phases (RESTART_PHASES)."""
+        spec, key = sc.faults.restart_requester, "faults.restart_requester"
+        if not spec:
+            return
+        self.keys(spec, key, {"round", "phase"})
+        for k in ("round", "phase"):
+            if k not in spec:
+                raise self.fail(key, f"missing {k!r} (keys: round, phase)")
+        r = self.typed(spec["round"], int, f"{key}.round")
+        if not 1 <= r <= sc.task.rounds:
+            raise self.fail(f"{key}.round", f"must be a round from 1 to {sc.task.rounds}, got {r}")
+        phase = self.typed(spec["phase"], str, f"{key}.phase")
+        if phase not in RESTART_PHASES:
+            raise self.fail(f"{key}.phase", f"must be one of {', '.join(RESTART_PHASES)}, got {phase!r}")
 
     def workers(self, groups: Any) -> list[WorkerGroup]:
         if groups is None:
@@ -559,6 +584,7 @@ class _Validator:
             if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= t.rounds:
                 raise self.fail(f"faults.kill.{name}", f"must be a round from 1 to {t.rounds}, got {r!r}")
         self.link_faults(sc, roster)
+        self.restart_requester(sc)
         for ring, (size, where) in rings.items():
             if size < 2:
                 raise self.fail(where, f"collusion ring {ring!r} has 1 member; a ring needs at least 2")

@@ -23,6 +23,12 @@ NAME.err). When the run ends the parent merges them into DIR/log.jsonl by timest
 (`merge_logs`), after its own lines, and ends the file with a `logs_merged` line; so
 the timeline is rebuilt from log.jsonl alone, as in process.
 
+The requester keeps its own state under DIR/store/requester (`--store`) and listens
+on a port chosen beforehand, so that `[faults] restart_requester` can kill it and start
+it again with `--resume`, the same keys and the same port: workers find it where it
+was, and it carries on from the chain's events and its store. Its log goes on in the
+same file.
+
 Stopping (`stop` set: SIGINT, the scenario's timeout, a failed process): the workers
 get SIGTERM first, then the requester; each writes its records and exits; one that has
 not exited after `grace_s` gets SIGKILL. Every child runs in its own session (a
@@ -112,16 +118,20 @@ class ProcessRun:
 
     out: Path
     children: list[AgentProcess] = field(default_factory=list)
-    _reported: set[str] = field(default_factory=set)
+    _reported: set[int] = field(default_factory=set)  # pids
 
     @property
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.children}
 
-    async def spawn(self, name: str, args: list[str], *, stdout_pipe: bool = False) -> AgentProcess:
+    async def spawn(
+        self, name: str, args: list[str], *, stdout_pipe: bool = False, replacing: AgentProcess | None = None
+    ) -> AgentProcess:
+        """Starts a child; `replacing` one that was killed, in its place (its log and
+        stderr files go on)."""
         logs = self.out / "logs"
         child_log, err, records = logs / f"{name}.jsonl", logs / f"{name}.err", self.out / "records" / f"{name}.json"
-        err_file = open(err, "wb")  # noqa: SIM115 - closed in stop()
+        err_file = open(err, "ab" if replacing else "wb")  # noqa: SIM115 - closed in stop()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -139,7 +149,12 @@ class ProcessRun:
             start_new_session=True,  # Ctrl-C reaches the parent only; it stops them in order
         )
         child = AgentProcess(name, proc, child_log, err, records, err_file)
-        self.children.append(child)
+        if replacing is None:
+            self.children.append(child)
+        else:
+            self.children[self.children.index(replacing)] = child
+            if replacing._err_file:
+                replacing._err_file.close()
         log.info("process_started", agent=name, pid=proc.pid, log=str(child_log))
         return child
 
@@ -157,8 +172,8 @@ class ProcessRun:
 
     def report(self, c: AgentProcess) -> None:
         """Logs a child's exit once (its code; negative: the signal that ended it)."""
-        if c.name not in self._reported and c.proc.returncode is not None:
-            self._reported.add(c.name)
+        if c.pid not in self._reported and c.proc.returncode is not None:
+            self._reported.add(c.pid)
             log.info("process_exited", agent=c.name, pid=c.pid, code=c.proc.returncode)
 
     async def _reap(self, c: AgentProcess, grace_s: float) -> None:
@@ -245,18 +260,31 @@ async def run_processes(
         def keys(label: str) -> list[str]:
             return ["--key", str(out / "keys" / f"{label}.key"), "--node-key", str(out / "keys" / f"{label}.node")]
 
-        requester = await run.spawn(
-            "requester",
-            ["requester", *common, *keys("requester"), "--workers", str(workers_file)]
-            + ["--registration-timeout", f"{START_TIMEOUT_S:g}"],
-            stdout_pipe=True,
-        )
+        requester_args = ["requester", *common, *keys("requester"), "--workers", str(workers_file)]
+        requester_args += ["--registration-timeout", f"{START_TIMEOUT_S:g}", "--port", str(free_port())]
+        requester_args += ["--store", str(out / "store" / "requester")]
+        requester = await run.spawn("requester", requester_args, stdout_pipe=True)
         up, deployed = await unless_stopped(_first_line(requester, "contract", START_TIMEOUT_S), stop)
         if not up or deployed is None:
             raise RunInterrupted("stopped before the task was deployed")
         contract, bootstrap = deployed["contract"], deployed["multiaddr"]
         log.info("task_joined", contract=contract, requester=bootstrap)
-        faults = FaultPlan(sc.faults, run.children, started)
+        followers: list[asyncio.Task[None]] = []
+
+        async def restart(fault: dict[str, Any]) -> None:
+            """The requester was killed: start it again from its store, in its place."""
+            old = next(c for c in run.children if c.name == "requester")
+            await old.proc.wait()
+            run.report(old)
+            new = await run.spawn("requester", [*requester_args, "--resume"], stdout_pipe=True, replacing=old)
+            back = await _first_line(new, "contract", START_TIMEOUT_S)
+            if back["contract"] != contract:
+                raise ProcessFailed(f"the restarted requester runs {back['contract']}, not {contract}")
+            fault |= {"new_pid": new.pid, "back_s": round(time.monotonic() - started - fault["at_s"], 3)}
+            log.warning("requester_restarted", **fault)
+            followers.append(asyncio.create_task(_follow_phases(new, phase)))
+
+        faults = FaultPlan(sc.faults, run.children, started, rounds=sc.task.rounds, restart=restart)
 
         def phase(r: int, name: str) -> None:
             faults.on_phase(r, name)
@@ -264,6 +292,7 @@ async def run_processes(
                 on_phase(r, name)
 
         phases = asyncio.create_task(_follow_phases(requester, phase))
+        followers.append(phases)
 
         ports = {name: free_port() for name, _, _ in roster}
         addr = {n: f"/ip4/127.0.0.1/tcp/{ports[n]}/p2p/{_peer_id(seed, f'{task_id}/{n}')}" for n, _, _ in roster}
@@ -285,10 +314,14 @@ async def run_processes(
         codes = {c.name: (c.proc.returncode, c.stderr_tail()) for c in run.children}
         links = {c.name: _link_counts(c) for c in run.children if c.name in faults.cut_off}
         outcome.faults = faults.report(outcome.rounds, codes, links, _rejections(requester.log))
+        for f in outcome.faults:
+            if f["kind"] == "restart_requester":
+                f["resumed"] = _resumed(requester.log)
         return outcome
     finally:
         if phases is not None:
-            phases.cancel()
+            for t in followers:
+                t.cancel()
         await run.stop(grace_s)
         await w3.provider.disconnect()
         merge_logs(out, [c.log for c in run.children])
@@ -298,19 +331,32 @@ async def _supervise(run: ProcessRun, sc: Scenario, stop: asyncio.Event, faults:
     """Waits until every child has exited by itself; raises (and leaves the stopping
     to the caller) on the scenario's timeout, on `stop`, or when a child fails (a
     child the fault plan killed, or cut off and that gave up, has not failed)."""
-    waits = {asyncio.ensure_future(c.proc.wait()): c for c in run.children}
+    waits: dict[asyncio.Future[int], AgentProcess] = {}
+    watched: set[int] = set()  # pids
     stopper = asyncio.ensure_future(stop.wait())
     deadline = time.monotonic() + sc.timeout_s
     try:
-        while waits:
+        while True:
+            for c in run.children:  # a restarted requester replaces the killed one
+                if c.pid not in watched:
+                    watched.add(c.pid)
+                    waits[asyncio.ensure_future(c.proc.wait())] = c
+            restarting = faults.restarting if faults.restarting and not faults.restarting.done() else None
+            if not waits and restarting is None:
+                break
+            if faults.restarting and faults.restarting.done():
+                faults.restarting.result()  # a failed restart fails the run
+            pending: set[asyncio.Future[Any]] = {*waits, stopper}
+            if restarting:
+                pending.add(restarting)
             done, _ = await asyncio.wait(
-                {*waits, stopper}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+                pending, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
             )
             if stopper in done:
                 raise RunInterrupted("stopped before the task closed")
             if not done:
                 raise RunTimedOut(f"the task did not finish within timeout_s = {sc.timeout_s} s")
-            for w in done:
+            for w in [w for w in waits if w in done]:
                 c = waits.pop(w)
                 run.report(c)
                 if c.proc.returncode != 0 and not faults.excuses(c.name, c.proc.returncode):
@@ -389,6 +435,19 @@ def _link_counts(c: AgentProcess) -> dict[str, int]:
         counts = read_records(c.records).get("link_faults")
         if isinstance(counts, dict):
             return {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+    return {}
+
+
+def _resumed(path: Path) -> dict[str, Any]:
+    """What the restarted requester found when it resumed (its `requester_resumed`
+    log line): the round and phase it took up, the rounds already settled, how many
+    past events it replayed."""
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and ev.get("event") == "requester_resumed":
+                    return {k: ev.get(k) for k in ("round", "phase", "settled", "events", "block")}
     return {}
 
 
