@@ -31,13 +31,17 @@ pragma solidity ^0.8.24;
 /// @dev Liveness: if the requester lets a deadline pass by more than the grace period
 ///      without opening evaluation or settling, anyone may end the task
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
-///      that committed at least one model, as pull credits. A finished task that the
-///      requester does not close may be closed by anyone after the grace period.
+///      that committed at least one model, as pull credits (no round scored the work
+///      that money was for, so there is nothing to weigh it by). A finished task that
+///      the requester does not close may be closed by anyone after the grace period.
+///      Credits are withdrawn once the task has ended (closed or abandoned).
 /// @dev Withholding: the requester may leave a model out of the published list (an
 ///      opening it never got, a copy, a model that fails its checks), but it gains
 ///      nothing by it: what no round paid never returns to the requester; at close it
-///      is shared equally by the workers that committed a model (only the rounding
-///      remainder, or everything if nobody took part, is refunded). An excluded worker
+///      is shared in proportion to what the rounds paid each worker (equally by the
+///      workers that committed a model if no round paid anybody), so a worker the
+///      rounds judged worthless gets none of it either. Only the rounding remainder,
+///      or everything if nobody took part, is refunded. An excluded worker
 ///      may post its opening (disputeExclusion) until the evaluation deadline, which
 ///      makes the exclusion of a valid opening provable: the audit checks it against
 ///      the worker's ModelCommitted commitment and the settlement calldata.
@@ -110,6 +114,7 @@ contract DiscoFLTask {
     error AmountsMismatch();
     error AmountsExceedPot(uint256 pot, uint256 total);
     error NothingToWithdraw();
+    error BadEarners(uint256 position);
     error TransferFailed();
 
     // ------------------------------------------------------------------ events
@@ -147,8 +152,13 @@ contract DiscoFLTask {
     event ExclusionDisputed(uint32 indexed round, address indexed worker, bytes32 digest, bytes32 salt);
     event TrainingFinished(uint32 rounds);
     event Withdrawn(address indexed worker, uint256 amount);
-    /// @dev `refund` went back to the requester; each of the `participants` may withdraw
-    ///      `share` (what the rounds left unpaid, in equal parts) on top of its credit.
+    /// @dev At close, `worker`'s share of what the rounds left unpaid, in proportion to
+    ///      what the rounds paid it, was added to its credit.
+    event CloseShareCredited(address indexed worker, uint256 amount);
+    /// @dev `refund` went back to the requester. If no round paid anybody, each of the
+    ///      `participants` may withdraw `share` (what the rounds left unpaid, in equal
+    ///      parts); otherwise `participants` and `share` are 0 and the shares are in
+    ///      the CloseShareCredited events before this one.
     event TaskClosed(uint256 refund, uint32 participants, uint256 share);
     /// @dev Anyone ended the task after the requester stalled in `phase` of `round`:
     ///      each of the `participants` (workers that committed a model) may withdraw
@@ -497,9 +507,15 @@ contract DiscoFLTask {
 
     // ------------------------------------------------------------------ money
 
-    /// @notice Pays the caller its credit and, once the task was abandoned, its share
-    ///         (if it committed a model; once).
+    /// @notice Pays the caller its credit and, where the rest was shared equally (an
+    ///         abandoned task, or a close after rounds that paid nobody), its share (if
+    ///         it committed a model; once). Only once the task has ended (closed or
+    ///         abandoned): until then a credit is what the rounds awarded, which the
+    ///         close shares the unpaid rest by. Nothing is stuck: anyone may close a
+    ///         finished task, or end a stalled one, after the grace period.
     function withdraw() external {
+        Phase p = phase;
+        if (p != Phase.Closed && p != Phase.Abandoned) revert WrongPhase(Phase.Closed, p);
         Worker storage w = workers[msg.sender];
         uint256 amount = w.credit;
         if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) {
@@ -516,13 +532,21 @@ contract DiscoFLTask {
 
     /// @notice Ends the task: before training starts (a cancellation: the whole deposit
     ///         goes back to the requester) or after the last round. Then what the rounds
-    ///         left unpaid (an empty ranking, explicit amounts below the pot) is shared
-    ///         equally by the participants, as on abandonment: the requester decides
-    ///         what is left unpaid, so it must not get it back. Only the rounding
-    ///         remainder (or everything, if nobody took part) is refunded. Only the
-    ///         requester may cancel; anyone may close a finished task once its grace
-    ///         period is over.
-    function closeTask() external {
+    ///         left unpaid (the rest: explicit amounts below the pot, a policy's quality
+    ///         floor, an empty ranking) is shared by what the rounds paid: each worker
+    ///         the rounds credited gets floor(rest * credit / totalCredited), so a
+    ///         worker that no round paid gets nothing from it either. If no round paid
+    ///         anybody, the rest is shared equally by the participants (the workers that
+    ///         committed a model). The requester decides what is left unpaid, so it
+    ///         must not get it back: it is refunded only the rounding remainder (fewer
+    ///         wei than the workers sharing), or everything if nobody took part. Only
+    ///         the requester may cancel; anyone may close a finished task once its
+    ///         grace period is over.
+    /// @param earners every worker with a credit, in ascending address order (anyone
+    ///        rebuilds it from the RoundSettled events; no withdrawal happens before the
+    ///        end, so credits are the rounds' awards). The contract checks that the
+    ///        credits of the listed workers add up to totalCredited, so none is left out.
+    function closeTask(address[] calldata earners) external {
         Phase p = phase;
         if (p != Phase.Registration && p != Phase.Finished) revert WrongPhase(Phase.Finished, p);
         if (msg.sender != requester) {
@@ -531,12 +555,38 @@ contract DiscoFLTask {
             if (block.timestamp <= until) revert GracePeriodNotOver(until);
         }
         phase = Phase.Closed;
-        uint256 rest = deposit - totalCredited;
-        uint256 n = p == Phase.Finished ? participantCount : 0;
-        uint256 share = n == 0 ? 0 : rest / n;
-        participantShare = share;
-        totalCredited += uint96(share * n);
-        uint256 refund = rest - share * n;
+        uint256 earned = totalCredited;
+        uint256 rest = deposit - earned;
+        uint256 paid = 0;
+        uint256 n = 0;
+        uint256 share = 0;
+        if (earned != 0) {
+            uint256 sum = 0;
+            address prev = address(0);
+            for (uint256 i = 0; i < earners.length; i++) {
+                address who = earners[i];
+                if (who <= prev) revert BadEarners(i);
+                prev = who;
+                Worker storage w = workers[who];
+                uint256 c = w.credit;
+                sum += c;
+                uint256 s = (rest * c) / earned; // rest, c < 2^96: no overflow
+                if (s != 0) {
+                    w.credit = uint96(c + s);
+                    paid += s;
+                    emit CloseShareCredited(who, s);
+                }
+            }
+            if (sum != earned) revert BadEarners(earners.length);
+        } else {
+            if (earners.length != 0) revert BadEarners(0);
+            n = p == Phase.Finished ? participantCount : 0;
+            share = n == 0 ? 0 : rest / n;
+            participantShare = share;
+            paid = share * n;
+        }
+        totalCredited = uint96(earned + paid);
+        uint256 refund = rest - paid;
         refunded = refund;
         emit TaskClosed(refund, uint32(n), share);
         if (refund != 0) {
@@ -580,7 +630,8 @@ contract DiscoFLTask {
         return uint256(p == Phase.Evaluation ? revealDeadline : deadline) + gracePeriod;
     }
 
-    /// @notice What withdraw() would pay `who` now.
+    /// @notice What withdraw() pays `who` once the task has ended (before that, what
+    ///         the rounds credited it so far).
     function withdrawable(address who) external view returns (uint256) {
         Worker storage w = workers[who];
         uint256 amount = w.credit;

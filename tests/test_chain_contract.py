@@ -310,6 +310,9 @@ def test_largest_deposit_and_longest_periods_run_a_whole_task(anvil):
             st = await req.state()
             assert st.phase == Phase.FINISHED and st.total_credited == MAX_DEPOSIT_WEI
             assert await req.credit_of(w.account.address) == MAX_DEPOSIT_WEI
+            with _reverts("WrongPhase"):  # credits are paid once the task has ended
+                await w.withdraw()
+            await req.close_task()
             res = await w.withdraw()
             assert res.events[0].args["amount"] == MAX_DEPOSIT_WEI
             assert (await req.state()).held == 0
@@ -379,6 +382,7 @@ def test_withdraw_to_a_worker_that_rejects_eth_reverts_transfer_failed_and_keeps
             sub = [Submission(worker_addr, c, digest, salt)]
             await req.settle_round(1, [digest], *reveal(req.address, 1, sub, [digest]), [0])
             assert await req.credit_of(worker_addr) == p.deposit_wei
+            await req.close_task()
 
             with _reverts("TransferFailed"):
                 await as_worker("withdraw")
@@ -499,11 +503,13 @@ def test_access_rules(anvil):
                 await req.settle_round(1, [digest], *args, [0])
             with _reverts("GracePeriodNotOver"):
                 await w1.close_task()  # a finished task: anyone may close it, after the grace period
-            with _reverts("NothingToWithdraw"):
-                await w2.withdraw()
+            with _reverts("WrongPhase"):
+                await w1.withdraw()  # credits are paid once the task has ended
             await req.close_task()
             with _reverts("WrongPhase"):
                 await req.close_task()
+            with _reverts("NothingToWithdraw"):
+                await w2.withdraw()
             st = await req.state()
             assert st.phase == Phase.CLOSED
             assert st.refunded == 0 and st.total_credited == p.deposit_wei  # w1 took the whole pot

@@ -16,7 +16,7 @@ from discofl_p2p.agents.watchdog import watch_for_abandonment
 from discofl_p2p.chain.anvil import Anvil
 from discofl_p2p.chain.client import Phase, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, ensure_time_past, fund
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores
+from discofl_p2p.chain.encoding import Submission, commitment, earners_in_order, encode_scores
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.chain.limits import (
     DEFAULT_GRACE_PERIOD_S,
@@ -29,6 +29,7 @@ from discofl_p2p.chain.limits import (
     MIN_GRACE_PERIOD_S,
 )
 from discofl_p2p.chain.scripted import deploy_and_register, play_round, settle_at_scale
+from discofl_p2p.trust.settlement import close_shares
 from tests.conftest import run
 
 GRACE = MIN_GRACE_PERIOD_S
@@ -228,16 +229,22 @@ def test_nobody_took_part_so_the_requester_gets_the_deposit_back_as_credit(anvil
 
 
 def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_grace(anvil):
+    """Round 1 pays two of three workers (Top-K 2/3 and 1/3; the third, ranked last,
+    gets 0), round 2 ranks nobody. After the grace period an outsider closes the task:
+    round 2's pot goes to the two workers in proportion to what round 1 paid them,
+    none to the worker the rounds paid nothing, and none back to the requester but the
+    rounding remainder (`trust.settlement.close_shares`, checked here by hand too)."""
+
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            p = _params(rounds=2, top_k=2)
+            p = _params(rounds=2, top_k=3)
             task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=304)
             req, (w1, *_) = task.requester, task.workers
             outsider = await _outsider(w3, task.requester, 304)
             everyone = [req.account.address, outsider.account.address] + [w.account.address for w in task.workers]
             rng = random.Random(4)
-            await play_round(task, 1, rng, lambda n: [1])
+            await play_round(task, 1, rng, lambda n: [1, 0, 2])
             res = await play_round(task, 2, rng, lambda n: [])  # ranks nobody: its pot is left over
             assert res["settleRound"] > 0
             st = await req.state()
@@ -245,8 +252,10 @@ def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_
             finished_at = (await w3.eth.get_block("latest"))["timestamp"]
             assert await req.view("graceEnd") == finished_at + GRACE
             credits = {w.account.address: await req.credit_of(w.account.address) for w in task.workers}
+            pot1 = p.deposit_wei // 2
+            assert sorted(credits.values()) == [0, pot1 * 2 // 6, pot1 - pot1 * 2 // 6]
             leftover = p.deposit_wei - st.total_credited
-            assert leftover == p.deposit_wei - p.deposit_wei // 2
+            assert leftover == p.deposit_wei - pot1
 
             with _reverts("GracePeriodNotOver"):
                 await outsider.close_task()
@@ -255,25 +264,43 @@ def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_
                 await w1.close_task()
             with _reverts("WrongPhase"):
                 await outsider.end_abandoned_task()  # every round was settled: nothing to share
+            with _reverts("WrongPhase"):
+                await w1.withdraw()  # credits are paid once the task has ended
             await ensure_time_past(w3, finished_at + GRACE)
             with _reverts("WrongPhase"):
                 await outsider.end_abandoned_task()
+            earners = earners_in_order(credits)
+            assert len(earners) == 2
+            with _reverts("BadEarners"):
+                await outsider.close_task(earners[:1])  # an earner left out
+            with _reverts("BadEarners"):
+                await outsider.close_task(earners[::-1])  # not ascending
+            with _reverts("BadEarners"):
+                await outsider.close_task([earners[0], earners[0], earners[1]])  # a repeat
             before = await w3.eth.get_balance(req.account.address)
-            res = await outsider.close_task()
-            # Round 2's unpaid pot does not go back to the requester: the three workers
-            # that took part share it; only the rounding remainder is refunded.
-            share, refund = leftover // 3, leftover % 3
-            (closed,) = res.events
-            assert closed.name == "TaskClosed"
-            assert (closed.args["refund"], closed.args["participants"], closed.args["share"]) == (refund, 3, share)
-            assert await w3.eth.get_balance(req.account.address) - before == refund  # outsider paid the gas
+            res = await outsider.close_task()  # the client rebuilds the list from RoundSettled
+            # Round 2's unpaid pot does not go back to the requester: the workers share it
+            # by what round 1 paid them; only the rounding remainder is refunded.
+            split = close_shares(leftover, credits, list(credits))
+            by_hand = {a: leftover * c // pot1 for a, c in credits.items() if c}
+            assert split.shares == by_hand and split.refund == leftover - sum(by_hand.values()) < 2
+            *shared, closed = res.events
+            assert {e.args["worker"]: e.args["amount"] for e in shared} == split.shares
+            assert all(e.name == "CloseShareCredited" for e in shared) and closed.name == "TaskClosed"
+            assert (closed.args["refund"], closed.args["participants"], closed.args["share"]) == (split.refund, 0, 0)
+            assert await w3.eth.get_balance(req.account.address) - before == split.refund  # outsider paid the gas
             st = await req.state()
-            assert (st.phase, st.refunded) == (Phase.CLOSED, refund)
+            assert (st.phase, st.refunded) == (Phase.CLOSED, split.refund)
             await _conserved(req, everyone)
             for w in task.workers:  # each worker: what the rounds credited it, plus its share
                 a = w.account.address
-                assert await req.withdrawable_of(a) == credits[a] + share
-                await _withdraw_exactly(w3, w, credits[a] + share)
+                due = credits[a] + split.shares.get(a, 0)
+                assert await req.withdrawable_of(a) == due
+                if due:
+                    await _withdraw_exactly(w3, w, due)
+                else:  # ranked last in round 1: the rounds paid it nothing, and so does the close
+                    with _reverts("NothingToWithdraw"):
+                        await w.withdraw()
             with _reverts("NothingToWithdraw"):
                 await outsider.withdraw()
             assert (await req.state()).held == 0

@@ -126,7 +126,10 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     for a in took_part:
                         awarded[a] += ev.args["share"]
                     awarded[req.account.address] += ev.args["requesterCredit"]
-                elif ev.name == "TaskClosed":  # what the rounds left unpaid, shared by the participants
+                elif ev.name == "CloseShareCredited":  # the unpaid rest, by what the rounds paid
+                    assert awarded[ev.args["worker"]] > 0
+                    awarded[ev.args["worker"]] += ev.args["amount"]
+                elif ev.name == "TaskClosed":  # or, if no round paid anybody, by the participants
                     assert ev.args["participants"] == len(took_part) or ev.args["share"] == 0
                     for a in took_part if ev.args["participants"] else ():
                         awarded[a] += ev.args["share"]

@@ -608,7 +608,7 @@ class RequesterAgent:
                 evaluate_job, self.w0, final, *self.setup.test_set, "accuracy"
             )
         res = await self.client.close_task()
-        self.refund_wei = res.events[0].args["refund"]
+        self.refund_wei = res.events[-1].args["refund"]  # TaskClosed, after the CloseShareCredited
         last = max(self.rounds, default=0)
         self._log("task_closed", last, refund=self.refund_wei, gas=res.gas_used, final_accuracy=self.final_accuracy)
         self.recorder.on_phase(self.cfg.rounds, "closed")

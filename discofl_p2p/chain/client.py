@@ -43,7 +43,7 @@ from web3.exceptions import (
 from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.encoding import score_commitment
+from discofl_p2p.chain.encoding import earners_in_order, score_commitment
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
@@ -136,6 +136,17 @@ class ChainEvent:
     block_number: int
     log_index: int
     tx_hash: str
+
+
+def awarded(events: Sequence[ChainEvent]) -> dict[str, int]:
+    """What the settled rounds paid each worker, from the RoundSettled events (the
+    credits closeTask shares the unpaid rest by)."""
+    out: dict[str, int] = {}
+    for e in events:
+        if e.name == "RoundSettled":
+            for who, amount in zip(e.args["rankedOwners"], e.args["rewards"], strict=True):
+                out[who] = out.get(who, 0) + amount
+    return out
 
 
 @dataclass(frozen=True)
@@ -427,10 +438,14 @@ class TaskClient:
     async def withdraw(self) -> TxResult:
         return await self._call("withdraw")
 
-    async def close_task(self) -> TxResult:
+    async def close_task(self, earners: Sequence[str] | None = None) -> TxResult:
         """The requester closes (before training, or once finished); anyone may close a
-        finished task once its grace period is over (the refund still goes to the requester)."""
-        return await self._call("closeTask")
+        finished task once its grace period is over (the refund still goes to the
+        requester). `earners` (every worker with a credit, in ascending address order)
+        is rebuilt from the RoundSettled events when not given."""
+        if earners is None:
+            earners = earners_in_order(awarded(await self.past_events()))
+        return await self._call("closeTask", [AsyncWeb3.to_checksum_address(a) for a in earners])
 
     async def end_abandoned_task(self) -> TxResult:
         """Anyone ends a task whose requester stalled past a deadline plus the grace period:

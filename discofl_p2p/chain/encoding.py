@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_abi import encode
@@ -126,3 +126,9 @@ def reveal(
             positions.append(NOT_OPENED)
             openings.append(s.commitment)
     return submitters, positions, openings
+
+
+def earners_in_order(earned: Mapping[str, int]) -> list[str]:
+    """closeTask's `earners` argument: every worker with a positive credit, by ascending
+    numeric address, as the contract checks them (strictly ascending: no repeats)."""
+    return sorted((w for w, e in earned.items() if e > 0), key=lambda a: int(a, 16))

@@ -336,6 +336,7 @@ class TaskReader:
         index: dict[str, int] = {}
         rounds: dict[int, _Round] = {}
         withdrawn: dict[str, int] = {}
+        close_share: dict[str, int] = {}
         for ev in events:
             a = ev.args
             if ev.name == "WorkerRegistered":
@@ -366,7 +367,9 @@ class TaskReader:
                             r.owner_at[pos] = who
             elif ev.name == "Withdrawn":
                 withdrawn[a["worker"]] = withdrawn.get(a["worker"], 0) + a["amount"]
-        cumulative = dict.fromkeys(registered, 0)
+            elif ev.name == "CloseShareCredited":  # the close's share of the unpaid rest
+                close_share[a["worker"]] = close_share.get(a["worker"], 0) + a["amount"]
+        cumulative = dict.fromkeys(registered, 0) | close_share
         out_rounds = []
         history: list[dict[str, float]] = []  # earlier rounds' honesty, as the requester keeps it
         for n in sorted(rounds):
