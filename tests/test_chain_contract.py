@@ -20,12 +20,15 @@ from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, 
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
 from discofl_p2p.chain.encoding import (
     NOT_OPENED,
+    OPENING_BYTES,
     Submission,
     commitment,
     decode_scores,
     encode_scores,
+    pack_openings,
     reveal,
     score_commitment,
+    unpack_openings,
 )
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import (
@@ -263,6 +266,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
             assert await client.view("MAX_PERIOD") == MAX_PERIOD_S
             assert await client.view("MIN_GRACE_PERIOD") == MIN_GRACE_PERIOD_S
             assert await client.view("NOT_OPENED") == NOT_OPENED
+            assert await client.view("OPENING_BYTES") == OPENING_BYTES
             assert await client.view("rounds") == MAX_ROUNDS
             st = await client.state()
             assert st.deposit == st.held == MAX_DEPOSIT_WEI
@@ -570,6 +574,24 @@ def test_chain_holds_no_link_between_worker_and_model_during_evaluation(anvil):
     run(go())
 
 
+def test_packed_openings_round_trip_and_refuse_what_does_not_fit():
+    """settleRound's `openings`: 54 bytes per submitter (address, position, salt or raw
+    commitment), read back exactly as the audit reads them."""
+    rng = random.Random(5)
+    submitters = [derive_account(5, f"w{i}").address for i in range(3)]
+    positions, openings = [2, NOT_OPENED, 0], [rng.randbytes(32) for _ in range(3)]
+    packed = pack_openings(submitters, positions, openings)
+    assert (
+        len(packed) == 3 * OPENING_BYTES and packed[20:22] == b"\x00\x02" and packed[54 + 20 : 54 + 22] == b"\xff\xff"
+    )
+    assert unpack_openings(packed) == (submitters, positions, openings)
+    for bad in ((submitters, positions, openings[:2]), (submitters, [0x10000, 0, 1], openings)):
+        with pytest.raises(ValueError):
+            pack_openings(*bad)
+    with pytest.raises(ValueError, match="multiple of 54"):
+        unpack_openings(packed[:-1])
+
+
 def test_wrong_reveals_are_rejected(anvil):
     async def go():
         w3 = await connect(anvil.ws_url)
@@ -599,6 +621,8 @@ def test_wrong_reveals_are_rejected(anvil):
             tampered[0] = bytes(32)
             with _reverts("ModelListMismatch"):
                 await req.settle_round(1, tampered, submitters, positions, openings, [0])
+            with _reverts("OpeningsLength"):  # a submitter left out of the packed openings
+                await req.settle_round(1, models, submitters[:2], positions[:2], openings[:2], [0])
             # Excluding a submission without removing its model from the list fails too.
             excl = list(positions)
             excl[0] = NOT_OPENED

@@ -16,7 +16,7 @@ from discofl_p2p.agents.watchdog import watch_for_abandonment
 from discofl_p2p.chain.anvil import Anvil
 from discofl_p2p.chain.client import Phase, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, ensure_time_past, fund
-from discofl_p2p.chain.encoding import Submission, commitment, earners_in_order, encode_scores
+from discofl_p2p.chain.encoding import Submission, commitment, earners_in_order, encode_scores, pack_openings
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.chain.limits import (
     DEFAULT_GRACE_PERIOD_S,
@@ -442,10 +442,10 @@ def _settle_calldata(workers: int, ranked: int) -> bytes:
     models = [rng.randbytes(32) for _ in range(workers)]
     submitters = ["0x" + rng.randbytes(20).hex() for _ in range(workers)]
     positions = list(range(workers))
-    openings = [rng.randbytes(32) for _ in range(workers)]
+    openings = pack_openings(submitters, positions, [rng.randbytes(32) for _ in range(workers)])
     args = encode(
-        ["uint32", "bytes32[]", "address[]", "uint16[]", "bytes32[]", "uint16[]", "uint256[]"],
-        [1, models, submitters, positions, openings, list(range(ranked)), [10**18] * ranked],
+        ["uint32", "bytes32[]", "bytes", "uint16[]", "uint256[]"],
+        [1, models, openings, list(range(ranked)), [10**18] * ranked],
     )
     return b"\x00" * 4 + args
 
@@ -453,7 +453,8 @@ def _settle_calldata(workers: int, ranked: int) -> bytes:
 def test_max_workers_settle_calldata_fits_the_transaction_size_limit():
     # The worst case: every submitter opened, the longest ranking, explicit amounts.
     data = _settle_calldata(MAX_WORKERS, MAX_TOP_K)
-    assert len(data) == 4 + 7 * 32 + 6 * 32 + 4 * 32 * MAX_WORKERS + 2 * 32 * MAX_TOP_K
+    # Heads, lengths, a digest and a 54-byte opening per submitter (54 x 768 fills whole words).
+    assert len(data) == 4 + 5 * 32 + 4 * 32 + (32 + 54) * MAX_WORKERS + 2 * 32 * MAX_TOP_K
     assert len(data) + 200 <= 0.8 * MAX_TX_CALLDATA_BYTES  # 200: the signed envelope; a 20 % margin
     # EIP-7623's floor price of that calldata alone stays far below the per-transaction cap.
     tokens = sum(4 if b else 1 for b in data)
@@ -468,7 +469,7 @@ def test_settle_gas_grows_linearly_and_fits_the_gas_cap_at_max_workers(anvil):
             (g10, b10), (g40, b40) = [await settle_at_scale(w3, anvil.ws_url, w, seed=320 + w) for w in (10, 40)]
             slope = (g40 - g10) / 30
             assert 2_000 < slope < 5_000, slope
-            assert (b40 - b10) == 30 * 4 * 32
+            assert (b40 - b10) == 30 * 32 + 32 * (-(-54 * 40 // 32) + (-54 * 10 // 32))  # digests, padded openings
             assert g10 + slope * (MAX_WORKERS - 10) < MAX_TX_GAS / 4
         finally:
             await w3.provider.disconnect()

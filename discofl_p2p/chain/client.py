@@ -43,7 +43,7 @@ from web3.exceptions import (
 from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.encoding import earners_in_order, score_commitment
+from discofl_p2p.chain.encoding import earners_in_order, pack_openings, score_commitment, unpack_openings
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
@@ -423,17 +423,24 @@ class TaskClient:
         ranking: Sequence[int],
         amounts: Sequence[int] = (),
     ) -> TxResult:
-        """See DiscoFLTask.settleRound; `encoding.reveal()` builds the middle three."""
+        """See DiscoFLTask.settleRound; `encoding.reveal()` builds the middle three,
+        which go packed into one `bytes` argument (`encoding.pack_openings`)."""
         return await self._call(
             "settleRound",
             round_,
             list(models),
-            list(submitters),
-            list(positions),
-            list(openings),
+            pack_openings(submitters, positions, openings),
             list(ranking),
             list(amounts),
         )
+
+    def settlement_args(self, tx_input: Any) -> dict[str, Any]:
+        """settleRound's arguments, read back from its transaction's input, with the
+        packed openings unpacked into `submitters`, `positions` and `openings` (what
+        the audit and the dashboard re-verify)."""
+        _, args = self.contract.decode_function_input(tx_input)
+        submitters, positions, openings = unpack_openings(bytes(args["openings"]))
+        return {**args, "submitters": submitters, "positions": positions, "openings": openings}
 
     async def withdraw(self) -> TxResult:
         return await self._call("withdraw")

@@ -120,7 +120,7 @@ async def audit_task(
         for settled in (e for e in events if e.name == "RoundSettled"):
             r = settled.args["round"]
             tx = await w3.eth.get_transaction(HexStr(settled.tx_hash))
-            _, args = c.contract.decode_function_input(tx["input"])
+            args = c.settlement_args(tx["input"])
             owner_at = [""] * len(args["models"])
             excluded = set()
             for who, pos in zip(args["submitters"], args["positions"]):

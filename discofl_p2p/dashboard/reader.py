@@ -326,8 +326,7 @@ class TaskReader:
         for ev in events:
             if ev.name == "RoundSettled" and ev.args["round"] not in self._calldata:
                 tx = await w3.eth.get_transaction(HexStr(ev.tx_hash))
-                _, args = client.contract.decode_function_input(tx["input"])
-                self._calldata[ev.args["round"]] = args
+                self._calldata[ev.args["round"]] = client.settlement_args(tx["input"])
         self._publish(self._build(events, state, int(latest["timestamp"]), block))
 
     def _build(self, events: list[ChainEvent], state: TaskState, chain_time: int, block: int) -> dict[str, Any]:
