@@ -24,7 +24,7 @@ pragma solidity ^0.8.24;
 ///      worker committed its scores or the evaluation deadline passed, the chain holds
 ///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), so a late
 ///      evaluator has nobody's scores to copy. Reveals are taken from then until the
-///      reveal deadline (the evaluation deadline plus evaluationPeriod); the contract
+///      reveal deadline (the evaluation deadline plus revealPeriod); the contract
 ///      checks each against its commitment, so every ScoresRevealed event carries the
 ///      scores that were committed blind. A committed score row that is not revealed
 ///      counts as no evaluation at all (the evaluator scored nobody: honesty 0).
@@ -192,6 +192,8 @@ contract DiscoFLTask {
     uint32 public immutable maxWorkers;
     uint64 public immutable submissionPeriod;
     uint64 public immutable evaluationPeriod;
+    /// @dev How long reveals of a round's scores are taken after its evaluation deadline.
+    uint64 public immutable revealPeriod;
     uint256 public immutable deposit;
     bytes32 public immutable initialModel;
     RewardRule public immutable rule;
@@ -236,6 +238,7 @@ contract DiscoFLTask {
         uint32 maxWorkers_,
         uint64 submissionPeriod_,
         uint64 evaluationPeriod_,
+        uint64 revealPeriod_,
         bytes32 initialModel_,
         RewardRule rule_,
         uint64 gracePeriod_,
@@ -245,8 +248,10 @@ contract DiscoFLTask {
         if (rounds_ == 0) revert InvalidRounds();
         if (maxWorkers_ == 0 || maxWorkers_ > MAX_WORKERS) revert InvalidMaxWorkers();
         if (topK_ == 0 || topK_ > MAX_TOP_K || topK_ > maxWorkers_) revert InvalidTopK();
-        if (submissionPeriod_ == 0 || evaluationPeriod_ == 0) revert InvalidPeriod();
-        if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD) revert InvalidPeriod();
+        if (submissionPeriod_ == 0 || evaluationPeriod_ == 0 || revealPeriod_ == 0) revert InvalidPeriod();
+        if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD || revealPeriod_ > MAX_PERIOD) {
+            revert InvalidPeriod();
+        }
         if (gracePeriod_ < MIN_GRACE_PERIOD || gracePeriod_ > MAX_PERIOD) revert InvalidGracePeriod();
         if (allowed_.length != 0 && !allowlistOnly_) revert AllowlistDisabled();
         if (msg.value == 0) revert ZeroDeposit();
@@ -257,6 +262,7 @@ contract DiscoFLTask {
         maxWorkers = maxWorkers_;
         submissionPeriod = submissionPeriod_;
         evaluationPeriod = evaluationPeriod_;
+        revealPeriod = revealPeriod_;
         deposit = msg.value;
         initialModel = initialModel_;
         rule = rule_;
@@ -356,7 +362,7 @@ contract DiscoFLTask {
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
-        revealDeadline = evalDeadline + evaluationPeriod; // both <= MAX_PERIOD: no overflow
+        revealDeadline = evalDeadline + revealPeriod; // both periods <= MAX_PERIOD: no overflow
         emit EvaluationOpened(round, models, evalDeadline);
     }
 

@@ -142,7 +142,7 @@ def test_a_requester_that_withholds_every_model_keeps_nothing_and_the_audit_prov
             await req.open_evaluation(1, [])
             for w, s in zip(task.workers, subs, strict=True):
                 await w.dispute_exclusion(1, s.digest, s.salt)
-            await advance_time(w3, 2 * p.evaluation_period_s + 1)  # nobody scores: past the reveal deadline
+            await advance_time(w3, p.evaluation_period_s + p.reveal_period_s + 1)  # nobody scores: past it all
             await req.settle_round(1, [], *reveal(req.address, 1, [replace(s, salt=None) for s in subs], []), [])
             closed = (await req.close_task()).events[-1]
             paid = {w.account.address: (await w.withdraw()).events[0].args["amount"] for w in task.workers}
@@ -254,7 +254,7 @@ def test_the_audit_checks_the_close_shares_the_unpaid_rest_by_the_rounds_pay(anv
             await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), [3, 2, 1])
             subs = await commit_all(task, 2, random.Random(2))
             await req.open_evaluation(2, [])
-            await advance_time(w3, 2 * p.evaluation_period_s + 1)
+            await advance_time(w3, p.evaluation_period_s + p.reveal_period_s + 1)
             await req.settle_round(2, [], *reveal(req.address, 2, [replace(s, salt=None) for s in subs], []), [])
             await req.close_task()
             return req.address

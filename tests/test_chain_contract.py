@@ -229,6 +229,8 @@ def test_event_stream_delivers_every_event_in_order(anvil):
         (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
         (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
         (dict(evaluation_period_s=2**64 - 1), "InvalidPeriod"),
+        (dict(reveal_period_s=0), "InvalidPeriod"),
+        (dict(reveal_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
     ],
 )
 def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
@@ -258,6 +260,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 deposit_wei=MAX_DEPOSIT_WEI,
                 submission_period_s=MAX_PERIOD_S,
                 evaluation_period_s=MAX_PERIOD_S,
+                reveal_period_s=MAX_PERIOD_S,
                 grace_period_s=MAX_PERIOD_S,
             )
             client, _ = await TaskClient.deploy(w3, acct, at_limit, ws_url=anvil.ws_url)
@@ -268,6 +271,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
             assert await client.view("NOT_OPENED") == NOT_OPENED
             assert await client.view("OPENING_BYTES") == OPENING_BYTES
             assert await client.view("rounds") == MAX_ROUNDS
+            assert await client.view("revealPeriod") == MAX_PERIOD_S
             st = await client.state()
             assert st.deposit == st.held == MAX_DEPOSIT_WEI
             for kw, error in [
@@ -276,6 +280,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 (dict(max_workers=MAX_WORKERS + 1), "InvalidMaxWorkers"),
                 (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
                 (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+                (dict(reveal_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
                 (dict(grace_period_s=MAX_PERIOD_S + 1), "InvalidGracePeriod"),
                 (dict(grace_period_s=MIN_GRACE_PERIOD_S - 1), "InvalidGracePeriod"),
             ]:
@@ -721,7 +726,7 @@ def test_scores_stay_hidden_until_commits_close_and_an_unrevealed_row_waits_only
                 await req.settle_round(1, models, *args, [0])  # w2 committed and may still reveal
             st = await req.state()
             assert (st.scored_count, st.revealed_count) == (2, 1)
-            await advance_time(w3, p.evaluation_period_s + 1)  # past the reveal deadline
+            await advance_time(w3, p.reveal_period_s + 1)  # past the reveal deadline
             with _reverts("DeadlinePassed"):
                 await w2.reveal_scores(1, rows[w2], salts[w2])
             await req.settle_round(1, models, *args, [0])

@@ -164,7 +164,7 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            p = _params(rounds=3, top_k=1)
+            p = _params(rounds=3, top_k=1, reveal_period_s=2 * PERIOD)  # a reveal period of its own
             task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=302)
             req, (w1, w2, w3_) = task.requester, task.workers
             everyone = [req.account.address] + [w.account.address for w in task.workers]
@@ -180,7 +180,7 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
             await w1.commit_scores(2, encode_scores([0.5, 0.5]), bytes(32))
             st = await req.state()
             # The grace period runs from the reveal deadline: until then the round may still settle.
-            assert st.reveal_deadline == st.deadline + PERIOD
+            assert st.reveal_deadline == st.deadline + 2 * PERIOD
             assert await req.view("graceEnd") == st.reveal_deadline + GRACE
             await ensure_time_past(w3, st.reveal_deadline + GRACE - MARGIN)
             with _reverts("GracePeriodNotOver"):

@@ -49,6 +49,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
             deposit_wei=10**18 + seed,
             submission_period_s=100,
             evaluation_period_s=100,
+            reveal_period_s=100,
             grace_period_s=MIN_GRACE_PERIOD_S,
         )
         task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed, register=False, start=False)

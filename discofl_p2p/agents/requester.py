@@ -56,6 +56,7 @@ class RequesterConfig:
     loyalty_bonus: float
     submission_timeout_s: int
     evaluation_timeout_s: int
+    reveal_timeout_s: int = 120  # the contract's revealPeriod
     registration_timeout_s: float = 60.0
     final_keep_ratio: float = 0.5  # the final model leaves out models with p < this x max p
     queue_size: int = 64  # items waiting for the state machine; its feeders wait beyond that
@@ -272,6 +273,7 @@ class RequesterAgent:
             initial_model=digest_of(w0_cid),
             submission_period_s=cfg.submission_timeout_s,
             evaluation_period_s=cfg.evaluation_timeout_s,
+            reveal_period_s=cfg.reveal_timeout_s,
             rule=rule,
             # Only the task's own workers may register: no Sybil can take a seat and
             # make every round wait for its deadlines.
@@ -476,7 +478,7 @@ class RequesterAgent:
             # never settles from the chain's counts alone (a row would be missing).
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             self.rounds[r].commits_total = await self.client.view("scoredCount")
-            self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
+            self._spawn(self._timer(("reveal_deadline", r), self.cfg.reveal_timeout_s + 1))
         elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
             await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)

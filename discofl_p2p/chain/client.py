@@ -115,6 +115,8 @@ class TaskParams:
     initial_model: bytes = bytes(32)
     submission_period_s: int = 3600
     evaluation_period_s: int = 3600
+    reveal_period_s: int = 3600
+    """How long after the evaluation deadline the round's scores may be revealed."""
     rule: RewardRule = RewardRule.TOP_K
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     allowlist_only: bool = False
@@ -365,6 +367,7 @@ class TaskClient:
             params.max_workers,
             params.submission_period_s,
             params.evaluation_period_s,
+            params.reveal_period_s,
             params.initial_model,
             int(params.rule),
             params.grace_period_s,
