@@ -554,3 +554,34 @@ def test_a_workers_watchdog_ends_a_task_whose_requester_stalls(anvil):
             await w3.provider.disconnect()
 
     run(go())
+
+
+def test_a_workers_watchdog_closes_a_finished_task_the_requester_leaves_open(anvil):
+    """Credits are paid only once the task has ended, so a requester that never closes
+    must not lock them: after the grace period a worker's watchdog closes the task
+    itself (sharing the unpaid rest as the requester would have), and then withdraws."""
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(rounds=1, top_k=2), 3, seed=311)
+            req, (w1, *_) = task.requester, task.workers
+            await play_round(task, 1, random.Random(11), lambda n: [0])
+            assert (await req.state()).phase == Phase.FINISHED
+            watch = asyncio.create_task(watch_for_abandonment(w1, poll_s=0.1))
+            grace_end = await req.view("graceEnd")
+            await ensure_time_past(w3, grace_end - MARGIN)
+            await asyncio.sleep(0.5)  # several polls
+            assert not watch.done() and (await req.state()).phase == Phase.FINISHED
+            await ensure_time_past(w3, grace_end)
+            assert await asyncio.wait_for(watch, 30) is True
+            (closed,) = [e for e in await req.past_events() if e.name == "TaskClosed"]
+            assert (await w3.eth.get_transaction(closed.tx_hash))["from"] == w1.account.address  # type: ignore[arg-type]
+            assert (await req.state()).phase == Phase.CLOSED and closed.args["refund"] == 0
+            paid = [w for w in task.workers if await req.withdrawable_of(w.account.address)]
+            assert len(paid) == 1  # round 1 paid one worker its whole pot: nothing was left to share
+            await _withdraw_exactly(w3, paid[0], _params().deposit_wei)
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
