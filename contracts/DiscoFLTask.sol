@@ -24,20 +24,24 @@ pragma solidity ^0.8.24;
 ///      worker committed its scores or the evaluation deadline passed, the chain holds
 ///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), so a late
 ///      evaluator has nobody's scores to copy. Reveals are taken from then until the
-///      reveal deadline (the evaluation deadline plus evaluationPeriod); the contract
+///      reveal deadline (the evaluation deadline plus revealPeriod); the contract
 ///      checks each against its commitment, so every ScoresRevealed event carries the
 ///      scores that were committed blind. A committed score row that is not revealed
 ///      counts as no evaluation at all (the evaluator scored nobody: honesty 0).
 /// @dev Liveness: if the requester lets a deadline pass by more than the grace period
 ///      without opening evaluation or settling, anyone may end the task
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
-///      that committed at least one model, as pull credits. A finished task that the
-///      requester does not close may be closed by anyone after the grace period.
+///      that committed at least one model, as pull credits (no round scored the work
+///      that money was for, so there is nothing to weigh it by). A finished task that
+///      the requester does not close may be closed by anyone after the grace period.
+///      Credits are withdrawn once the task has ended (closed or abandoned).
 /// @dev Withholding: the requester may leave a model out of the published list (an
 ///      opening it never got, a copy, a model that fails its checks), but it gains
 ///      nothing by it: what no round paid never returns to the requester; at close it
-///      is shared equally by the workers that committed a model (only the rounding
-///      remainder, or everything if nobody took part, is refunded). An excluded worker
+///      is shared in proportion to what the rounds paid each worker (equally by the
+///      workers that committed a model if no round paid anybody), so a worker the
+///      rounds judged worthless gets none of it either. Only the rounding remainder,
+///      or everything if nobody took part, is refunded. An excluded worker
 ///      may post its opening (disputeExclusion) until the evaluation deadline, which
 ///      makes the exclusion of a valid opening provable: the audit checks it against
 ///      the worker's ModelCommitted commitment and the settlement calldata.
@@ -102,6 +106,7 @@ contract DiscoFLTask {
     error DeadlinePassed(uint64 deadline);
     error DeadlineNotReached(uint64 deadline);
     error ModelCountMismatch(uint256 expected, uint256 given);
+    error OpeningsLength(uint256 expected, uint256 given);
     error BadScoresLength(uint256 expected, uint256 given);
     error ModelListMismatch();
     error BadReveal(uint256 position);
@@ -110,6 +115,7 @@ contract DiscoFLTask {
     error AmountsMismatch();
     error AmountsExceedPot(uint256 pot, uint256 total);
     error NothingToWithdraw();
+    error BadEarners(uint256 position);
     error TransferFailed();
 
     // ------------------------------------------------------------------ events
@@ -147,8 +153,13 @@ contract DiscoFLTask {
     event ExclusionDisputed(uint32 indexed round, address indexed worker, bytes32 digest, bytes32 salt);
     event TrainingFinished(uint32 rounds);
     event Withdrawn(address indexed worker, uint256 amount);
-    /// @dev `refund` went back to the requester; each of the `participants` may withdraw
-    ///      `share` (what the rounds left unpaid, in equal parts) on top of its credit.
+    /// @dev At close, `worker`'s share of what the rounds left unpaid, in proportion to
+    ///      what the rounds paid it, was added to its credit.
+    event CloseShareCredited(address indexed worker, uint256 amount);
+    /// @dev `refund` went back to the requester. If no round paid anybody, each of the
+    ///      `participants` may withdraw `share` (what the rounds left unpaid, in equal
+    ///      parts); otherwise `participants` and `share` are 0 and the shares are in
+    ///      the CloseShareCredited events before this one.
     event TaskClosed(uint256 refund, uint32 participants, uint256 share);
     /// @dev Anyone ended the task after the requester stalled in `phase` of `round`:
     ///      each of the `participants` (workers that committed a model) may withdraw
@@ -160,12 +171,14 @@ contract DiscoFLTask {
 
     uint256 public constant SCORE_SCALE = 10000; // scores are basis points; 0xFFFF = abstain
     uint256 public constant MAX_TOP_K = 64;
-    /// @dev What one settleRound transaction carries: 128 calldata bytes per submitter,
-    ///      so at 768 (and MAX_TOP_K) about 103 kB, within 80 % of the 128 KiB that
-    ///      geth's and reth's pools accept, and about 3.0M gas, under a fifth of EIP-7825's
-    ///      16,777,216 cap. See docs/contract.md.
+    /// @dev What one settleRound transaction carries: 86 calldata bytes per submitter
+    ///      (its model's digest and its 54-byte opening), so at 768 (and MAX_TOP_K) about
+    ///      71 kB, within 80 % of the 128 KiB that geth's and reth's pools accept, and
+    ///      about 2.5M gas, under a sixth of EIP-7825's 16,777,216 cap. See docs/contract.md.
     uint256 public constant MAX_WORKERS = 768;
     uint16 public constant NOT_OPENED = 0xFFFF;
+    /// @dev One submitter's record in settleRound's `openings`: address, position, salt.
+    uint256 public constant OPENING_BYTES = 54;
     /// @dev About 136 years: block time + period always fits the uint64 deadline, so
     ///      no round can fail to open or start on an overflow (which would lock the deposit).
     uint64 public constant MAX_PERIOD = type(uint32).max;
@@ -179,6 +192,8 @@ contract DiscoFLTask {
     uint32 public immutable maxWorkers;
     uint64 public immutable submissionPeriod;
     uint64 public immutable evaluationPeriod;
+    /// @dev How long reveals of a round's scores are taken after its evaluation deadline.
+    uint64 public immutable revealPeriod;
     uint256 public immutable deposit;
     bytes32 public immutable initialModel;
     RewardRule public immutable rule;
@@ -223,6 +238,7 @@ contract DiscoFLTask {
         uint32 maxWorkers_,
         uint64 submissionPeriod_,
         uint64 evaluationPeriod_,
+        uint64 revealPeriod_,
         bytes32 initialModel_,
         RewardRule rule_,
         uint64 gracePeriod_,
@@ -232,8 +248,10 @@ contract DiscoFLTask {
         if (rounds_ == 0) revert InvalidRounds();
         if (maxWorkers_ == 0 || maxWorkers_ > MAX_WORKERS) revert InvalidMaxWorkers();
         if (topK_ == 0 || topK_ > MAX_TOP_K || topK_ > maxWorkers_) revert InvalidTopK();
-        if (submissionPeriod_ == 0 || evaluationPeriod_ == 0) revert InvalidPeriod();
-        if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD) revert InvalidPeriod();
+        if (submissionPeriod_ == 0 || evaluationPeriod_ == 0 || revealPeriod_ == 0) revert InvalidPeriod();
+        if (submissionPeriod_ > MAX_PERIOD || evaluationPeriod_ > MAX_PERIOD || revealPeriod_ > MAX_PERIOD) {
+            revert InvalidPeriod();
+        }
         if (gracePeriod_ < MIN_GRACE_PERIOD || gracePeriod_ > MAX_PERIOD) revert InvalidGracePeriod();
         if (allowed_.length != 0 && !allowlistOnly_) revert AllowlistDisabled();
         if (msg.value == 0) revert ZeroDeposit();
@@ -244,6 +262,7 @@ contract DiscoFLTask {
         maxWorkers = maxWorkers_;
         submissionPeriod = submissionPeriod_;
         evaluationPeriod = evaluationPeriod_;
+        revealPeriod = revealPeriod_;
         deposit = msg.value;
         initialModel = initialModel_;
         rule = rule_;
@@ -343,7 +362,7 @@ contract DiscoFLTask {
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
-        revealDeadline = evalDeadline + evaluationPeriod; // both <= MAX_PERIOD: no overflow
+        revealDeadline = evalDeadline + revealPeriod; // both periods <= MAX_PERIOD: no overflow
         emit EvaluationOpened(round, models, evalDeadline);
     }
 
@@ -406,19 +425,19 @@ contract DiscoFLTask {
     ///         scores, or the evaluation deadline passed) and every committed score row
     ///         was revealed, or else once the reveal deadline passed.
     /// @param models     the list published by openEvaluation, in the same order
-    /// @param submitters every submitter of the round, in submission (event) order
-    /// @param positions  positions[i]: where submitters[i]'s model stands in `models`,
-    ///                   or NOT_OPENED
-    /// @param openings   openings[i]: the salt of submitters[i]'s commitment, or for
-    ///                   NOT_OPENED the raw commitment itself
+    /// @param openings   one OPENING_BYTES record per submitter of the round, in
+    ///                   submission (event) order, packed: its address (20 bytes), where
+    ///                   its model stands in `models` (2 bytes, big-endian; NOT_OPENED if
+    ///                   excluded), and the salt of its commitment or, for NOT_OPENED,
+    ///                   the raw commitment itself (32 bytes). Packed rather than three
+    ///                   ABI arrays: a third fewer calldata bytes, which under EIP-7623's
+    ///                   calldata floor is most of settlement's cost at large W.
     /// @param ranking    positions into `models`, best first; at most topK of them
     /// @param amounts    empty under TopK; under Explicit, the wei for each ranked position
     function settleRound(
         uint32 round,
         bytes32[] calldata models,
-        address[] calldata submitters,
-        uint16[] calldata positions,
-        bytes32[] calldata openings,
+        bytes calldata openings,
         uint16[] calldata ranking,
         uint256[] calldata amounts
     ) external onlyRequester {
@@ -426,11 +445,9 @@ contract DiscoFLTask {
         _atRound(round);
         _checkSettleable();
         uint256 n = models.length;
-        uint256 m = submitters.length;
+        uint256 m = submittedCount;
         if (n != modelCount) revert ModelCountMismatch(modelCount, n);
-        if (m != submittedCount || positions.length != m || openings.length != m) {
-            revert ModelCountMismatch(submittedCount, m);
-        }
+        if (openings.length != m * OPENING_BYTES) revert OpeningsLength(m * OPENING_BYTES, openings.length);
         if (keccak256(abi.encodePacked(models)) != modelListHash) revert ModelListMismatch();
         if (ranking.length > topK) revert RankingTooLong(topK, ranking.length);
 
@@ -438,15 +455,19 @@ contract DiscoFLTask {
         bytes32 acc = bytes32(uint256(round));
         uint256 opened = 0;
         for (uint256 i = 0; i < m; ) {
-            address who = submitters[i];
-            uint256 p = positions[i];
-            bytes32 c;
-            if (p == NOT_OPENED) {
-                c = openings[i];
-            } else {
+            address who;
+            uint256 p;
+            bytes32 c; // the salt, or the raw commitment
+            assembly ("memory-safe") {
+                let at := add(openings.offset, mul(i, 54)) // OPENING_BYTES
+                who := shr(96, calldataload(at))
+                p := shr(240, calldataload(add(at, 20)))
+                c := calldataload(add(at, 22))
+            }
+            if (p != NOT_OPENED) {
                 if (p >= n || owners[p] != address(0)) revert BadReveal(i);
                 owners[p] = who;
-                c = _commitment(round, who, models[p], openings[i]);
+                c = _commitment(round, who, models[p], c);
                 unchecked {
                     ++opened;
                 }
@@ -497,9 +518,15 @@ contract DiscoFLTask {
 
     // ------------------------------------------------------------------ money
 
-    /// @notice Pays the caller its credit and, once the task was abandoned, its share
-    ///         (if it committed a model; once).
+    /// @notice Pays the caller its credit and, where the rest was shared equally (an
+    ///         abandoned task, or a close after rounds that paid nobody), its share (if
+    ///         it committed a model; once). Only once the task has ended (closed or
+    ///         abandoned): until then a credit is what the rounds awarded, which the
+    ///         close shares the unpaid rest by. Nothing is stuck: anyone may close a
+    ///         finished task, or end a stalled one, after the grace period.
     function withdraw() external {
+        Phase p = phase;
+        if (p != Phase.Closed && p != Phase.Abandoned) revert WrongPhase(Phase.Closed, p);
         Worker storage w = workers[msg.sender];
         uint256 amount = w.credit;
         if (w.submittedRound != 0 && !w.shareClaimed && participantShare != 0) {
@@ -516,13 +543,21 @@ contract DiscoFLTask {
 
     /// @notice Ends the task: before training starts (a cancellation: the whole deposit
     ///         goes back to the requester) or after the last round. Then what the rounds
-    ///         left unpaid (an empty ranking, explicit amounts below the pot) is shared
-    ///         equally by the participants, as on abandonment: the requester decides
-    ///         what is left unpaid, so it must not get it back. Only the rounding
-    ///         remainder (or everything, if nobody took part) is refunded. Only the
-    ///         requester may cancel; anyone may close a finished task once its grace
-    ///         period is over.
-    function closeTask() external {
+    ///         left unpaid (the rest: explicit amounts below the pot, a policy's quality
+    ///         floor, an empty ranking) is shared by what the rounds paid: each worker
+    ///         the rounds credited gets floor(rest * credit / totalCredited), so a
+    ///         worker that no round paid gets nothing from it either. If no round paid
+    ///         anybody, the rest is shared equally by the participants (the workers that
+    ///         committed a model). The requester decides what is left unpaid, so it
+    ///         must not get it back: it is refunded only the rounding remainder (fewer
+    ///         wei than the workers sharing), or everything if nobody took part. Only
+    ///         the requester may cancel; anyone may close a finished task once its
+    ///         grace period is over.
+    /// @param earners every worker with a credit, in ascending address order (anyone
+    ///        rebuilds it from the RoundSettled events; no withdrawal happens before the
+    ///        end, so credits are the rounds' awards). The contract checks that the
+    ///        credits of the listed workers add up to totalCredited, so none is left out.
+    function closeTask(address[] calldata earners) external {
         Phase p = phase;
         if (p != Phase.Registration && p != Phase.Finished) revert WrongPhase(Phase.Finished, p);
         if (msg.sender != requester) {
@@ -531,12 +566,38 @@ contract DiscoFLTask {
             if (block.timestamp <= until) revert GracePeriodNotOver(until);
         }
         phase = Phase.Closed;
-        uint256 rest = deposit - totalCredited;
-        uint256 n = p == Phase.Finished ? participantCount : 0;
-        uint256 share = n == 0 ? 0 : rest / n;
-        participantShare = share;
-        totalCredited += uint96(share * n);
-        uint256 refund = rest - share * n;
+        uint256 earned = totalCredited;
+        uint256 rest = deposit - earned;
+        uint256 paid = 0;
+        uint256 n = 0;
+        uint256 share = 0;
+        if (earned != 0) {
+            uint256 sum = 0;
+            address prev = address(0);
+            for (uint256 i = 0; i < earners.length; i++) {
+                address who = earners[i];
+                if (who <= prev) revert BadEarners(i);
+                prev = who;
+                Worker storage w = workers[who];
+                uint256 c = w.credit;
+                sum += c;
+                uint256 s = (rest * c) / earned; // rest, c < 2^96: no overflow
+                if (s != 0) {
+                    w.credit = uint96(c + s);
+                    paid += s;
+                    emit CloseShareCredited(who, s);
+                }
+            }
+            if (sum != earned) revert BadEarners(earners.length);
+        } else {
+            if (earners.length != 0) revert BadEarners(0);
+            n = p == Phase.Finished ? participantCount : 0;
+            share = n == 0 ? 0 : rest / n;
+            participantShare = share;
+            paid = share * n;
+        }
+        totalCredited = uint96(earned + paid);
+        uint256 refund = rest - paid;
         refunded = refund;
         emit TaskClosed(refund, uint32(n), share);
         if (refund != 0) {
@@ -580,7 +641,8 @@ contract DiscoFLTask {
         return uint256(p == Phase.Evaluation ? revealDeadline : deadline) + gracePeriod;
     }
 
-    /// @notice What withdraw() would pay `who` now.
+    /// @notice What withdraw() pays `who` once the task has ended (before that, what
+    ///         the rounds credited it so far).
     function withdrawable(address who) external view returns (uint256) {
         Worker storage w = workers[who];
         uint256 amount = w.credit;

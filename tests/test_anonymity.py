@@ -245,7 +245,7 @@ async def _observe(ws_url: str, contract: str) -> tuple[dict, dict, dict]:
                 rows[(ev.args["round"], ev.args["evaluator"])] = decode_scores(bytes(ev.args["scores"]))
             elif ev.name == "RoundSettled":
                 tx = await w3.eth.get_transaction(ev.tx_hash)  # type: ignore[arg-type]
-                _, args = c.contract.decode_function_input(tx["input"])
+                args = c.settlement_args(tx["input"])
                 for who, pos in zip(args["submitters"], args["positions"]):
                     if pos != NOT_OPENED:
                         truth[(ev.args["round"], who)] = pos

@@ -230,9 +230,9 @@ def test_a_requester_that_withholds_every_model_keeps_nothing_and_the_audit_prov
             await req.open_evaluation(1, [])
             for w, s in zip(task.workers, subs, strict=True):
                 await w.dispute_exclusion(1, s.digest, s.salt)
-            await advance_time(w3, 2 * p.evaluation_period_s + 1)  # nobody scores: past the reveal deadline
+            await advance_time(w3, p.evaluation_period_s + p.reveal_period_s + 1)  # nobody scores: past it all
             await req.settle_round(1, [], *reveal(req.address, 1, [replace(s, salt=None) for s in subs], []), [])
-            closed = (await req.close_task()).events[0]
+            closed = (await req.close_task()).events[-1]
             paid = {w.account.address: (await w.withdraw()).events[0].args["amount"] for w in task.workers}
             return req.address, paid, closed.args["refund"]
         finally:
@@ -315,3 +315,46 @@ def test_the_audit_checks_the_amounts_of_an_explicit_policy_through_settle(anvil
     for dishonest in (False, True):
         task = run(audit_task(anvil.ws_url, play(dishonest), policy="proportional"))
         assert task.rule == "EXPLICIT" and task.ok is (not dishonest)
+
+
+def test_the_audit_checks_the_close_shares_the_unpaid_rest_by_the_rounds_pay(anvil):
+    """Round 1 is settled honestly (Top-K pays 4/6, 2/6 and 0 of its pot); round 2
+    publishes nothing and pays nobody (no worker disputes, so nothing is withheld). The
+    close shares round 2's pot by round 1's pay, and the audit recomputes exactly that
+    with `close_shares`; a close that paid anything else would fail it."""
+    from dataclasses import replace as replace_dc
+
+    from discofl_p2p.chain.devchain import advance_time
+    from discofl_p2p.trust.settlement import close_shares
+
+    deposit = 10**18 + 1
+
+    async def go() -> str:
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = TaskParams(rounds=2, top_k=3, max_workers=4, deposit_wei=deposit)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=94)
+            req = task.requester
+            subs = await commit_all(task, 1, random.Random(1))
+            digests = [s.digest for s in subs]
+            await req.open_evaluation(1, digests)
+            await score_all(task.workers, 1, [encode_scores([(j + 1) / 5 for j in range(4)]) for _ in range(4)])
+            await req.settle_round(1, digests, *reveal(req.address, 1, subs, digests), [3, 2, 1])
+            subs = await commit_all(task, 2, random.Random(2))
+            await req.open_evaluation(2, [])
+            await advance_time(w3, p.evaluation_period_s + p.reveal_period_s + 1)
+            await req.settle_round(2, [], *reveal(req.address, 2, [replace(s, salt=None) for s in subs], []), [])
+            await req.close_task()
+            return req.address
+        finally:
+            await w3.provider.disconnect()
+
+    task = run(audit_task(anvil.ws_url, run(go())))
+    assert [a.ok for a in task.rounds] == [True, True] and task.rounds[1].unpaid == deposit - deposit // 2
+    first = task.rounds[0]
+    earned = dict(zip(first.paid_ranking, first.paid_rewards))
+    expected = close_shares(deposit - deposit // 2, earned, list(earned))
+    assert task.close_expected == expected and len(expected.shares) == 2  # the worker ranked 3rd earned 0
+    assert task.close_paid == expected.shares and task.refund == expected.refund and task.ok
+    tampered = replace_dc(task, close_paid={w: v + 1 for w, v in task.close_paid.items()})
+    assert not tampered.close_ok and not tampered.ok

@@ -20,12 +20,15 @@ from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, 
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
 from discofl_p2p.chain.encoding import (
     NOT_OPENED,
+    OPENING_BYTES,
     Submission,
     commitment,
     decode_scores,
     encode_scores,
+    pack_openings,
     reveal,
     score_commitment,
+    unpack_openings,
 )
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import (
@@ -226,6 +229,8 @@ def test_event_stream_delivers_every_event_in_order(anvil):
         (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
         (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
         (dict(evaluation_period_s=2**64 - 1), "InvalidPeriod"),
+        (dict(reveal_period_s=0), "InvalidPeriod"),
+        (dict(reveal_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
     ],
 )
 def test_invalid_deployment_reverts_with_named_error(anvil, kw, error):
@@ -255,6 +260,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 deposit_wei=MAX_DEPOSIT_WEI,
                 submission_period_s=MAX_PERIOD_S,
                 evaluation_period_s=MAX_PERIOD_S,
+                reveal_period_s=MAX_PERIOD_S,
                 grace_period_s=MAX_PERIOD_S,
             )
             client, _ = await TaskClient.deploy(w3, acct, at_limit, ws_url=anvil.ws_url)
@@ -263,7 +269,9 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
             assert await client.view("MAX_PERIOD") == MAX_PERIOD_S
             assert await client.view("MIN_GRACE_PERIOD") == MIN_GRACE_PERIOD_S
             assert await client.view("NOT_OPENED") == NOT_OPENED
+            assert await client.view("OPENING_BYTES") == OPENING_BYTES
             assert await client.view("rounds") == MAX_ROUNDS
+            assert await client.view("revealPeriod") == MAX_PERIOD_S
             st = await client.state()
             assert st.deposit == st.held == MAX_DEPOSIT_WEI
             for kw, error in [
@@ -272,6 +280,7 @@ def test_limits_py_equals_the_deployed_contract_and_each_limit_is_the_exact_boun
                 (dict(max_workers=MAX_WORKERS + 1), "InvalidMaxWorkers"),
                 (dict(submission_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
                 (dict(evaluation_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
+                (dict(reveal_period_s=MAX_PERIOD_S + 1), "InvalidPeriod"),
                 (dict(grace_period_s=MAX_PERIOD_S + 1), "InvalidGracePeriod"),
                 (dict(grace_period_s=MIN_GRACE_PERIOD_S - 1), "InvalidGracePeriod"),
             ]:
@@ -310,6 +319,9 @@ def test_largest_deposit_and_longest_periods_run_a_whole_task(anvil):
             st = await req.state()
             assert st.phase == Phase.FINISHED and st.total_credited == MAX_DEPOSIT_WEI
             assert await req.credit_of(w.account.address) == MAX_DEPOSIT_WEI
+            with _reverts("WrongPhase"):  # credits are paid once the task has ended
+                await w.withdraw()
+            await req.close_task()
             res = await w.withdraw()
             assert res.events[0].args["amount"] == MAX_DEPOSIT_WEI
             assert (await req.state()).held == 0
@@ -379,6 +391,7 @@ def test_withdraw_to_a_worker_that_rejects_eth_reverts_transfer_failed_and_keeps
             sub = [Submission(worker_addr, c, digest, salt)]
             await req.settle_round(1, [digest], *reveal(req.address, 1, sub, [digest]), [0])
             assert await req.credit_of(worker_addr) == p.deposit_wei
+            await req.close_task()
 
             with _reverts("TransferFailed"):
                 await as_worker("withdraw")
@@ -499,11 +512,13 @@ def test_access_rules(anvil):
                 await req.settle_round(1, [digest], *args, [0])
             with _reverts("GracePeriodNotOver"):
                 await w1.close_task()  # a finished task: anyone may close it, after the grace period
-            with _reverts("NothingToWithdraw"):
-                await w2.withdraw()
+            with _reverts("WrongPhase"):
+                await w1.withdraw()  # credits are paid once the task has ended
             await req.close_task()
             with _reverts("WrongPhase"):
                 await req.close_task()
+            with _reverts("NothingToWithdraw"):
+                await w2.withdraw()
             st = await req.state()
             assert st.phase == Phase.CLOSED
             assert st.refunded == 0 and st.total_credited == p.deposit_wei  # w1 took the whole pot
@@ -564,6 +579,24 @@ def test_chain_holds_no_link_between_worker_and_model_during_evaluation(anvil):
     run(go())
 
 
+def test_packed_openings_round_trip_and_refuse_what_does_not_fit():
+    """settleRound's `openings`: 54 bytes per submitter (address, position, salt or raw
+    commitment), read back exactly as the audit reads them."""
+    rng = random.Random(5)
+    submitters = [derive_account(5, f"w{i}").address for i in range(3)]
+    positions, openings = [2, NOT_OPENED, 0], [rng.randbytes(32) for _ in range(3)]
+    packed = pack_openings(submitters, positions, openings)
+    assert (
+        len(packed) == 3 * OPENING_BYTES and packed[20:22] == b"\x00\x02" and packed[54 + 20 : 54 + 22] == b"\xff\xff"
+    )
+    assert unpack_openings(packed) == (submitters, positions, openings)
+    for bad in ((submitters, positions, openings[:2]), (submitters, [0x10000, 0, 1], openings)):
+        with pytest.raises(ValueError):
+            pack_openings(*bad)
+    with pytest.raises(ValueError, match="multiple of 54"):
+        unpack_openings(packed[:-1])
+
+
 def test_wrong_reveals_are_rejected(anvil):
     async def go():
         w3 = await connect(anvil.ws_url)
@@ -593,6 +626,8 @@ def test_wrong_reveals_are_rejected(anvil):
             tampered[0] = bytes(32)
             with _reverts("ModelListMismatch"):
                 await req.settle_round(1, tampered, submitters, positions, openings, [0])
+            with _reverts("OpeningsLength"):  # a submitter left out of the packed openings
+                await req.settle_round(1, models, submitters[:2], positions[:2], openings[:2], [0])
             # Excluding a submission without removing its model from the list fails too.
             excl = list(positions)
             excl[0] = NOT_OPENED
@@ -723,7 +758,7 @@ def test_scores_stay_hidden_until_commits_close_and_an_unrevealed_row_waits_only
                 await req.settle_round(1, models, *args, [0])  # w2 committed and may still reveal
             st = await req.state()
             assert (st.scored_count, st.revealed_count) == (2, 1)
-            await advance_time(w3, p.evaluation_period_s + 1)  # past the reveal deadline
+            await advance_time(w3, p.reveal_period_s + 1)  # past the reveal deadline
             with _reverts("DeadlinePassed"):
                 await w2.reveal_scores(1, rows[w2], salts[w2])
             await req.settle_round(1, models, *args, [0])

@@ -16,7 +16,7 @@ from discofl_p2p.agents.watchdog import watch_for_abandonment
 from discofl_p2p.chain.anvil import Anvil
 from discofl_p2p.chain.client import Phase, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, ensure_time_past, fund
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores
+from discofl_p2p.chain.encoding import Submission, commitment, earners_in_order, encode_scores, pack_openings
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.chain.limits import (
     DEFAULT_GRACE_PERIOD_S,
@@ -29,6 +29,7 @@ from discofl_p2p.chain.limits import (
     MIN_GRACE_PERIOD_S,
 )
 from discofl_p2p.chain.scripted import deploy_and_register, play_round, settle_at_scale
+from discofl_p2p.trust.settlement import close_shares
 from tests.conftest import run
 
 GRACE = MIN_GRACE_PERIOD_S
@@ -163,7 +164,7 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            p = _params(rounds=3, top_k=1)
+            p = _params(rounds=3, top_k=1, reveal_period_s=2 * PERIOD)  # a reveal period of its own
             task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=302)
             req, (w1, w2, w3_) = task.requester, task.workers
             everyone = [req.account.address] + [w.account.address for w in task.workers]
@@ -179,7 +180,7 @@ def test_requester_stalls_in_evaluation_then_earlier_credits_and_shares_are_paid
             await w1.commit_scores(2, encode_scores([0.5, 0.5]), bytes(32))
             st = await req.state()
             # The grace period runs from the reveal deadline: until then the round may still settle.
-            assert st.reveal_deadline == st.deadline + PERIOD
+            assert st.reveal_deadline == st.deadline + 2 * PERIOD
             assert await req.view("graceEnd") == st.reveal_deadline + GRACE
             await ensure_time_past(w3, st.reveal_deadline + GRACE - MARGIN)
             with _reverts("GracePeriodNotOver"):
@@ -228,16 +229,22 @@ def test_nobody_took_part_so_the_requester_gets_the_deposit_back_as_credit(anvil
 
 
 def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_grace(anvil):
+    """Round 1 pays two of three workers (Top-K 2/3 and 1/3; the third, ranked last,
+    gets 0), round 2 ranks nobody. After the grace period an outsider closes the task:
+    round 2's pot goes to the two workers in proportion to what round 1 paid them,
+    none to the worker the rounds paid nothing, and none back to the requester but the
+    rounding remainder (`trust.settlement.close_shares`, checked here by hand too)."""
+
     async def go():
         w3 = await connect(anvil.ws_url)
         try:
-            p = _params(rounds=2, top_k=2)
+            p = _params(rounds=2, top_k=3)
             task = await deploy_and_register(w3, anvil.ws_url, p, 3, seed=304)
             req, (w1, *_) = task.requester, task.workers
             outsider = await _outsider(w3, task.requester, 304)
             everyone = [req.account.address, outsider.account.address] + [w.account.address for w in task.workers]
             rng = random.Random(4)
-            await play_round(task, 1, rng, lambda n: [1])
+            await play_round(task, 1, rng, lambda n: [1, 0, 2])
             res = await play_round(task, 2, rng, lambda n: [])  # ranks nobody: its pot is left over
             assert res["settleRound"] > 0
             st = await req.state()
@@ -245,8 +252,10 @@ def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_
             finished_at = (await w3.eth.get_block("latest"))["timestamp"]
             assert await req.view("graceEnd") == finished_at + GRACE
             credits = {w.account.address: await req.credit_of(w.account.address) for w in task.workers}
+            pot1 = p.deposit_wei // 2
+            assert sorted(credits.values()) == [0, pot1 * 2 // 6, pot1 - pot1 * 2 // 6]
             leftover = p.deposit_wei - st.total_credited
-            assert leftover == p.deposit_wei - p.deposit_wei // 2
+            assert leftover == p.deposit_wei - pot1
 
             with _reverts("GracePeriodNotOver"):
                 await outsider.close_task()
@@ -255,25 +264,43 @@ def test_finished_task_the_requester_never_closes_is_closed_by_anyone_after_the_
                 await w1.close_task()
             with _reverts("WrongPhase"):
                 await outsider.end_abandoned_task()  # every round was settled: nothing to share
+            with _reverts("WrongPhase"):
+                await w1.withdraw()  # credits are paid once the task has ended
             await ensure_time_past(w3, finished_at + GRACE)
             with _reverts("WrongPhase"):
                 await outsider.end_abandoned_task()
+            earners = earners_in_order(credits)
+            assert len(earners) == 2
+            with _reverts("BadEarners"):
+                await outsider.close_task(earners[:1])  # an earner left out
+            with _reverts("BadEarners"):
+                await outsider.close_task(earners[::-1])  # not ascending
+            with _reverts("BadEarners"):
+                await outsider.close_task([earners[0], earners[0], earners[1]])  # a repeat
             before = await w3.eth.get_balance(req.account.address)
-            res = await outsider.close_task()
-            # Round 2's unpaid pot does not go back to the requester: the three workers
-            # that took part share it; only the rounding remainder is refunded.
-            share, refund = leftover // 3, leftover % 3
-            (closed,) = res.events
-            assert closed.name == "TaskClosed"
-            assert (closed.args["refund"], closed.args["participants"], closed.args["share"]) == (refund, 3, share)
-            assert await w3.eth.get_balance(req.account.address) - before == refund  # outsider paid the gas
+            res = await outsider.close_task()  # the client rebuilds the list from RoundSettled
+            # Round 2's unpaid pot does not go back to the requester: the workers share it
+            # by what round 1 paid them; only the rounding remainder is refunded.
+            split = close_shares(leftover, credits, list(credits))
+            by_hand = {a: leftover * c // pot1 for a, c in credits.items() if c}
+            assert split.shares == by_hand and split.refund == leftover - sum(by_hand.values()) < 2
+            *shared, closed = res.events
+            assert {e.args["worker"]: e.args["amount"] for e in shared} == split.shares
+            assert all(e.name == "CloseShareCredited" for e in shared) and closed.name == "TaskClosed"
+            assert (closed.args["refund"], closed.args["participants"], closed.args["share"]) == (split.refund, 0, 0)
+            assert await w3.eth.get_balance(req.account.address) - before == split.refund  # outsider paid the gas
             st = await req.state()
-            assert (st.phase, st.refunded) == (Phase.CLOSED, refund)
+            assert (st.phase, st.refunded) == (Phase.CLOSED, split.refund)
             await _conserved(req, everyone)
             for w in task.workers:  # each worker: what the rounds credited it, plus its share
                 a = w.account.address
-                assert await req.withdrawable_of(a) == credits[a] + share
-                await _withdraw_exactly(w3, w, credits[a] + share)
+                due = credits[a] + split.shares.get(a, 0)
+                assert await req.withdrawable_of(a) == due
+                if due:
+                    await _withdraw_exactly(w3, w, due)
+                else:  # ranked last in round 1: the rounds paid it nothing, and so does the close
+                    with _reverts("NothingToWithdraw"):
+                        await w.withdraw()
             with _reverts("NothingToWithdraw"):
                 await outsider.withdraw()
             assert (await req.state()).held == 0
@@ -415,10 +442,10 @@ def _settle_calldata(workers: int, ranked: int) -> bytes:
     models = [rng.randbytes(32) for _ in range(workers)]
     submitters = ["0x" + rng.randbytes(20).hex() for _ in range(workers)]
     positions = list(range(workers))
-    openings = [rng.randbytes(32) for _ in range(workers)]
+    openings = pack_openings(submitters, positions, [rng.randbytes(32) for _ in range(workers)])
     args = encode(
-        ["uint32", "bytes32[]", "address[]", "uint16[]", "bytes32[]", "uint16[]", "uint256[]"],
-        [1, models, submitters, positions, openings, list(range(ranked)), [10**18] * ranked],
+        ["uint32", "bytes32[]", "bytes", "uint16[]", "uint256[]"],
+        [1, models, openings, list(range(ranked)), [10**18] * ranked],
     )
     return b"\x00" * 4 + args
 
@@ -426,7 +453,8 @@ def _settle_calldata(workers: int, ranked: int) -> bytes:
 def test_max_workers_settle_calldata_fits_the_transaction_size_limit():
     # The worst case: every submitter opened, the longest ranking, explicit amounts.
     data = _settle_calldata(MAX_WORKERS, MAX_TOP_K)
-    assert len(data) == 4 + 7 * 32 + 6 * 32 + 4 * 32 * MAX_WORKERS + 2 * 32 * MAX_TOP_K
+    # Heads, lengths, a digest and a 54-byte opening per submitter (54 x 768 fills whole words).
+    assert len(data) == 4 + 5 * 32 + 4 * 32 + (32 + 54) * MAX_WORKERS + 2 * 32 * MAX_TOP_K
     assert len(data) + 200 <= 0.8 * MAX_TX_CALLDATA_BYTES  # 200: the signed envelope; a 20 % margin
     # EIP-7623's floor price of that calldata alone stays far below the per-transaction cap.
     tokens = sum(4 if b else 1 for b in data)
@@ -441,7 +469,7 @@ def test_settle_gas_grows_linearly_and_fits_the_gas_cap_at_max_workers(anvil):
             (g10, b10), (g40, b40) = [await settle_at_scale(w3, anvil.ws_url, w, seed=320 + w) for w in (10, 40)]
             slope = (g40 - g10) / 30
             assert 2_000 < slope < 5_000, slope
-            assert (b40 - b10) == 30 * 4 * 32
+            assert (b40 - b10) == 30 * 32 + 32 * (-(-54 * 40 // 32) + (-54 * 10 // 32))  # digests, padded openings
             assert g10 + slope * (MAX_WORKERS - 10) < MAX_TX_GAS / 4
         finally:
             await w3.provider.disconnect()
@@ -522,6 +550,37 @@ def test_a_workers_watchdog_ends_a_task_whose_requester_stalls(anvil):
             assert (await w3.eth.get_transaction(ended.tx_hash))["from"] == w1.account.address  # type: ignore[arg-type]
             assert (await req.state()).phase == Phase.ABANDONED
             assert await watch_for_abandonment(w2, poll_s=0.1) is False
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_a_workers_watchdog_closes_a_finished_task_the_requester_leaves_open(anvil):
+    """Credits are paid only once the task has ended, so a requester that never closes
+    must not lock them: after the grace period a worker's watchdog closes the task
+    itself (sharing the unpaid rest as the requester would have), and then withdraws."""
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(rounds=1, top_k=2), 3, seed=311)
+            req, (w1, *_) = task.requester, task.workers
+            await play_round(task, 1, random.Random(11), lambda n: [0])
+            assert (await req.state()).phase == Phase.FINISHED
+            watch = asyncio.create_task(watch_for_abandonment(w1, poll_s=0.1))
+            grace_end = await req.view("graceEnd")
+            await ensure_time_past(w3, grace_end - MARGIN)
+            await asyncio.sleep(0.5)  # several polls
+            assert not watch.done() and (await req.state()).phase == Phase.FINISHED
+            await ensure_time_past(w3, grace_end)
+            assert await asyncio.wait_for(watch, 30) is True
+            (closed,) = [e for e in await req.past_events() if e.name == "TaskClosed"]
+            assert (await w3.eth.get_transaction(closed.tx_hash))["from"] == w1.account.address  # type: ignore[arg-type]
+            assert (await req.state()).phase == Phase.CLOSED and closed.args["refund"] == 0
+            paid = [w for w in task.workers if await req.withdrawable_of(w.account.address)]
+            assert len(paid) == 1  # round 1 paid one worker its whole pot: nothing was left to share
+            await _withdraw_exactly(w3, paid[0], _params().deposit_wei)
         finally:
             await w3.provider.disconnect()
 

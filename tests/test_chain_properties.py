@@ -49,6 +49,7 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
             deposit_wei=10**18 + seed,
             submission_period_s=100,
             evaluation_period_s=100,
+            reveal_period_s=100,
             grace_period_s=MIN_GRACE_PERIOD_S,
         )
         task = await deploy_and_register(w3, ws_url, p, N_ACTORS - 1, seed=1000 + seed, register=False, start=False)
@@ -126,7 +127,10 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     for a in took_part:
                         awarded[a] += ev.args["share"]
                     awarded[req.account.address] += ev.args["requesterCredit"]
-                elif ev.name == "TaskClosed":  # what the rounds left unpaid, shared by the participants
+                elif ev.name == "CloseShareCredited":  # the unpaid rest, by what the rounds paid
+                    assert awarded[ev.args["worker"]] > 0
+                    awarded[ev.args["worker"]] += ev.args["amount"]
+                elif ev.name == "TaskClosed":  # or, if no round paid anybody, by the participants
                     assert ev.args["participants"] == len(took_part) or ev.args["share"] == 0
                     for a in took_part if ev.args["participants"] else ():
                         awarded[a] += ev.args["share"]

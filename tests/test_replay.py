@@ -108,6 +108,7 @@ def test_two_runs_of_one_scenario_give_the_same_scores_contributions_rankings_an
     plain = run_plain(parse_scenario(text))
     assert _learning(plain.rounds) == _learning(a.rounds)
     assert plain.final_accuracy == a.final_accuracy
+    assert plain.rewards_wei == a.rewards_wei and plain.refunded_wei == a.refunded_wei
 
 
 @pytest.mark.slow
@@ -120,6 +121,8 @@ def test_the_plain_loop_equals_the_full_stack_with_adversaries(anvil):
     assert _learning(plain.rounds) == _learning(full.rounds)
     assert plain.final_accuracy == full.final_accuracy
     assert sum(plain.rounds[3].rewards_wei.values()) == sum(full.rounds[3].rewards_wei.values()) > 0
+    # The close too: each worker's total (rounds + its share of the unpaid rest) and the refund.
+    assert plain.rewards_wei == full.rewards_wei and plain.refunded_wei == full.refunded_wei
     # Not vacuous: the free rider's copy was excluded from round 2 on, the ring scored
     # its own models 1.0.
     assert "replays" in full.rounds[2].excluded["rider-1"]

@@ -309,11 +309,19 @@ def test_deposit_up_to_what_uint96_wei_holds():
     assert (e.key, e.line) == ("task.deposit_eth", 4) and str(MAX_DEPOSIT_WEI) in e.message
 
 
-@pytest.mark.parametrize("key", ["submission_timeout_s", "evaluation_timeout_s"])
+def test_the_reveal_period_is_its_own_and_as_long_as_evaluation_when_unset():
+    assert parse_scenario(_set("task", "evaluation_timeout_s = 45")).task.reveal_timeout_s == 45
+    both = parse_scenario(_set("task", "evaluation_timeout_s = 45\nreveal_timeout_s = 7")).task
+    assert (both.evaluation_timeout_s, both.reveal_timeout_s) == (45, 7)
+
+
+@pytest.mark.parametrize("key", ["submission_timeout_s", "evaluation_timeout_s", "reveal_timeout_s"])
 def test_periods_up_to_the_contract_limit(key):
     assert getattr(parse_scenario(_set("task", f"{key} = {MAX_PERIOD_S}")).task, key) == MAX_PERIOD_S
     e = _error(_set("task", f"{key} = {MAX_PERIOD_S + 1}"))
     assert (e.key, e.line) == (f"task.{key}", 2) and "MAX_PERIOD" in e.message
+    e = _error(_set("task", f"{key} = 0"))
+    assert (e.key, e.line) == (f"task.{key}", 2) and "must be >= 1" in e.message
 
 
 def test_workers_up_to_the_contract_limit():

@@ -17,7 +17,7 @@ from discofl_p2p.trust.rewards import (
     proportional_rewards,
     top_k_rewards,
 )
-from discofl_p2p.trust.settlement import settle
+from discofl_p2p.trust.settlement import close_shares, settle
 
 # ---------------------------------------------------------------- paper schedule
 
@@ -207,3 +207,52 @@ def test_settle_ranks_only_published_workers_and_breaks_ties_in_roster_order():
                           bonus=0.5)  # fmt: skip
     # weights 0.9 x (1 + 0.5 x 2) and 0.9: two thirds and one third, the wei left over to b
     assert ranked == ["b", "c"] and paid == {"a": 0, "b": 667, "c": 333, "d": 0}
+
+
+# ---------------------------------------------------------------- the close
+
+
+def test_close_shares_the_rest_by_what_the_rounds_paid_exactly():
+    """rest 100 wei, earned 3:2:0 -> floor(100*3/5) = 60, floor(100*2/5) = 40; the
+    worker the rounds paid nothing gets nothing (not even a participant's share)."""
+    split = close_shares(100, {"a": 3, "b": 2, "ring": 0}, ["a", "b", "ring"])
+    assert (split.shares, split.refund) == ({"a": 60, "b": 40}, 0)
+
+
+def test_close_refunds_only_the_rounding_remainder():
+    # 10 * 1/3 = 3.33 each: floors 3, 3, 3, and 1 wei (fewer than the 3 earners) refunded.
+    split = close_shares(10, {"a": 7, "b": 7, "c": 7}, ["a", "b", "c"])
+    assert (split.shares, split.refund) == ({"a": 3, "b": 3, "c": 3}, 1)
+    # 2 wei by 1:2 -> floor(2/3) = 0 is left out, floor(4/3) = 1; 1 wei refunded.
+    split = close_shares(2, {"a": 1, "b": 2}, ["a", "b"])
+    assert (split.shares, split.refund) == ({"b": 1}, 1)
+
+
+def test_close_shares_equally_only_when_no_round_paid_anybody():
+    split = close_shares(10 * 10**18 + 1, {"a": 0, "b": 0}, ["a", "b", "c"])
+    assert split.shares == dict.fromkeys("abc", (10 * 10**18 + 1) // 3) and split.refund == 2
+    # Nobody took part: everything back to the requester.
+    assert close_shares(5, {}, []) == close_shares(5, {"a": 0}, []) and close_shares(5, {}, []).refund == 5
+    # Nothing left: nothing shared.
+    assert close_shares(0, {"a": 5}, ["a"]).shares == {} and close_shares(0, {}, ["a"]).refund == 0
+
+
+@given(
+    rest=st.integers(0, 2**96),
+    earned=st.lists(st.integers(0, 2**96), min_size=0, max_size=12),
+    participants=st.integers(0, 12),
+)
+def test_close_pays_out_the_rest_exactly_and_proportionally(rest, earned, participants):
+    """Shares plus refund is the rest, to the wei; the refund is fewer wei than the
+    workers sharing (or all of it when nobody shares); each share is within one wei of
+    the exact proportion."""
+    e = {f"w{i}": v for i, v in enumerate(earned)}
+    people = [f"w{i}" for i in range(participants)]
+    split = close_shares(rest, e, people)
+    assert sum(split.shares.values()) + split.refund == rest and all(v > 0 for v in split.shares.values())
+    total = sum(e.values())
+    sharing = sum(1 for v in e.values() if v) if total else len(people)
+    assert split.refund < max(sharing, 1) or sharing == 0
+    for w, v in split.shares.items():
+        exact = Fraction(rest * e[w], total) if total else Fraction(rest, len(people))
+        assert exact - 1 < v <= exact

@@ -92,7 +92,7 @@ async def _salts_on_chain(anvil, outcome: RunOutcome) -> dict[tuple[int, str], b
         for ev in await c.past_events():
             if ev.name == "RoundSettled":
                 tx = await w3.eth.get_transaction(ev.tx_hash)  # type: ignore[arg-type]
-                _, args = c.contract.decode_function_input(tx["input"])
+                args = c.settlement_args(tx["input"])
                 for who, salt in zip(args["submitters"], args["openings"]):
                     out[(ev.args["round"], by_addr[who])] = bytes(salt)
         return out

@@ -72,6 +72,7 @@ class RequesterConfig:
     loyalty_bonus: float
     submission_timeout_s: int
     evaluation_timeout_s: int
+    reveal_timeout_s: int = 120  # the contract's revealPeriod
     registration_timeout_s: float = 60.0
     final_keep_ratio: float = 0.5  # the final model leaves out models with p < this x max p
     queue_size: int = 64  # items waiting for the state machine; its feeders wait beyond that
@@ -302,6 +303,7 @@ class RequesterAgent:
             initial_model=digest_of(w0_cid),
             submission_period_s=cfg.submission_timeout_s,
             evaluation_period_s=cfg.evaluation_timeout_s,
+            reveal_period_s=cfg.reveal_timeout_s,
             rule=rule,
             # Only the task's own workers may register: no Sybil can take a seat and
             # make every round wait for its deadlines.
@@ -691,7 +693,7 @@ class RequesterAgent:
             # never settles from the chain's counts alone (a row would be missing).
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             self.rounds[r].commits_total = await self.client.view("scoredCount")
-            self._spawn(self._timer(("reveal_deadline", r), self.cfg.evaluation_timeout_s + 1))
+            self._spawn(self._timer(("reveal_deadline", r), self.cfg.reveal_timeout_s + 1))
         elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
             await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)
@@ -879,7 +881,7 @@ class RequesterAgent:
                 evaluate_job, self.w0, final, *self.setup.test_set, "accuracy"
             )
         res = await self.client.close_task()
-        self.refund_wei = res.events[0].args["refund"]
+        self.refund_wei = res.events[-1].args["refund"]  # TaskClosed, after the CloseShareCredited
         last = max(self.rounds, default=0)
         self._log("task_closed", last, refund=self.refund_wei, gas=res.gas_used, final_accuracy=self.final_accuracy)
         self.recorder.on_phase(self.cfg.rounds, "closed")

@@ -2,10 +2,12 @@
 shared by the workers instead of staying locked.
 
 The contract lets anyone call `endAbandonedTask()` once `graceEnd()` (a deadline plus
-the grace period) has passed in the submission or evaluation phase
-(docs/contract.md, *Liveness*). Nobody is paid to call it, so each worker watches for
-itself: `watch_for_abandonment` reads the chain's clock and `graceEnd()` every
-`poll_s` seconds and calls it once the grace period is over. The first caller wins;
+the grace period) has passed in the submission or evaluation phase, and `closeTask()`
+once it has passed after the last round (docs/contract.md, *Liveness*): credits are paid
+only once the task has ended, so a requester that never closes must not lock them.
+Nobody is paid to call either, so each worker watches for itself:
+`watch_for_abandonment` reads the chain's clock and `graceEnd()` every `poll_s`
+seconds and calls the one that applies once the grace period is over. The first caller wins;
 the others' calls revert and are ignored. The worker learns the outcome from the
 TaskAbandoned event like everyone else.
 """
@@ -34,16 +36,24 @@ def abandonable(phase: Phase, grace_end: int, chain_time: int) -> bool:
 
 
 async def watch_for_abandonment(client: TaskClient, *, poll_s: float = WATCHDOG_POLL_S, agent: str = "") -> bool:
-    """Until the task stops running: every `poll_s` seconds, ends it if its requester
-    stalled past the grace period. Returns True if this call ended it, False once the
-    task finished, closed or was ended by someone else."""
+    """Until the task ends: every `poll_s` seconds, ends it if its requester stalled
+    past the grace period (closes it, if finished). Returns True if this call ended it,
+    False once the task was closed or ended by someone else."""
     while True:
         phase = Phase(await client.view("phase"))
-        if phase not in (Phase.REGISTRATION, *_RUNNING):
+        if phase not in (Phase.REGISTRATION, Phase.FINISHED, *_RUNNING):
             return False
         grace_end = int(await client.view("graceEnd"))
         now = int((await client.w3.eth.get_block("latest"))["timestamp"])
-        if abandonable(phase, grace_end, now):
+        if grace_end != 0 and now > grace_end and phase == Phase.FINISHED:
+            try:
+                res = await client.close_task()
+            except ContractRevert as e:  # the requester (or another worker) closed it first
+                log.info("close_refused", agent=agent, error=e.name)
+            else:
+                log.warning("task_closed_for_requester", agent=agent, grace_end=grace_end, gas=res.gas_used)
+                return True
+        elif abandonable(phase, grace_end, now):
             try:
                 res = await client.end_abandoned_task()
             except ContractRevert as e:  # someone else was first, or the requester acted

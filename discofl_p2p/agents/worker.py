@@ -19,11 +19,12 @@ ScoresCommitted      once every worker committed its scores, or the evaluation
                      reveal its scores.
                      If its own model is not in the list, it posts its opening on-chain
                      (disputeExclusion), so that the exclusion can be checked.
-TrainingFinished     withdraw its credit.
-TaskAbandoned        (the requester stalled) withdraw its share, stop. Its own watchdog
-                     (`watchdog.py`) ends the task itself once the requester stalled
-                     past the grace period.
-TaskClosed           withdraw its share of what the rounds left unpaid (if any), stop.
+TaskAbandoned        (the requester stalled) withdraw its credit and share, stop. Its
+                     own watchdog (`watchdog.py`) ends the task itself once the
+                     requester stalled past the grace period (or closes a finished
+                     task the requester leaves open).
+TaskClosed           withdraw its credit and its share of what the rounds left unpaid
+                     (credits are paid only once the task has ended), stop.
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
@@ -274,14 +275,8 @@ class WorkerAgent:
                 late.cancel()  # the requester takes no more openings for the round
             if not self.behavior.stopped(a["round"]):
                 await self._evaluate(a["round"], list(a["models"]), a["deadline"], ev.block_number)
-        elif ev.name == "TrainingFinished":
+        elif ev.name in ("TaskAbandoned", "TaskClosed"):  # the end: collect credit and share, stop
             await self._withdraw()
-        elif ev.name == "TaskAbandoned":  # the requester stalled: collect the share, stop
-            await self._withdraw()
-            return False
-        elif ev.name == "TaskClosed":
-            if ev.args["share"]:
-                await self._withdraw()
             return False
         return True
 

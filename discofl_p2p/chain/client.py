@@ -43,7 +43,7 @@ from web3.exceptions import (
 from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.encoding import score_commitment
+from discofl_p2p.chain.encoding import earners_in_order, pack_openings, score_commitment, unpack_openings
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
@@ -115,6 +115,8 @@ class TaskParams:
     initial_model: bytes = bytes(32)
     submission_period_s: int = 3600
     evaluation_period_s: int = 3600
+    reveal_period_s: int = 3600
+    """How long after the evaluation deadline the round's scores may be revealed."""
     rule: RewardRule = RewardRule.TOP_K
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     allowlist_only: bool = False
@@ -136,6 +138,17 @@ class ChainEvent:
     block_number: int
     log_index: int
     tx_hash: str
+
+
+def awarded(events: Sequence[ChainEvent]) -> dict[str, int]:
+    """What the settled rounds paid each worker, from the RoundSettled events (the
+    credits closeTask shares the unpaid rest by)."""
+    out: dict[str, int] = {}
+    for e in events:
+        if e.name == "RoundSettled":
+            for who, amount in zip(e.args["rankedOwners"], e.args["rewards"], strict=True):
+                out[who] = out.get(who, 0) + amount
+    return out
 
 
 @dataclass(frozen=True)
@@ -354,6 +367,7 @@ class TaskClient:
             params.max_workers,
             params.submission_period_s,
             params.evaluation_period_s,
+            params.reveal_period_s,
             params.initial_model,
             int(params.rule),
             params.grace_period_s,
@@ -417,25 +431,36 @@ class TaskClient:
         ranking: Sequence[int],
         amounts: Sequence[int] = (),
     ) -> TxResult:
-        """See DiscoFLTask.settleRound; `encoding.reveal()` builds the middle three."""
+        """See DiscoFLTask.settleRound; `encoding.reveal()` builds the middle three,
+        which go packed into one `bytes` argument (`encoding.pack_openings`)."""
         return await self._call(
             "settleRound",
             round_,
             list(models),
-            list(submitters),
-            list(positions),
-            list(openings),
+            pack_openings(submitters, positions, openings),
             list(ranking),
             list(amounts),
         )
 
+    def settlement_args(self, tx_input: Any) -> dict[str, Any]:
+        """settleRound's arguments, read back from its transaction's input, with the
+        packed openings unpacked into `submitters`, `positions` and `openings` (what
+        the audit and the dashboard re-verify)."""
+        _, args = self.contract.decode_function_input(tx_input)
+        submitters, positions, openings = unpack_openings(bytes(args["openings"]))
+        return {**args, "submitters": submitters, "positions": positions, "openings": openings}
+
     async def withdraw(self) -> TxResult:
         return await self._call("withdraw")
 
-    async def close_task(self) -> TxResult:
+    async def close_task(self, earners: Sequence[str] | None = None) -> TxResult:
         """The requester closes (before training, or once finished); anyone may close a
-        finished task once its grace period is over (the refund still goes to the requester)."""
-        return await self._call("closeTask")
+        finished task once its grace period is over (the refund still goes to the
+        requester). `earners` (every worker with a credit, in ascending address order)
+        is rebuilt from the RoundSettled events when not given."""
+        if earners is None:
+            earners = earners_in_order(awarded(await self.past_events()))
+        return await self._call("closeTask", [AsyncWeb3.to_checksum_address(a) for a in earners])
 
     async def end_abandoned_task(self) -> TxResult:
         """Anyone ends a task whose requester stalled past a deadline plus the grace period:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_abi import encode
-from eth_utils import keccak, to_canonical_address
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 SCORE_SCALE = 10_000
 ABSTAIN = 0xFFFF
@@ -126,3 +126,40 @@ def reveal(
             positions.append(NOT_OPENED)
             openings.append(s.commitment)
     return submitters, positions, openings
+
+
+OPENING_BYTES = 54
+"""`OPENING_BYTES`: one submitter's record in settleRound's packed `openings`."""
+
+
+def pack_openings(submitters: Sequence[str], positions: Sequence[int], openings: Sequence[bytes]) -> bytes:
+    """settleRound's `openings` argument: per submitter, its address (20 bytes), its
+    model's position (2 bytes, big-endian; NOT_OPENED if excluded) and its salt or raw
+    commitment (32 bytes), concatenated in submission order."""
+    if not len(submitters) == len(positions) == len(openings):
+        raise ValueError("submitters, positions and openings differ in length")
+    out = bytearray()
+    for who, p, o in zip(submitters, positions, openings, strict=True):
+        if len(o) != 32 or not 0 <= p <= NOT_OPENED:
+            raise ValueError(f"bad opening for {who}: position {p}, {len(o)}-byte salt")
+        out += to_canonical_address(who) + p.to_bytes(2, "big") + o
+    return bytes(out)
+
+
+def unpack_openings(data: bytes) -> tuple[list[str], list[int], list[bytes]]:
+    """`pack_openings` reversed (from settleRound's calldata): submitters (checksummed),
+    positions, openings."""
+    if len(data) % OPENING_BYTES:
+        raise ValueError(f"packed openings of {len(data)} bytes: not a multiple of {OPENING_BYTES}")
+    recs = [data[i : i + OPENING_BYTES] for i in range(0, len(data), OPENING_BYTES)]
+    return (
+        [to_checksum_address(r[:20]) for r in recs],
+        [int.from_bytes(r[20:22], "big") for r in recs],
+        [bytes(r[22:]) for r in recs],
+    )
+
+
+def earners_in_order(earned: Mapping[str, int]) -> list[str]:
+    """closeTask's `earners` argument: every worker with a positive credit, by ascending
+    numeric address, as the contract checks them (strictly ascending: no repeats)."""
+    return sorted((w for w, e in earned.items() if e > 0), key=lambda a: int(a, 16))

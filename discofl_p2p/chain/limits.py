@@ -19,7 +19,8 @@ MAX_WORKERS = 768
 """`MAX_WORKERS`: the most workers a task can register. Chosen so that one settleRound
 transaction carries every submitter's opening: its calldata at this W (with the longest
 ranking) stays within 80 % of MAX_TX_CALLDATA_BYTES and its gas well below MAX_TX_GAS
-(docs/contract.md, *How many workers one settlement carries*)."""
+(docs/contract.md, *How many workers one settlement carries*). At 86 calldata bytes per
+submitter (its model's digest and its packed opening) it has room to spare."""
 
 MAX_TX_CALLDATA_BYTES = 128 * 1024
 """The largest transaction that geth's and reth's transaction pools accept by default

@@ -174,7 +174,7 @@ async def settle_at_scale(
     models = [d for d, _ in openings]
     rng.shuffle(models)
     await req.open_evaluation(1, models)
-    await advance_time(w3, 2 * params.evaluation_period_s + 1)  # past the reveal deadline
+    await advance_time(w3, params.evaluation_period_s + params.reveal_period_s + 1)  # past the reveal deadline
     res = await req.settle_round(1, models, *reveal(req.address, 1, subs, models), list(range(min(top_k, n_workers))))
     tx = await w3.eth.get_transaction(res.tx_hash)  # type: ignore[arg-type]
     return res.gas_used, len(tx["input"])

@@ -11,8 +11,9 @@ paid, through `trust.settlement.settle` under the task's reward policy (`--polic
 `--floor`, `--bonus` for an Explicit-rule task; Top-K is on the chain). It reports the
 submitters each round excluded, the excluded ones that posted a valid opening of a
 model nobody published (withheld: the audit fails), each round's unpaid pot, the
-rounds never settled and what the close shared out. Exit 0 when every round matches,
-1 when one does not.
+rounds never settled and what the close shared out, checked against the contract's
+rule (`trust.settlement.close_shares`: the unpaid rest in proportion to what the rounds
+paid). Exit 0 when every round and the close match, 1 when one does not.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from eth_typing import HexStr
 from rich.console import Console
 from rich.table import Table
 
-from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, connect
+from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, awarded, connect
 from discofl_p2p.chain.devchain import derive_account
 from discofl_p2p.chain.encoding import NOT_OPENED, commitment, decode_scores
 from discofl_p2p.scenario.config import ScenarioError, check_scoring_params
@@ -40,7 +41,7 @@ from discofl_p2p.trust.scoring import (
     honesty_record,
     make_scoring_rule,
 )
-from discofl_p2p.trust.settlement import RoundAudit, audit_round, streaks_after, tie_order
+from discofl_p2p.trust.settlement import CloseSplit, RoundAudit, audit_round, close_shares, streaks_after, tie_order
 
 
 @dataclass
@@ -55,10 +56,18 @@ class TaskAudit:
     closed: bool = False
     refund: int = 0
     participant_share: int = 0
+    close_paid: dict[str, int] = field(default_factory=dict)  # each worker's close share, as credited
+    close_expected: CloseSplit | None = None  # the close recomputed with `close_shares`
+
+    @property
+    def close_ok(self) -> bool:
+        """The close shared the unpaid rest by the contract's rule (or it is not closed)."""
+        e = self.close_expected
+        return e is None or (e.shares == self.close_paid and e.refund == self.refund)
 
     @property
     def ok(self) -> bool:
-        return all(a.ok for a in self.rounds)
+        return all(a.ok for a in self.rounds) and self.close_ok
 
 
 def _withheld(
@@ -110,13 +119,21 @@ async def audit_task(
         listed: set[bytes] = set()  # every digest published so far
         settled_rounds = {e.args["round"] for e in events if e.name == "RoundSettled"}
         out.unsettled = sorted({e.args["round"] for e in events if e.name == "RoundStarted"} - settled_rounds)
+        took_part = [e.args["worker"] for e in events if e.name == "ModelCommitted"]
         for e in events:
-            if e.name == "TaskClosed":
+            if e.name == "CloseShareCredited":
+                out.close_paid[e.args["worker"]] = e.args["amount"]
+            elif e.name == "TaskClosed":
                 out.closed, out.refund, out.participant_share = True, e.args["refund"], e.args["share"]
+                if e.args["share"]:
+                    out.close_paid = dict.fromkeys(dict.fromkeys(took_part), e.args["share"])
+        if out.closed and any(e.name == "TrainingFinished" for e in events):
+            earned = awarded(events)
+            out.close_expected = close_shares(deposit - sum(earned.values()), earned, list(dict.fromkeys(took_part)))
         for settled in (e for e in events if e.name == "RoundSettled"):
             r = settled.args["round"]
             tx = await w3.eth.get_transaction(HexStr(settled.tx_hash))
-            _, args = c.contract.decode_function_input(tx["input"])
+            args = c.settlement_args(tx["input"])
             owner_at = [""] * len(args["models"])
             excluded = set()
             for who, pos in zip(args["submitters"], args["positions"]):
@@ -187,10 +204,11 @@ def audit_main(
     for r in task.unsettled:
         console.print(f"round {r}: [yellow]not settled[/] (the task is running, or was abandoned)")
     if task.closed:
-        console.print(
-            f"closed: refund to the requester {task.refund} wei; each participant's share of the unpaid pots "
-            f"{task.participant_share} wei"
-        )
+        verdict = "[green]matches the rule[/]" if task.close_ok else "[bold red]DOES NOT MATCH the rule[/]"
+        console.print(f"closed ({verdict}): refund to the requester {task.refund} wei; shares of the unpaid pots:")
+        expected = task.close_expected.shares if task.close_expected else {}
+        for w in sorted(set(task.close_paid) | set(expected)):
+            console.print(f"  {w}: {task.close_paid.get(w, 0)} wei (expected {expected.get(w, 0)})")
     if not task.rounds:
         console.print("no settled round to audit")
         return 0
@@ -222,5 +240,5 @@ def audit_main(
             )
         console.print(t)
     console.print(f"reward rule {task.rule}, policy {policy if task.rule == 'EXPLICIT' else 'top_k'}")
-    console.print("audit: every settled round matches" if task.ok else "audit: MISMATCH")
+    console.print("audit: every settled round matches, and so does the close" if task.ok else "audit: MISMATCH")
     return 0 if task.ok else 1

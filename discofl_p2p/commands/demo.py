@@ -34,7 +34,7 @@ async def run_demo(ws_url: str, *, workers: int = 4, rounds: int = 2, top_k: int
             gas = await play_round(task, r, rng, lambda n: rng.sample(range(n), min(top_k, n)))
             console.print(f"round {r} settled; gas: {gas}")
         close = await req.close_task()
-        refund = close.events[0].args["refund"]
+        refund = close.events[-1].args["refund"]  # TaskClosed comes last
         table = Table(title="Balances after the task (wei, read from the chain)")
         table.add_column("party")
         table.add_column("address")

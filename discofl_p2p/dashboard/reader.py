@@ -341,8 +341,7 @@ class TaskReader:
         for ev in events:
             if ev.name == "RoundSettled" and ev.args["round"] not in self._calldata:
                 tx = await w3.eth.get_transaction(HexStr(ev.tx_hash))
-                _, args = client.contract.decode_function_input(tx["input"])
-                self._calldata[ev.args["round"]] = args
+                self._calldata[ev.args["round"]] = client.settlement_args(tx["input"])
         self._publish(self._build(events, state, int(latest["timestamp"]), block))
 
     def _build(self, events: list[ChainEvent], state: TaskState, chain_time: int, block: int) -> dict[str, Any]:
@@ -351,6 +350,7 @@ class TaskReader:
         index: dict[str, int] = {}
         rounds: dict[int, _Round] = {}
         withdrawn: dict[str, int] = {}
+        close_share: dict[str, int] = {}
         for ev in events:
             a = ev.args
             if ev.name == "WorkerRegistered":
@@ -383,7 +383,9 @@ class TaskReader:
                             r.owner_at[pos] = who
             elif ev.name == "Withdrawn":
                 withdrawn[a["worker"]] = withdrawn.get(a["worker"], 0) + a["amount"]
-        cumulative = dict.fromkeys(registered, 0)
+            elif ev.name == "CloseShareCredited":  # the close's share of the unpaid rest
+                close_share[a["worker"]] = close_share.get(a["worker"], 0) + a["amount"]
+        cumulative = dict.fromkeys(registered, 0) | close_share
         out_rounds = []
         history: list[dict[str, float]] = []  # earlier rounds' honesty, as the requester keeps it
         for n in sorted(rounds):

@@ -95,6 +95,7 @@ class TaskSection:
     root_samples: int = 100
     submission_timeout_s: int = 120
     evaluation_timeout_s: int = 120
+    reveal_timeout_s: int = 120  # the contract's revealPeriod; unset: evaluation_timeout_s
     metric: str = "accuracy"
     seed: int = 1
 
@@ -225,6 +226,9 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
     task = v.section(raw, "task", TaskSection)
     if seed is not None:
         task = TaskSection(**{**asdict(task), "seed": seed})
+    if not isinstance(raw.get("task"), dict) or "reveal_timeout_s" not in raw["task"]:
+        # Unset: as long as evaluation, the window every scenario had before it had a key.
+        task = TaskSection(**{**asdict(task), "reveal_timeout_s": task.evaluation_timeout_s})
     data = v.section(raw, "data", DataSection)
     model = v.section(raw, "model", ModelSection)
     faults = v.section(raw, "faults", FaultsSection)
@@ -505,6 +509,7 @@ class _Validator:
             ("task.scoring", t.scoring in SCORING_RULES, f"choose one of {', '.join(SCORING_RULES)}"),
             ("task.submission_timeout_s", t.submission_timeout_s >= 1, "must be >= 1"),
             ("task.evaluation_timeout_s", t.evaluation_timeout_s >= 1, "must be >= 1"),
+            ("task.reveal_timeout_s", t.reveal_timeout_s >= 1, "must be >= 1"),
             (
                 "task.submission_timeout_s",
                 t.submission_timeout_s <= MAX_PERIOD_S,
@@ -513,6 +518,11 @@ class _Validator:
             (
                 "task.evaluation_timeout_s",
                 t.evaluation_timeout_s <= MAX_PERIOD_S,
+                f"at most {MAX_PERIOD_S} (MAX_PERIOD)",
+            ),
+            (
+                "task.reveal_timeout_s",
+                t.reveal_timeout_s <= MAX_PERIOD_S,
                 f"at most {MAX_PERIOD_S} (MAX_PERIOD)",
             ),
             ("task.metric", t.metric in METRICS, f"choose one of {', '.join(METRICS)}"),

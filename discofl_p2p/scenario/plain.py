@@ -22,8 +22,9 @@ rankings and rewards as the full stack (`tests/test_replay.py`):
   committed, and a `copy_median` scorer, which under commit-reveal never sees a row
   to copy before it must commit, submits its true scores, as in the full stack.
 
-What the close shares out (the pots the rounds left unpaid, split among the workers
-that committed a model) is not in its rewards, nor in the full stack's records.
+The close is played too: what the rounds left unpaid is shared by the contract's rule
+(`trust.settlement.close_shares`), so `PlainOutcome.rewards_wei`, the rounds' rewards
+plus the close shares, is what the full stack's workers withdraw (`RunOutcome.rewards_wei`).
 
 What it leaves out: the published order (a secret shuffle in the full stack, that
 decides nothing), salts, gas. It also measures each published model's test accuracy,
@@ -63,7 +64,7 @@ from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
 from discofl_p2p.trust.rewards import round_pot
 from discofl_p2p.trust.scoring import NEEDS_ANCHOR, ScoringContext, honesty_record, make_scoring_rule
-from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
+from discofl_p2p.trust.settlement import close_shares, settle, streaks_after, tie_order
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -103,6 +104,17 @@ class PlainOutcome:
     contributions: list[dict[str, float]]
     rounds: dict[int, PlainRound] = field(default_factory=dict)
     last_models: dict[str, StateDict] = field(default_factory=dict)  # the last round's published models
+    close_shares: dict[str, int] = field(default_factory=dict)  # each worker's share of the unpaid rest
+    refunded_wei: int = 0  # what the close refunded the requester
+
+    @property
+    def rewards_wei(self) -> dict[str, int]:
+        """Each worker's total: what the rounds paid it plus its close share."""
+        total = dict(self.close_shares)
+        for rec in self.rounds.values():
+            for n, v in rec.rewards_wei.items():
+                total[n] = total.get(n, 0) + v
+        return total
 
 
 @dataclass
@@ -148,6 +160,7 @@ def _run(sc: Scenario, final_keep_ratio: float, each: _Each) -> PlainOutcome:
     last: dict[str, StateDict] = {}
     scoring = make_scoring_rule(sc.task.scoring, **sc.task.scoring_params)
     honesty_history: list[dict[str, float]] = []  # the scoring rule's context, as the requester keeps it
+    participants: set[str] = set()  # committed a model on time in some round (the contract's participantCount)
 
     def seed(n: str, *parts: object) -> int:
         return derive_seed(sc.task.seed, n, *parts)
@@ -174,6 +187,7 @@ def _run(sc: Scenario, final_keep_ratio: float, each: _Each) -> PlainOutcome:
         # The requester: on-time commitments, in roster order, and its exclusions.
         salt = bytes(32)
         order = [address[n] for n in active if not behaviours[n].late(r)]
+        participants |= {n for n in active if not behaviours[n].late(r)}
         by_address = {address[n]: n for n in active}
         valid, rec.excluded = select_openings(
             contract=PLAIN_CONTRACT,
@@ -255,7 +269,9 @@ def _run(sc: Scenario, final_keep_ratio: float, each: _Each) -> PlainOutcome:
     if final_c:
         acc = evaluate_job(w0_blob, ctx.aggregate(final_c), *ctx.test_set, "accuracy")
     contributions = [rounds[r].contribution for r in sorted(rounds)]
-    return PlainOutcome(acc, time.monotonic() - started, contributions, rounds, last)
+    earned = {n: sum(rec.rewards_wei.get(n, 0) for rec in rounds.values()) for n in names}
+    close = close_shares(sc.task.deposit_wei - sum(earned.values()), earned, [n for n in names if n in participants])
+    return PlainOutcome(acc, time.monotonic() - started, contributions, rounds, last, close.shares, close.refund)
 
 
 def _passes(state: StateDict, spec: Spec, max_bytes: int) -> bool:

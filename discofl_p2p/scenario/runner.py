@@ -125,6 +125,7 @@ def requester_config(sc: Scenario, registration_timeout_s: float = 60.0) -> Requ
         loyalty_bonus=sc.task.loyalty_bonus,
         submission_timeout_s=sc.task.submission_timeout_s,
         evaluation_timeout_s=sc.task.evaluation_timeout_s,
+        reveal_timeout_s=sc.task.reveal_timeout_s,
         registration_timeout_s=registration_timeout_s,
         scoring=sc.task.scoring,
         scoring_params=dict(sc.task.scoring_params),

@@ -5,7 +5,9 @@ the requester agent and the plain loop both call it. Anyone can audit a task: th
 scores are in ScoresRevealed events (a row committed and never revealed counts as
 none), the mapping of models to workers in the settleRound calldata, the payouts in
 RoundSettled. The ranking and the rewards follow from those and the reward policy's
-parameters (`audit_round`, through the same `settle`).
+parameters (`audit_round`, through the same `settle`). What the rounds left unpaid is
+shared at close by `close_shares`, the contract's closeTask rule, which the plain loop
+and the audit call too.
 """
 
 from __future__ import annotations
@@ -182,3 +184,34 @@ def settle(
         ranked = sorted((n for n in split if split[n] > 0), key=lambda n: (-split[n], order.index(n)))
         amounts = [split[n] for n in ranked]
     return ranked, dict.fromkeys(contrib, 0) | dict(zip(ranked, amounts))
+
+
+@dataclass(frozen=True)
+class CloseSplit:
+    """What closeTask does with the rest of the deposit (what the rounds left unpaid):
+    `shares[w]` is added to worker w's credit, `refund` goes back to the requester."""
+
+    shares: dict[str, int]
+    refund: int
+
+
+def close_shares(rest: int, earned: Mapping[str, int], participants: Sequence[str]) -> CloseSplit:
+    """The contract's closeTask rule, wei-exact. `earned`: what the rounds paid each
+    worker (RoundSettled); `participants`: the workers that committed a model.
+
+    If any round paid anybody, each worker gets floor(rest * earned / sum(earned)):
+    the rest follows the rounds' own verdict, so a worker that no round paid (a ring
+    scored 0, a garbage model below a policy's floor) gets none of it either. If no
+    round paid anybody (the requester ranked nobody, every round), there is no verdict
+    to follow, and each participant gets floor(rest / len(participants)). Either way
+    the requester, who decided what was left unpaid, is refunded only the rounding
+    remainder (fewer wei than the workers sharing), or everything if nobody took part."""
+    total = sum(earned.values())
+    if total > 0:
+        shares = {w: rest * e // total for w, e in earned.items() if rest * e // total > 0}
+    elif participants:
+        each = rest // len(participants)
+        shares = dict.fromkeys(participants, each) if each else {}
+    else:
+        shares = {}
+    return CloseSplit(shares, rest - sum(shares.values()))
