@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import io
 import pickle
@@ -353,3 +354,27 @@ def test_downloader_verifies_md5_and_falls_back_to_the_next_mirror(tmp_path):
     finally:
         for srv, _ in servers:
             srv.shutdown()
+
+
+def test_models_with_dropout_train_the_same_on_parallel_threads():
+    """The agents train in a thread pool. Dropout masks come from torch's global
+    generator, which each job seeds: without the lock, two mnist_cnn jobs at once
+    interleave their draws and train other models than one at a time."""
+    from discofl_p2p.agents.jobs import initial_state, train_job
+    from discofl_p2p.ml.training import _draws_from_global_rng
+
+    w0 = export_initial_model(build_model("mnist_cnn", 1))
+    assert _draws_from_global_rng(load_initial_model(w0))
+    assert not any(_draws_from_global_rng(build_model(n, 1)) for n in ("compact_cnn", "mlp", "logreg"))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    s0 = initial_state(w0)
+
+    def job(seed: int) -> dict[str, torch.Tensor]:
+        return train_job(w0, s0, x, y, TrainConfig(epochs=1), seed)
+
+    one_at_a_time = [job(s) for s in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        two_at_a_time = list(pool.map(job, range(4)))
+    for a, b in zip(one_at_a_time, two_at_a_time, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

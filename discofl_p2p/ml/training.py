@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +12,21 @@ from torch import nn
 from discofl_p2p.ml.datasets import Dataset
 
 METRICS = ("accuracy", "macro_f1")
+
+_GLOBAL_RNG = threading.Lock()
+"""Held while a model with dropout trains. Dropout draws its masks from torch's one
+global generator, which `train` seeds per job; two such jobs on two threads at once
+(the agents' pool, the plain loop's `jobs`) would interleave their draws and make the
+masks, and so the trained models, depend on thread timing. Models without dropout
+(the compact CNN, the MLP, logreg) draw nothing from it and train in parallel."""
+
+
+def _draws_from_global_rng(model: nn.Module) -> bool:
+    """Whether training `model` draws from the global generator: any dropout layer,
+    eager or TorchScript (whose modules keep their class name in `original_name`)."""
+    return any(
+        "Dropout" in type(m).__name__ or "Dropout" in str(getattr(m, "original_name", "")) for m in model.modules()
+    )
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,8 @@ def train(model: nn.Module, data: Dataset, idx: torch.Tensor, cfg: TrainConfig, 
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     model.train()
     last = float("nan")
-    with torch.random.fork_rng():
+    exclusive = _GLOBAL_RNG if _draws_from_global_rng(model) else contextlib.nullcontext()
+    with exclusive, torch.random.fork_rng():
         torch.manual_seed(seed)  # dropout masks
         for _ in range(cfg.epochs):
             perm = torch.randperm(len(y), generator=g)
