@@ -138,7 +138,7 @@ def test_the_audit_takes_the_rules_parameters(anvil):
         ),
         (["--scoring", "trimmed", "--scoring-param", 'trim="x"'], "trim: must be int or float, got str 'x'"),
         (["--scoring", "consensus", "--scoring-param", "trim=0.1"], "scoring rule 'consensus' takes no parameters"),
-        (["--scoring", "median"], "unknown scoring rule 'median'"),
+        (["--scoring", "median"], "--scoring: task.scoring: unknown scoring rule 'median'"),
         (["--scoring", "trimmed", "--scoring-param", "trim"], "expected KEY=VALUE, got 'trim'"),
         (["--scoring", "trimmed", "--scoring-param", "trim=0.1.2"], "trim: not a TOML value"),
     ],

@@ -195,7 +195,7 @@ def audit_main(
 ) -> int:
     params = dict(scoring_params or {})
     try:
-        check_scoring_params(scoring, params, "--scoring-param")
+        check_scoring_params(scoring, params, "--scoring-param", rule_where="--scoring")
     except ScenarioError as e:
         Console(stderr=True).print(f"discofl-p2p audit: {e}", markup=False)
         return 2

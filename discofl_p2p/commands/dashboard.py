@@ -49,7 +49,7 @@ def dashboard_main(
         return 2
     params = dict(scoring_params or {})
     try:
-        check_scoring_params(scoring, params, "--scoring-param")
+        check_scoring_params(scoring, params, "--scoring-param", rule_where="--scoring")
     except ScenarioError as e:
         print(f"discofl-p2p dashboard: {e}", file=sys.stderr)
         return 2

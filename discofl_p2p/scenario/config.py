@@ -240,14 +240,17 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
     return sc
 
 
-def check_scoring_params(rule: str, params: dict[str, Any], where: str = "<command line>") -> None:
+def check_scoring_params(
+    rule: str, params: dict[str, Any], where: str = "<command line>", rule_where: str | None = None
+) -> None:
     """`params` for scoring rule `rule`, checked as a scenario's `[task] scoring_params`
     is (known to the rule, of its TOML type, valid), for the commands that take a rule
-    without a scenario file (`audit`, `dashboard`). Raises ScenarioError naming the key."""
-    v = _Validator(where, "")
+    without a scenario file (`audit`, `dashboard`). Raises ScenarioError naming the key,
+    and `rule_where` (the option that named the rule) for an unknown rule."""
     if rule not in SCORING_RULES:
-        raise v.fail("task.scoring", f"unknown scoring rule {rule!r}; choose one of {', '.join(SCORING_RULES)}")
-    v.scoring_params(rule, params)
+        why = f"unknown scoring rule {rule!r}; choose one of {', '.join(SCORING_RULES)}"
+        raise _Validator(rule_where or where, "").fail("task.scoring", why)
+    _Validator(where, "").scoring_params(rule, params)
 
 
 class _Validator:
