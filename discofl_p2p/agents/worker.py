@@ -508,11 +508,15 @@ class WorkerAgent:
     async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
         """Reveals its committed scores once commits are closed: every worker committed
         (the ScoresCommitted events say so) or the chain's clock passed the evaluation
-        deadline (read every REVEAL_POLL_S: no event marks it)."""
-        while self._score_commits.get(r, 0) < self._worker_count:
+        deadline (read every REVEAL_POLL_S: no event marks it). The wake-up is cleared
+        before the count is read, so a commitment seen while it reads the clock wakes it
+        at once (cleared after, it waited out REVEAL_POLL_S with every commitment in)."""
+        while True:
+            self._commit_seen.clear()
+            if self._score_commits.get(r, 0) >= self._worker_count:
+                break
             if (await self.client.w3.eth.get_block("latest"))["timestamp"] > deadline:
                 break
-            self._commit_seen.clear()
             try:
                 await asyncio.wait_for(self._commit_seen.wait(), REVEAL_POLL_S)
             except TimeoutError:
