@@ -755,28 +755,30 @@ class RequesterAgent:
         Its next transaction is the settlement, which waits for this one."""
         t0 = time.monotonic()
         x, y = self.setup.root_set
-        row: list[float | None] = []
-        for w in r.owner_at:
-            state = r.checked.get(w)
-            row.append(
-                None
-                if state is None
-                else await self.setup.run_cpu(evaluate_job, self.w0, state, x, y, self.setup.metric)
-            )
+
+        async def score(state: StateDict | None) -> float | None:
+            if state is None:
+                return None
+            return await self.setup.run_cpu(evaluate_job, self.w0, state, x, y, self.setup.metric)
+
+        row = list(await asyncio.gather(*(score(r.checked.get(w)) for w in r.owner_at)))
         packed = encode_scores(row)
         res = await self.client.post_anchor_scores(r.number, packed)
         self._log("anchor_posted", r.number, models=len(row), seconds=round(time.monotonic() - t0, 3), gas=res.gas_used)
         return anchor_of([self.names[w] for w in r.owner_at], decode_scores(packed))
 
     async def _test_accuracy(self, r: _Round) -> None:
+        """Each published model's test accuracy, measured while the workers evaluate:
+        the jobs go to the pool all at once, so that they fill its threads while the
+        evaluators are still fetching (one at a time, they left all but one idle)."""
         x, y = self.setup.test_set
         rec = self.recorder.record(r.number)
-        for w in r.owner_at:
-            state = r.checked[w]
-            if state is not None:
-                rec.test_accuracy[self.names[w]] = await self.setup.run_cpu(
-                    evaluate_job, self.w0, state, x, y, "accuracy"
-                )
+        workers = [w for w in r.owner_at if r.checked[w] is not None]
+        accuracy = await asyncio.gather(
+            *(self.setup.run_cpu(evaluate_job, self.w0, r.checked[w], x, y, "accuracy") for w in workers)
+        )
+        for w, a in zip(workers, accuracy, strict=True):
+            rec.test_accuracy[self.names[w]] = a
 
     def _decide(
         self, r: _Round, anchor: dict[str, float] | None

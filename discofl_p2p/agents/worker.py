@@ -427,17 +427,23 @@ class WorkerAgent:
             await self.node.put(blob, task=setup.task_id, round_=r)
             return judged
 
-        judged = await asyncio.gather(*(judge(c) for c in cids))
+        async def own_score() -> float | None:
+            """Its own model's score, computed while the others are being fetched."""
+            if own_cid is None:
+                return None
+            return await setup.run_cpu(evaluate_job, w0, self._own[r][1], x, y, setup.metric)
+
+        async with asyncio.TaskGroup() as tg:
+            own = tg.create_task(own_score())
+            judged = await asyncio.gather(*(judge(c) for c in cids))
 
         # What it keeps for next round's aggregation: its own honest view. The published
         # order is a secret shuffle, so everything that feeds learning goes in CID order:
         # the same scenario seed then gives the same models.
         canon = sorted(range(len(cids)), key=lambda i: cids[i])
         kept: list[tuple[str, StateDict, float]] = [(cids[i], j[0], j[1]) for i in canon if (j := judged[i])]
-        if own_cid is not None:
-            own_state = self._own[r][1]
-            own_score = await setup.run_cpu(evaluate_job, w0, own_state, x, y, setup.metric)
-            kept.append((own_cid, own_state, own_score))
+        if own_cid is not None and (own_score_ := own.result()) is not None:
+            kept.append((own_cid, self._own[r][1], own_score_))
             await self.node.share(own_cid)  # everyone holds every model now: no more secret
         kept.sort(key=lambda k: k[0])
         self._candidates = [Candidate(state, s) for _, state, s in kept]
@@ -502,11 +508,15 @@ class WorkerAgent:
     async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
         """Reveals its committed scores once commits are closed: every worker committed
         (the ScoresCommitted events say so) or the chain's clock passed the evaluation
-        deadline (read every REVEAL_POLL_S: no event marks it)."""
-        while self._score_commits.get(r, 0) < self._worker_count:
+        deadline (read every REVEAL_POLL_S: no event marks it). The wake-up is cleared
+        before the count is read, so a commitment seen while it reads the clock wakes it
+        at once (cleared after, it waited out REVEAL_POLL_S with every commitment in)."""
+        while True:
+            self._commit_seen.clear()
+            if self._score_commits.get(r, 0) >= self._worker_count:
+                break
             if (await self.client.w3.eth.get_block("latest"))["timestamp"] > deadline:
                 break
-            self._commit_seen.clear()
             try:
                 await asyncio.wait_for(self._commit_seen.wait(), REVEAL_POLL_S)
             except TimeoutError:
