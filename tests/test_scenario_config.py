@@ -443,3 +443,22 @@ def test_a_ring_given_part_by_part_counts_its_members_across_forms():
     parse_scenario(one, "s.toml")  # 1 shorthand member + 1 part-by-part member: a ring of 2
     e = _error(one.replace('score_params = { ring = "r1" }', 'score_params = { ring = "r2" }'))
     assert "has 1 member" in e.message
+
+
+# ---------------------------------------------------------------- [network]
+
+
+def test_network_section_switches_the_overlay_and_bounds_its_window():
+    """Off by default (a star) with a window of 4; `overlay = true` turns it on; the
+    window is checked (1 to MAX_FETCH_WINDOW) and the errors name the key and its line."""
+    sc = parse_scenario(GOOD, "s.toml")
+    assert (sc.network.overlay, sc.network.fetch_window) == (False, 4)
+    on = parse_scenario(GOOD + "\n[network]\noverlay = true\nfetch_window = 2\n", "s.toml")
+    assert (on.network.overlay, on.network.fetch_window) == (True, 2)
+    for value, words in (("0", "between 1 and 64"), ("65", "between 1 and 64"), ('"4"', "must be int, got str")):
+        e = _error(GOOD + f"\n[network]\nfetch_window = {value}\n")
+        assert (e.key, e.line) == ("network.fetch_window", 19) and words in str(e), str(e)
+    e = _error(GOOD + "\n[network]\noverlay = 1\n")
+    assert (e.key, e.line, e.message) == ("network.overlay", 19, "must be bool, got int 1")
+    e = _error(GOOD + "\n[network]\nwindow = 4\n")
+    assert (e.key, e.line, e.message) == ("network.window", 19, "unknown key; allowed here: fetch_window, overlay")

@@ -122,12 +122,16 @@ def test_the_same_seed_replays_the_learning_but_never_the_salts(anvil):
 # ---------------------------------------------------------------- holding announcements
 
 
+CID = "bafkreihofrftfvddefjaf2sr22aeye44kuddkyosquw77pdvcnkea2pjba"
+
+
 def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
     """honest-1 listens to the round's gossip. honest-2 registered on-chain and signs
-    its peer binding: its "holding" makes it a provider. A stranger on the mesh that
-    replays honest-2's binding (it cannot sign one for its own peer), and honest-3
-    (whose binding is valid but which never registered), are ignored: neither is ever
-    asked for a model."""
+    its peer binding: its "holding" makes it a provider of the CIDs it names, before
+    the requester. A stranger on the mesh that replays honest-2's binding (it cannot
+    sign one for its own peer), and honest-3 (whose binding is valid but which never
+    registered), are ignored: neither is ever asked for a model. A registered worker's
+    peer can name at most as many CIDs a round as there are registered workers."""
 
     async def body(sim: Simulation, net: P2PNetwork, _w0: bytes):
         listener, member, unregistered = sim.workers
@@ -145,12 +149,13 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
 
         def holding(w, peer: str) -> dict[str, object]:
             binding = sign_binding(w.client.account, contract, peer)
-            return {"kind": "holding", "round": 1, "worker": w.address, "binding": binding}
+            return {"kind": "holding", "round": 1, "cids": [CID], "worker": w.address, "binding": binding}
 
         sent = [
             (stranger, holding(member, member.node.peer_id)),  # lifted from honest-2
             (unregistered.node, holding(unregistered, unregistered.node.peer_id)),
             (member.node, holding(member, member.node.peer_id)),
+            (member.node, holding(member, member.node.peer_id) | {"cids": [f"x{i}" for i in range(5)]}),
         ]
         with capture_logs() as logs:
             async with asyncio.timeout(30):
@@ -161,8 +166,8 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
 
                 def settled() -> bool:
                     ignored = {e["peer"] for e in logs if e["event"] == "announcement_ignored"}
-                    holders = listener._holders.get(1, set())
-                    return member.node.peer_id in holders and (
+                    holders = set().union(*listener._holders.get(1, {}).values())
+                    return len(listener._holders.get(1, {})) == 2 and (
                         len(ignored) == 2 or bool(holders & {stranger.peer_id, unregistered.node.peer_id})
                     )
 
@@ -172,8 +177,12 @@ def test_holding_announcements_count_only_from_registered_workers_peers(anvil):
         return listener, logs, (stranger.peer_id, unregistered.node.peer_id, member.node.peer_id)
 
     listener, logs, (stranger, unregistered, member) = run(with_simulation(anvil, tiny("holders"), body))
-    assert listener._holders == {1: {member}}
-    assert listener._providers(1) == [listener.requester_peer, member]
+    # Two workers registered: the CID, then one more of the five junk names; no more.
+    assert listener._holders == {1: {CID: {member}, "x0": {member}}}
+    assert listener._providers(1, CID) == [listener.requester_peer, member]  # a star, the default
+    assert listener._providers(1, "x1") == [listener.requester_peer]
+    listener.setup = dataclasses.replace(listener.setup, overlay=True)
+    assert listener._providers(1, CID) == [member, listener.requester_peer]  # the overlay: the requester last
     ignored = [(e["peer"], e["reason"]) for e in logs if e["event"] == "announcement_ignored"]
     assert sorted(ignored) == sorted(
         [(stranger, "not a registered worker's peer"), (unregistered, "not a registered worker's peer")]

@@ -97,6 +97,8 @@ class TaskSetup:
     max_model_bytes: int
     seed: int
     announce_loss: float = 0.0
+    overlay: bool = False  # evaluators fetch from each other (agents/worker.py); False: a star
+    fetch_window: int = 4  # models an evaluator fetches at once in the overlay
     round_lr_decay: float = 1.0
     cpu: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)

@@ -36,9 +36,6 @@ def evaluate_job(w0: bytes, state: StateDict, x: torch.Tensor, y: torch.Tensor, 
     return score(predict(_model(w0, state), x), y, metric)
 
 
-def decode_and_evaluate(
-    w0: bytes, blob: bytes, spec: Spec, max_bytes: int, x: torch.Tensor, y: torch.Tensor, metric: str
-) -> tuple[StateDict, float]:
-    """Validates a peer's model bytes against w0 (ModelRejected if bad), then scores it."""
-    state = decode_state(blob, spec, max_bytes=max_bytes)
-    return state, evaluate_job(w0, state, x, y, metric)
+def decode_job(blob: bytes, spec: Spec, max_bytes: int) -> StateDict:
+    """Validates a peer's model bytes against w0's spec (ModelRejected if bad)."""
+    return decode_state(blob, spec, max_bytes=max_bytes)

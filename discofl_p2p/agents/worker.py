@@ -8,12 +8,13 @@ RoundStarted(r)      aggregate the last round's models with its own scores, trai
                      publish the blob (served to the requester only), hand the
                      opening (CID, salt) to the requester with its signed peer
                      binding (`identity.py`), commit on-chain.
-EvaluationOpened(r)  fetch every published model (requester first, then peers that
-                     hold the round), verify it against w0, score it on the validation
-                     split, score its own model with a decoy (behaviors.self_score),
-                     commit the scores blind (a salted hash); then serve the round's
-                     models itself and forget the earlier rounds' (nobody fetches
-                     them any more).
+EvaluationOpened(r)  fetch every published model at once from the requester (a star),
+                     or in the overlay (below) its own too, several at a time, from
+                     peers, the requester last; verify each against w0, keep it,
+                     score it on the validation split; score its own model with a decoy
+                     (behaviors.self_score), commit the scores blind (a salted hash),
+                     and forget the earlier rounds' models (nobody fetches them any
+                     more).
 ScoresCommitted      once every worker committed its scores, or the evaluation
                      deadline passed (a task of its own watches the chain's clock),
                      reveal its scores.
@@ -28,12 +29,35 @@ TaskClosed           withdraw its credit and its share of what the rounds left u
 
 It logs its round's lifecycle as info events (agent, round, seconds since it saw the
 round start): w0_fetched (round 0), round_started, model_trained, blob_stored, opening_sent,
-model_committed, model_fetched (one per model), exclusion_disputed, scores_committed, scores_revealed,
+model_committed, model_fetched (one per model: provider, from_requester, bytes, seconds), exclusion_disputed,
+scores_committed, scores_revealed,
 withdrawn; and as warnings what it retried: w0_fetch_retried and opening_send_failed
 (the requester is asked up to REQUESTER_ATTEMPTS times, with a jittered doubling
 back-off, since a busy requester or one lost stream must not end a worker), and
 model_fetch_retried (until FETCH_PATIENCE of the evaluation window has passed: a
 requester that crashed and restarts serves the round's models again).
+
+The overlay (`[network] overlay`, off by default; docs/p2p.md). Under anonymity each
+model's first copy comes from the requester: nobody else may serve a model before it
+has fetched it like everyone else. That includes its author, hence the cover fetch of
+its own model, after which the author serves it like any other holder (a peer that
+served every model but one, or never asked anyone for one, would name itself that
+model's author). After that, evaluators fetch from each other:
+
+- each walks the published list rotated to its place among the registered workers;
+  the first model (its seed) comes from the requester, so each model's first copy is
+  asked of the requester about once;
+- once it has its seed (or after SEED_WAIT_S) it fetches the others `fetch_window`
+  at a time, each from the peers whose rotation reached it first (its seeder first:
+  PEERS_PER_FETCH of them), then peers that announced holding it, the requester
+  last. A peer that has not got there yet answers "not found" at once; one that fails
+  otherwise is not asked again that round;
+- whom to ask it knows from the peer bindings the workers announce once they have
+  submitted each round's model (one gossip message each: in one process gossip costs the shared trio thread
+  about five model transfers a message, so there are no announcements per model).
+
+With `overlay = false` (a star) it fetches every other model at once, the requester
+first, and announces what it holds once it has scored the round.
 """
 
 from __future__ import annotations
@@ -43,7 +67,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -51,7 +75,7 @@ import structlog
 from discofl_p2p.agents.behaviors import WorkerBehaviour
 from discofl_p2p.agents.context import OPENING_PROTOCOL, RING_PROTOCOL, Recorder, TaskSetup, derive_seed
 from discofl_p2p.agents.identity import sign_binding, verify_binding
-from discofl_p2p.agents.jobs import decode_and_evaluate, evaluate_job, initial_state, train_job
+from discofl_p2p.agents.jobs import decode_job, evaluate_job, initial_state, train_job
 from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
 from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
@@ -79,6 +103,17 @@ behind a lossy link (a "not found" for w0 is final)."""
 
 RETRY_BASE_S = 1.0
 """The first back-off before trying the requester again; it doubles with each try."""
+
+HOLDING_BATCH = 32
+"""CIDs per holding announcement: 32 CIDs, the address and the binding fit in 4 KiB."""
+
+SEED_WAIT_S = 2.0
+"""In the overlay, how long an evaluator waits for its first model (its seed, from the
+requester) before it asks peers for the others (they hold their own seeds by then)."""
+
+PEERS_PER_FETCH = 2
+"""In the overlay, how many of the peers expected to hold a model it asks before the
+requester (a peer that has not got there yet answers "not found" at once)."""
 
 FETCH_PATIENCE = 0.5
 """The share of the evaluation window a worker keeps trying to fetch a model that no
@@ -119,7 +154,16 @@ class WorkerAgent:
     _candidates: list[Candidate] = field(default_factory=list)
     _seen: list[tuple[float, StateDict]] = field(default_factory=list)
     _previous_base: StateDict | None = None  # the base it started from last round
-    _holders: dict[int, set[str]] = field(default_factory=dict)
+    # round -> CID -> peers that announced holding it (each peer at most as many CIDs a
+    # round as there are registered workers)
+    _holders: dict[int, dict[str, set[str]]] = field(default_factory=dict)
+    _announced_by: dict[int, dict[str, int]] = field(default_factory=dict)  # round -> peer -> CIDs taken
+    _bound: dict[str, str] = field(default_factory=dict)  # peer -> worker, its binding verified once
+    _published: dict[int, list[str]] = field(default_factory=dict)  # round -> the published CIDs
+    _failed_peers: dict[int, set[str]] = field(default_factory=dict)  # round -> peers that failed, not as "not found"
+    _unannounced: list[tuple[int, str]] = field(default_factory=list)
+    _announcing: bool = False
+    _announcements: int = 0
     _registered: set[str] = field(default_factory=set)  # worker addresses, from the chain
     _started: dict[int, float] = field(default_factory=dict)  # round -> when it saw it start
     # The decoy self-scores are secrets (a replayable draw would tell the decoy apart).
@@ -219,23 +263,35 @@ class WorkerAgent:
             self._on_announcement(await q.get())
 
     def _on_announcement(self, ann: Announcement) -> None:
-        """Takes a "holding" announcement only from the peer of a registered worker:
-        registered on-chain (WorkerRegistered), and bound to the sending peer by the
-        worker's signature (`identity.verify_binding`). Anyone else could name itself
-        a provider of every round, and be asked first."""
+        """Takes a "holding" announcement (round, CIDs held) only from the peer of a
+        registered worker: registered on-chain (WorkerRegistered), and bound to the
+        sending peer by the worker's signature (`identity.verify_binding`, checked once
+        per peer). Anyone else could name itself a provider of every model, and be
+        asked first. Bounded: the rounds it may still fetch, and per peer and round at
+        most as many CIDs as there are registered workers."""
         p = ann.payload
-        if p.get("kind") != "holding" or not isinstance(p.get("round"), int):
+        r, cids = p.get("round"), p.get("cids")
+        if p.get("kind") != "holding" or not isinstance(r, int) or not isinstance(cids, list):
             return
         worker = p.get("worker")
-        if worker not in self._registered or not verify_binding(
-            p.get("binding"), self.client.address, worker, ann.sender
+        if worker not in self._registered or not (
+            self._bound.get(ann.sender) == worker
+            or verify_binding(p.get("binding"), self.client.address, worker, ann.sender)
         ):
             why = "not a registered worker's peer"
             log.warning("announcement_ignored", agent=self.name, peer=ann.sender, reason=why)
             return
+        self._bound[ann.sender] = worker
         current = max(self._started, default=0)
-        if current - 1 <= p["round"] <= current + 1:  # bounded: the rounds it may still fetch
-            self._holders.setdefault(p["round"], set()).add(ann.sender)
+        if not current - 1 <= r <= current + 1:
+            return
+        taken = self._announced_by.setdefault(r, {})
+        holders = self._holders.setdefault(r, {})
+        for cid in cids:
+            if not isinstance(cid, str) or len(cid) > 100 or taken.get(ann.sender, 0) >= len(self._registered):
+                break
+            taken[ann.sender] = taken.get(ann.sender, 0) + 1
+            holders.setdefault(cid, set()).add(ann.sender)
 
     async def _listen_ring(self, inbox: Inbox) -> None:
         """Its ring mates' CIDs, from their own peers only; one per mate and round."""
@@ -270,6 +326,8 @@ class WorkerAgent:
                 await self.node.close()  # offline: its earlier models live on as replicas
                 return False
             await self._submit(r)
+            if self.setup.overlay:  # its peer binding, so that evaluators know whom to ask
+                await self._publish_holding(r, [])  # (once it has trained: in round 1 the mesh has formed)
         elif ev.name == "EvaluationOpened":
             if late := self._late_openings.pop(a["round"], None):
                 late.cancel()  # the requester takes no more openings for the round
@@ -411,21 +469,19 @@ class WorkerAgent:
         now = (await self.client.w3.eth.get_block("latest"))["timestamp"]
         self._fetch_until = time.monotonic() + max(0, deadline - now) * FETCH_PATIENCE
 
-        async def judge(cid: str) -> tuple[StateDict, float] | None:
-            if cid == own_cid:
-                return None
+        judged_by_cid: dict[str, tuple[StateDict, float]] = {}
+
+        async def judge(cid: str, blob: bytes) -> None:
+            if cid == own_cid:  # its cover fetch: it held the model already
+                await self.node.share(cid)  # fetched like any other: no longer a secret
+                return
             try:
-                blob = await self._fetch(r, cid)
-                spec = self._spec or setup.spec
-                judged = await setup.run_cpu(
-                    decode_and_evaluate, w0, blob, spec, setup.max_model_bytes, x, y, setup.metric
-                )
+                state = await setup.run_cpu(decode_job, blob, self._spec or setup.spec, setup.max_model_bytes)
+                # Validated: now it keeps the bytes and re-serves them (same CID).
+                await self.node.put(blob, task=setup.task_id, round_=r)
+                judged_by_cid[cid] = (state, await setup.run_cpu(evaluate_job, w0, state, x, y, setup.metric))
             except Exception as e:  # noqa: BLE001 - an unusable model is abstained on
                 log.warning("model_unusable", worker=self.name, round=r, cid=cid, reason=str(e))
-                return None
-            # Validated: now it keeps the bytes and re-serves them (same CID).
-            await self.node.put(blob, task=setup.task_id, round_=r)
-            return judged
 
         async def own_score() -> float | None:
             """Its own model's score, computed while the others are being fetched."""
@@ -435,7 +491,8 @@ class WorkerAgent:
 
         async with asyncio.TaskGroup() as tg:
             own = tg.create_task(own_score())
-            judged = await asyncio.gather(*(judge(c) for c in cids))
+            await self._fetch_round(r, cids, own_cid, judge)
+        judged = [None if c == own_cid else judged_by_cid.get(c) for c in cids]
 
         # What it keeps for next round's aggregation: its own honest view. The published
         # order is a secret shuffle, so everything that feeds learning goes in CID order:
@@ -444,7 +501,7 @@ class WorkerAgent:
         kept: list[tuple[str, StateDict, float]] = [(cids[i], j[0], j[1]) for i in canon if (j := judged[i])]
         if own_cid is not None and (own_score_ := own.result()) is not None:
             kept.append((own_cid, self._own[r][1], own_score_))
-            await self.node.share(own_cid)  # everyone holds every model now: no more secret
+            await self.node.share(own_cid)  # everyone holds every model now (or its cover fetch failed)
         kept.sort(key=lambda k: k[0])
         self._candidates = [Candidate(state, s) for _, state, s in kept]
         self._seen = [(s, state) for c, state, s in kept if c != own_cid]
@@ -454,9 +511,11 @@ class WorkerAgent:
         self._own = {k: v for k, v in self._own.items() if k >= r}
         self._salts = {k: v for k, v in self._salts.items() if k > r}
         self._holders = {k: v for k, v in self._holders.items() if k >= r}
-        if random.Random(self._seed("announce", r)).random() >= setup.announce_loss:
-            holding = {"kind": "holding", "round": r, "worker": self.address, "binding": self._binding}
-            await self.node.announce(setup.topic, holding)
+        self._announced_by = {k: v for k, v in self._announced_by.items() if k >= r}
+        self._published = {k: v for k, v in self._published.items() if k >= r}
+        self._failed_peers = {k: v for k, v in self._failed_peers.items() if k >= r}
+        if not setup.overlay:  # a star: what it holds, once it has scored the round
+            await self._announce_holding(r, [c for c, _, _ in kept])
 
         # The behaviour scores the models in CID order too, so that its seeded choices
         # (a collusion ring's guesses) do not depend on the secret shuffle.
@@ -550,27 +609,91 @@ class WorkerAgent:
         self._log("copy_median", r, rows_seen=len(rows), copied=copied is not honest)
         return copied
 
-    async def _fetch(self, r: int, cid: str) -> bytes:
+    async def _fetch_round(
+        self, r: int, cids: list[str], own_cid: str | None, judge: Callable[[str, bytes], Awaitable[None]]
+    ) -> None:
+        """Fetches the round's models and hands each to `judge` as it arrives (judging
+        holds no fetch slot). The overlay (module docstring): its seed first, from the
+        requester; once it has it (or after SEED_WAIT_S) the others, `fetch_window` at
+        once, from the peers expected to hold them. A star: every other model at once."""
+        setup = self.setup
+        self._published[r] = cids
+        if setup.overlay:
+            todo, window = self._fetch_order(cids), setup.fetch_window
+        else:
+            todo = [c for c in cids if c != own_cid]
+            window = max(1, len(todo))
+        slots = asyncio.Semaphore(window)
+
+        async def one(cid: str) -> None:
+            async with slots:
+                try:
+                    blob = await self._fetch(r, cid, local=cid != own_cid)
+                except BridgeClosed:
+                    raise
+                except Exception as e:  # noqa: BLE001 - its own model it holds anyway: only the cover fetch failed
+                    event = "cover_fetch_failed" if cid == own_cid else "model_unusable"
+                    log.warning(event, worker=self.name, round=r, cid=cid, reason=str(e))
+                    return
+            await judge(cid, blob)
+
+        async with asyncio.TaskGroup() as tg:
+            if setup.overlay and todo:
+                seed = tg.create_task(one(todo.pop(0)))
+                await asyncio.wait({seed}, timeout=SEED_WAIT_S)
+            for cid in todo:
+                tg.create_task(one(cid))
+
+    def _fetch_order(self, cids: list[str]) -> list[str]:
+        """The published list rotated to start at its place among the registered
+        workers (sorted addresses, the same view for everyone): in lockstep each
+        evaluator starts with a different model, so the requester serves each model's
+        first copy about once and the next asks find peers that hold it."""
+        workers = sorted(self._registered)
+        start = workers.index(self.address) if self.address in workers else 0
+        k = start % len(cids) if cids else 0
+        return cids[k:] + cids[:k]
+
+    async def _fetch(self, r: int, cid: str, *, local: bool = True) -> bytes:
         """One published model, from the first of `_providers` that delivers it (or
-        from its own store); logs which provider served it, the size and the time.
-        Fetched without keeping: the caller keeps it once it has validated it. When
-        every provider failed for a passing reason (`BlobUnavailable.transient`: the
-        requester down for a restart, a lost stream) it tries them all again, with a
-        jittered back-off, until `_fetch_until` (FETCH_PATIENCE of the window)."""
-        if self.node.holds(cid):
+        from its own store if `local`); logs which provider served it, whether that
+        was the requester, the size and the time. Fetched without keeping: the caller
+        keeps it once it has validated it. A peer that failed is not asked for it
+        again; a peer gets at most half the time left until `_fetch_until`, so that the
+        requester, asked last, still has time. When every provider failed for a
+        passing reason (`BlobUnavailable.transient`: the requester down for a restart,
+        a lost stream) it tries them all again, with a jittered back-off, until
+        `_fetch_until` (FETCH_PATIENCE of the window)."""
+        if local and self.node.holds(cid):
             return await self.node.get(cid, [])
         jitter = random.Random(self._seed("fetch", r, cid))
         for attempt in itertools.count(1):
             reasons: dict[str, str] = {}
-            for provider in self._providers(r):
+            for provider in self._providers(r, cid):
                 t0 = time.monotonic()
+                peer = provider != self.requester_peer
+                deadline = max(1.0, (self._fetch_until - t0) / 2) if peer else None
                 try:
-                    blob = await self.node.get(cid, [provider], max_bytes=self.setup.max_model_bytes)
+                    blob = await self.node.get(
+                        cid, [provider], max_bytes=self.setup.max_model_bytes, deadline_s=deadline, local=local
+                    )
                 except BlobUnavailable as e:
                     reasons.update(e.reasons)
+                    if peer:  # not asked for it again; nor for anything else this round, unless it lacked it
+                        self._holders.get(r, {}).get(cid, set()).discard(provider)
+                        if not all("not found" in why for why in e.reasons.values()):
+                            self._failed_peers.setdefault(r, set()).add(provider)
                     continue
                 seconds = round(time.monotonic() - t0, 3)
-                self._log("model_fetched", r, cid=cid, provider=provider, bytes=len(blob), seconds=seconds)
+                self._log(
+                    "model_fetched",
+                    r,
+                    cid=cid,
+                    provider=provider,
+                    from_requester=not peer,
+                    bytes=len(blob),
+                    seconds=seconds,
+                )
                 return blob
             failed = BlobUnavailable(cid, reasons)
             if not failed.transient or time.monotonic() >= self._fetch_until:
@@ -579,12 +702,68 @@ class WorkerAgent:
             await self._back_off(min(attempt, 3), jitter)
         raise AssertionError("unreachable")
 
-    def _providers(self, r: int) -> list[str]:
-        """The requester first (it re-serves every published model), then peers that
-        announced holding the round, in an order seeded from the scenario."""
-        others = sorted(p for p in self._holders.get(r, ()) if p != self.node.peer_id)
-        random.Random(self._seed("providers", r)).shuffle(others)
-        return [self.requester_peer, *others]
+    def _peer_holders(self, r: int, cid: str) -> list[str]:
+        """The peers other than itself and the requester that announced holding `cid`."""
+        holders = self._holders.get(r, {}).get(cid, ())
+        return sorted(p for p in holders if p not in (self.node.peer_id, self.requester_peer))
+
+    def _earlier_fetchers(self, r: int, cid: str) -> list[str]:
+        """The peers of the workers whose rotation (`_fetch_order`) reaches `cid` before
+        this worker's does, the one that starts with it (its seeder) first: in lockstep
+        they hold it by the time this worker asks. Only peers bound to registered
+        workers (their announced bindings), none that failed this round."""
+        cids, workers = self._published.get(r, []), sorted(self._registered)
+        if cid not in cids or self.address not in workers:
+            return []
+        n, p = len(cids), cids.index(cid)
+        mine = (p - workers.index(self.address)) % n
+        peer_of = {w: peer for peer, w in self._bound.items()}
+        failed = self._failed_peers.get(r, set())
+        steps = sorted(((p - k) % n, w) for k, w in enumerate(workers) if w != self.address)
+        return [peer_of[w] for step, w in steps if step < mine and w in peer_of and peer_of[w] not in failed]
+
+    def _providers(self, r: int, cid: str) -> list[str]:
+        """Whom to ask for `cid`, in order. The overlay: the first PEERS_PER_FETCH peers
+        expected to hold it (`_earlier_fetchers`), the peers that announced holding it
+        (in random order), then the requester, which re-serves every published model.
+        A star: the requester, then the announced holders."""
+        others = self._peer_holders(r, cid)
+        random.Random(self._seed("providers", r, cid)).shuffle(others)
+        if not self.setup.overlay:
+            return [self.requester_peer, *others]
+        expected = self._earlier_fetchers(r, cid)[:PEERS_PER_FETCH]
+        return [*expected, *(p for p in others if p not in expected), self.requester_peer]
+
+    async def _announce_holding(self, r: int, cids: list[str]) -> None:
+        """Announces that it holds `cids` (verified) of round `r`. One announcement in
+        flight at a time: CIDs given meanwhile go out together in the next (fewer
+        gossip messages), at most HOLDING_BATCH a message."""
+        self._unannounced += [(r, c) for c in cids]
+        if self._announcing:
+            return
+        self._announcing = True
+        try:
+            while self._unannounced:
+                batch, self._unannounced = self._unannounced[:HOLDING_BATCH], self._unannounced[HOLDING_BATCH:]
+                for rb in sorted({rb for rb, _ in batch}):
+                    await self._publish_holding(rb, [c for q, c in batch if q == rb])
+        finally:
+            self._announcing = False
+
+    async def _publish_holding(self, r: int, held: list[str]) -> None:
+        """One "holding" announcement, with its signed peer binding (an empty `held`
+        tells peers only whom to ask: the overlay's, at each round's start).
+        `faults.announce_loss` drops that fraction of announcements (seeded draws)."""
+        self._announcements += 1
+        if random.Random(self._seed("announce", r, self._announcements)).random() < self.setup.announce_loss:
+            return
+        msg = {"kind": "holding", "round": r, "cids": held, "worker": self.address, "binding": self._binding}
+        try:
+            await self.node.announce(self.setup.topic, msg)
+        except BridgeClosed:
+            raise
+        except Exception as e:  # noqa: BLE001 - a hint lost: peers then ask the requester
+            log.warning("holding_announce_failed", agent=self.name, round=r, reason=str(e))
 
 
 def new_salt() -> bytes:

@@ -25,6 +25,7 @@ from rich.table import Table
 from discofl_p2p.chain.anvil import Anvil, AnvilNotFound, AnvilStartError, to_ws_url
 from discofl_p2p.chain.limits import ETH
 from discofl_p2p.dashboard.server import run_dashboard
+from discofl_p2p.report.overlay import fetch_shares_of_log
 from discofl_p2p.report.plots import plot_accuracy, plot_rewards
 from discofl_p2p.report.results import check_expectations, write_results
 from discofl_p2p.scenario.config import ScenarioError, load_scenario
@@ -106,6 +107,7 @@ def scenario_main(
     plot_rewards(results, out / "rewards.png")
     plot_accuracy(results, out / "accuracy.png")
     console.print(summary_table(outcome, results))
+    console.print(fetch_shares_of_log(out / "log.jsonl").describe(), highlight=False)
     for x in expectations:
         mark = "[green]ok[/]" if x.ok else "[bold red]FAILED[/]"
         console.print(f"expectation {x.name}: {_fmt(x.value)} (limit {_fmt(x.limit)}) {mark}")

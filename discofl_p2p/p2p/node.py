@@ -451,10 +451,13 @@ class _TrioNode:
             raise ProtocolError(f"blob of {len(data)} bytes does not match its CID")
         return data
 
-    async def get(self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool, deadline_s: float) -> bytes:
+    async def get(
+        self, cid: str, providers: Sequence[str], max_bytes: int, keep: bool, deadline_s: float, local: bool
+    ) -> bytes:
         """The first provider's bytes that match `cid`, trying providers in order, all
-        within `deadline_s` (each one also within `fetch_timeout_s`)."""
-        if cid in self.blobs:
+        within `deadline_s` (each one also within `fetch_timeout_s`); the stored copy
+        first if `local`."""
+        if local and cid in self.blobs:
             return self.blobs[cid]
         me = self.host.get_id().to_base58()
         candidates = [p for p in dict.fromkeys(providers) if p != me]
@@ -810,15 +813,18 @@ class P2PNode:
         keep: bool = False,
         max_bytes: int | None = None,
         deadline_s: float | None = None,
+        local: bool = True,
     ) -> bytes:
         """Fetches a blob from the first provider that delivers bytes matching `cid`;
         `keep` stores and re-serves it (replication). The whole get, every provider
         tried, ends within `deadline_s` (`NodeConfig.get_deadline_s` by default); each
-        provider also within `fetch_timeout_s`. Raises BlobUnavailable with a reason
-        per provider (untried ones included)."""
+        provider also within `fetch_timeout_s`. A blob this node holds comes from its
+        store, unless `local=False` (fetched over the network even so: an author's
+        cover fetch of its own model, agents/worker.py). Raises BlobUnavailable with a
+        reason per provider (untried ones included)."""
         cap = self.config.max_blob_bytes if max_bytes is None else max_bytes
         deadline = self.config.get_deadline_s if deadline_s is None else deadline_s
-        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline))
+        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline, local))
 
     async def tag(self, cid: str, task: str, round_: int) -> None:
         """Lists an already held blob under (task, round) for `ask_held`."""

@@ -175,6 +175,22 @@ RESTART_PHASES = ("submission", "evaluation", "settling", "settled")
 restart_requester` can kill it."""
 
 
+MAX_FETCH_WINDOW = 64
+"""The most fetches an evaluator may keep in flight (`[network] fetch_window`)."""
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """How evaluators fetch a round's models (agents/worker.py, docs/p2p.md "The
+    overlay"). `overlay`: from each other, each model's first copy from the requester
+    (off by default: in one process it is not yet as fast as the star, where every
+    model comes from the requester); `fetch_window`: how many models an evaluator
+    fetches at once in the overlay."""
+
+    overlay: bool = False
+    fetch_window: int = 4
+
+
 @dataclass(frozen=True)
 class ExpectSection:
     final_accuracy_min: float | None = None
@@ -192,6 +208,7 @@ class Scenario:
     faults: FaultsSection
     expect: ExpectSection
     timeout_s: int = 900
+    network: NetworkSection = field(default_factory=NetworkSection)
 
     @property
     def n_workers(self) -> int:
@@ -222,7 +239,7 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
         m = re.search(r"line (\d+)", str(e))
         raise ScenarioError(file, "", int(m.group(1)) if m else None, f"not valid TOML: {e}") from None
     v = _Validator(file, text)
-    v.keys(raw, "", {"task", "data", "model", "workers", "faults", "expect", "timeout_s"})
+    v.keys(raw, "", {"task", "data", "model", "workers", "faults", "expect", "network", "timeout_s"})
     task = v.section(raw, "task", TaskSection)
     if seed is not None:
         task = TaskSection(**{**asdict(task), "seed": seed})
@@ -233,9 +250,10 @@ def parse_scenario(text: str, file: str = "<scenario>", *, seed: int | None = No
     model = v.section(raw, "model", ModelSection)
     faults = v.section(raw, "faults", FaultsSection)
     expect = v.section(raw, "expect", ExpectSection)
+    network = v.section(raw, "network", NetworkSection)
     timeout_s = v.typed(raw.get("timeout_s", 900), int, "timeout_s")
     groups = v.workers(raw.get("workers"))
-    sc = Scenario(file, task, data, model, groups, faults, expect, timeout_s)
+    sc = Scenario(file, task, data, model, groups, faults, expect, timeout_s, network)
     v.semantics(sc)
     return sc
 
@@ -547,6 +565,11 @@ class _Validator:
             ("model.round_lr_decay", 0 < m.round_lr_decay <= 1, "must be in (0, 1]"),
             ("model.optimizer", m.optimizer in ("adam", "sgd"), "choose adam or sgd"),
             ("faults.announce_loss", 0 <= sc.faults.announce_loss <= 1, "must be in [0, 1]"),
+            (
+                "network.fetch_window",
+                1 <= sc.network.fetch_window <= MAX_FETCH_WINDOW,
+                f"must be between 1 and {MAX_FETCH_WINDOW} (models an evaluator fetches at once)",
+            ),
             ("timeout_s", sc.timeout_s >= 10, "must be >= 10"),
         ]
         for key, ok, msg in checks:

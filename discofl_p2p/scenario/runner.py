@@ -200,6 +200,8 @@ def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
         max_model_bytes=2 * len(encode_state(state)) + 4096,
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
+        overlay=sc.network.overlay,
+        fetch_window=sc.network.fetch_window,
         round_lr_decay=sc.model.round_lr_decay,
     )
     return setup, export_initial_model(model)
