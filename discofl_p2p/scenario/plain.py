@@ -186,8 +186,9 @@ def _run(sc: Scenario, final_keep_ratio: float, each: _Each) -> PlainOutcome:
 
         # The requester: on-time commitments, in roster order, and its exclusions.
         salt = bytes(32)
-        order = [address[n] for n in active if not behaviours[n].late(r)]
-        participants |= {n for n in active if not behaviours[n].late(r)}
+        on_time = [n for n in active if not behaviours[n].late(r)]
+        order = [address[n] for n in on_time]
+        participants.update(on_time)
         by_address = {address[n]: n for n in active}
         valid, rec.excluded = select_openings(
             contract=PLAIN_CONTRACT,
