@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import event_abi_to_log_topic
 from web3 import AsyncWeb3, WebSocketProvider
 from web3.exceptions import (
     ContractLogicError,
@@ -42,6 +41,7 @@ from web3.exceptions import (
 )
 from websockets.exceptions import WebSocketException
 
+from discofl_p2p.chain.abi_codec import AbiCodec
 from discofl_p2p.chain.artifact import load_artifact
 from discofl_p2p.chain.encoding import earners_in_order, pack_openings, score_commitment, unpack_openings
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
@@ -73,6 +73,12 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 """What a request or subscription on a WebSocket that dropped (or hangs) raises."""
 
 _in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _codec() -> AbiCodec:
+    """The contract's ABI, looked up once per process (web3 would per call)."""
+    return AbiCodec(load_artifact()["abi"])
 
 
 def _limiter() -> asyncio.Semaphore:
@@ -347,11 +353,14 @@ class TaskClient:
         self.address = AsyncWeb3.to_checksum_address(address)
         self.account = account
         self.ws_url = ws_url
+        # web3's contract object, for callers that want web3's API; this client itself
+        # encodes and decodes with `codec` (see abi_codec: web3's per-call ABI lookup
+        # cost milliseconds of CPU per transaction and per log).
         self.contract = w3.eth.contract(address=self.address, abi=art["abi"])
+        self.codec = _codec()
         self._lock = asyncio.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
-        self._topics = {event_abi_to_log_topic(e): e["name"] for e in art["abi"] if e["type"] == "event"}
 
     # -------------------------------------------------------------- setup
 
@@ -360,8 +369,8 @@ class TaskClient:
         cls, w3: AsyncWeb3, account: LocalAccount, params: TaskParams, *, ws_url: str = ""
     ) -> tuple[TaskClient, TxResult]:
         art = load_artifact()
-        factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-        ctor = factory.constructor(
+        data = _codec().deploy_data(
+            bytes.fromhex(art["bytecode"].removeprefix("0x")),
             params.rounds,
             params.top_k,
             params.max_workers,
@@ -375,7 +384,7 @@ class TaskClient:
             [AsyncWeb3.to_checksum_address(a) for a in params.allowlist],
         )
         deployer = cls(w3, "0x" + "00" * 20, account, ws_url=ws_url)
-        receipt = await deployer._transact(ctor, "constructor", value=params.deposit_wei)
+        receipt = await deployer._transact({"data": data}, "constructor", value=params.deposit_wei)
         client = cls(w3, receipt["contractAddress"], account, ws_url=ws_url)
         client._nonce, client._chain_id = deployer._nonce, deployer._chain_id
         return client, client._result(receipt)
@@ -446,7 +455,8 @@ class TaskClient:
         """settleRound's arguments, read back from its transaction's input, with the
         packed openings unpacked into `submitters`, `positions` and `openings` (what
         the audit and the dashboard re-verify)."""
-        _, args = self.contract.decode_function_input(tx_input)
+        raw = bytes.fromhex(tx_input.removeprefix("0x")) if isinstance(tx_input, str) else bytes(tx_input)
+        _, args = self.codec.decode_input(raw)
         submitters, positions, openings = unpack_openings(bytes(args["openings"]))
         return {**args, "submitters": submitters, "positions": positions, "openings": openings}
 
@@ -471,7 +481,6 @@ class TaskClient:
 
     async def state(self, block: int | str = "latest") -> TaskState:
         """The task's counters and balance as of `block` (the latest by default)."""
-        f = self.contract.functions
         names = [
             "phase",
             "currentRound",
@@ -488,7 +497,7 @@ class TaskClient:
             "deposit",
             "participantCount",
         ]
-        vals = await asyncio.gather(*(getattr(f, n)().call(block_identifier=block) for n in names))
+        vals = await asyncio.gather(*(self.view(n, block=block) for n in names))
         held = await self.w3.eth.get_balance(self.address, block)  # type: ignore[arg-type]
         v = dict(zip(names, vals))
         return TaskState(
@@ -512,16 +521,19 @@ class TaskClient:
     async def credit_of(self, address: str) -> int:
         """What settlements credited `address` and it has not withdrawn (not its share of
         an abandoned task; see `withdrawable_of`)."""
-        return (await self.contract.functions.workers(address).call())[4]
+        return int((await self.view("workers", address))[4])
 
     async def withdrawable_of(self, address: str) -> int:
         """What `withdraw()` would pay `address` now: its credit and, once the task was
         abandoned, its unclaimed share."""
-        return int(await self.contract.functions.withdrawable(address).call())
+        return int(await self.view("withdrawable", address))
 
-    async def view(self, name: str, *args: Any) -> Any:
-        """Any other public view, by its Solidity name."""
-        return await getattr(self.contract.functions, name)(*args).call()
+    async def view(self, name: str, *args: Any, block: int | str = "latest") -> Any:
+        """Any other public view, by its Solidity name, as of `block`: its value, or a
+        list of its values when it returns several."""
+        call = {"to": self.address, "data": self.codec.call_data(name, *args)}
+        out = await self.w3.eth.call(call, block)  # type: ignore[arg-type]
+        return self.codec.decode_output(name, bytes(out))
 
     # -------------------------------------------------------------- events
 
@@ -569,11 +581,10 @@ class TaskClient:
         return list(await w3.eth.get_logs({"address": self.address, "fromBlock": lo, "toBlock": hi}))
 
     def _decode(self, log: Any) -> ChainEvent:
-        name = self._topics[bytes(log["topics"][0])]
-        data = getattr(self.contract.events, name)().process_log(log)
+        name, args = self.codec.decode_log(log["topics"], log["data"])
         return ChainEvent(
             name=name,
-            args=dict(data["args"]),
+            args=args,
             block_number=log["blockNumber"],
             log_index=log["logIndex"],
             tx_hash=log["transactionHash"].to_0x_hex(),
@@ -589,28 +600,28 @@ class TaskClient:
         )
 
     async def _call(self, name: str, *args: Any) -> TxResult:
-        fn = getattr(self.contract.functions, name)(*args)
-        return self._result(await self._transact(fn, name))
+        call = {"to": self.address, "data": self.codec.call_data(name, *args)}
+        return self._result(await self._transact(call, name))
 
-    async def _transact(self, fn: Any, name: str, *, value: int = 0) -> Any:
+    async def _transact(self, call: dict[str, Any], name: str, *, value: int = 0) -> Any:
+        """Estimates, signs and sends `call` (`to` and `data`; no `to` deploys), then
+        waits for its receipt."""
         async with self._lock, _limiter():
             if self._nonce is None:
                 self._nonce = await self.w3.eth.get_transaction_count(self.account.address, "pending")
                 self._chain_id = await self.w3.eth.chain_id
-            base = {"from": self.account.address, "value": value}
+            base = {**call, "from": self.account.address, "value": value}
             try:
-                gas = await fn.estimate_gas(base)
+                gas = await self.w3.eth.estimate_gas(base)  # type: ignore[arg-type]
             except ContractLogicError as e:
                 raise decode_revert(e.data if isinstance(e.data, str) else None, function=name) from None
-            tx = await fn.build_transaction(
-                {
-                    **base,
-                    "gas": gas + gas // 5 + 10_000,
-                    "nonce": self._nonce,
-                    "chainId": self._chain_id,
-                    **await self._fees(),
-                }
-            )
+            tx = {
+                **base,
+                "gas": gas + gas // 5 + 10_000,
+                "nonce": self._nonce,
+                "chainId": self._chain_id,
+                **await self._fees(),
+            }
             signed = self.account.sign_transaction(tx)
             try:
                 tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
