@@ -251,6 +251,25 @@ def test_the_anchor_is_the_posted_row_by_published_position():
     assert {k: (v.median, v.score) for k, v in c.items()} == {"A": (0.9, 1.0), "B": (0.7, 0.0), "C": (0.5, 0.0)}
 
 
+def test_a_requester_with_one_sybil_takes_the_pot_under_anchored_only():
+    """Why `anchored` is not the default (docs/robustness.md): the requester funds the
+    pot and posts the anchor. It registers one Sybil worker S whose model is poor
+    (0.3 to every honest evaluator), has S score its own model 1 and the others 0, and
+    posts that same row as the anchor: S alone agrees with the anchor, so S alone has
+    weight, every model's centre is S's score, and S takes the whole pot. The audit
+    cannot object (the anchor is the requester's opinion of its own root set). No
+    other rule pays S anything here."""
+    workers = ["h1", "h2", "h3", "h4", "h5", "S"]
+    s = {a: {k: (0.3 if k == "S" else 0.9) for k in workers if k != a} for a in workers[:5]}
+    s["S"] = dict.fromkeys(workers[:5], 0.0)
+    anchor = {k: (1.0 if k == "S" else 0.0) for k in workers}
+    got = {k: v.score for k, v in _rule("anchored")(s, workers, ScoringContext(anchor=anchor)).items()}
+    assert got == {**dict.fromkeys(workers[:5], 0.0), "S": 1.0}
+    for name in (n for n in ALL if n != "anchored"):
+        p = {k: v.score for k, v in _rule(name)(s, workers, ScoringContext()).items()}
+        assert p == {**dict.fromkeys(workers[:5], 1.0), "S": 0.0}, name
+
+
 def test_anchored_needs_an_anchor():
     with pytest.raises(ValueError, match="anchor"):
         _p("anchored", honest_majority())
