@@ -271,6 +271,62 @@ def test_only_the_tasks_own_workers_may_register(anvil):
     assert st.worker_count == 3
 
 
+def test_create_address_is_ethereums():
+    from discofl_p2p.chain.encoding import create_address
+
+    # The well-known vectors of CREATE (deployer 0x6ac7..., nonces 0 and 1) and larger
+    # nonces, whose RLP takes a length prefix.
+    deployer = "0x6ac7ea33f8831ea9dcc53393aaa88b25a785dbf0"
+    assert create_address(deployer, 0) == "0xcd234A471b72ba2F1Ccf0A70FCABA648a5eeCD8d"
+    assert create_address(deployer, 1) == "0x343c43A37D37dfF08AE8C4A11544c718AbB4fCF8"
+    assert len({create_address(deployer, n) for n in (127, 128, 255, 256, 2**40)}) == 5
+    with pytest.raises(ValueError, match="nonce -1 out of range"):
+        create_address(deployer, -1)
+
+
+def test_the_task_is_stored_before_its_deployment_is_sent(anvil, tmp_path):
+    """A requester that dies between recording its task and deploying it leaves a store
+    that names the task's address; resuming says no task was deployed, and nothing
+    was sent. A deployment that goes through lands at the address recorded."""
+    from discofl_p2p.agents.requester import RequesterAgent
+    from discofl_p2p.agents.requester_store import RequesterStore, StoreError
+    from discofl_p2p.chain.client import TaskClient, TaskParams, connect
+    from discofl_p2p.chain.devchain import derive_account, fund
+    from discofl_p2p.chain.limits import ETH, FUNDING_WEI
+
+    class Crash(Exception):
+        pass
+
+    async def body():
+        w3 = await connect(anvil.ws_url)
+        try:
+            acct = derive_account(77, "requester-crash")
+            await fund(w3, acct.address, FUNDING_WEI + ETH)
+            params = TaskParams(rounds=1, top_k=1, max_workers=2, deposit_wei=ETH)
+            store = RequesterStore(tmp_path / "crashed")
+
+            def record_then_die(address: str) -> None:
+                store.create(address, b"w0")
+                raise Crash
+
+            with pytest.raises(Crash):
+                await TaskClient.deploy(w3, acct, params, ws_url=anvil.ws_url, on_address=record_then_die)
+            address, _ = store.task()
+            assert await w3.eth.get_transaction_count(acct.address) == 0  # nothing was sent
+            client = TaskClient(w3, address, acct, ws_url=anvil.ws_url)
+            with pytest.raises(StoreError, match=r"no contract at .*no task to resume") as refused:
+                await RequesterAgent.resume(client, None, None, None, None, {}, store)  # type: ignore[arg-type]
+            recorded: list[str] = []
+            deployed, _ = await TaskClient.deploy(w3, acct, params, ws_url=anvil.ws_url, on_address=recorded.append)
+            return address, str(refused.value), recorded, deployed.address
+        finally:
+            await w3.provider.disconnect()
+
+    address, refused, recorded, deployed = run(body())
+    assert str(tmp_path / "crashed" / "task.json") in refused
+    assert recorded == [deployed] == [address]  # the same nonce: the address recorded before the crash
+
+
 def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path):
     """What a restarted requester reads back (openings, the published order, checked
     models) is what the first process wrote; a second task in the same directory, a

@@ -291,8 +291,11 @@ class RequesterAgent:
         store: RequesterStore | None = None,
     ) -> RequesterAgent:
         """Publishes w0 on the network (kept for the task's whole life: workers fetch
-        it by the contract's `initialModel`) and deploys the task contract; with a
-        `store`, records the task there first thing, so that it can be resumed."""
+        it by the contract's `initialModel`) and deploys the task contract;
+        `client_factory(params, on_address)` deploys (`TaskClient.deploy`). With a
+        `store`, the task (its address, known before the deployment is sent, and w0)
+        is recorded there before the deployment goes out, so that it can be resumed
+        whenever the requester crashes."""
         w0_cid = await node.put(w0)
         rule = RewardRule.TOP_K if cfg.reward_policy == "top_k" else RewardRule.EXPLICIT
         params = TaskParams(
@@ -310,10 +313,9 @@ class RequesterAgent:
             allowlist_only=True,
             allowlist=tuple(names),
         )
-        client, res = await client_factory(params)
+        on_address = None if store is None else lambda address: store.create(address, w0)
+        client, res = await client_factory(params, on_address)
         log.info("task_deployed", contract=client.address, gas=res.gas_used, w0=w0_cid)
-        if store is not None:
-            store.create(client.address, w0)
         agent = cls(client, node, setup, recorder, cfg, names, w0, store)
         await agent._note_w0_weights()
         return agent
@@ -340,6 +342,11 @@ class RequesterAgent:
         then carries on from the next block. Raises StoreError when the store and the
         chain disagree (w0, a published order it did not keep)."""
         _, w0 = store.task()
+        if not await client.w3.eth.get_code(client.address):
+            raise StoreError(
+                f"{store.root / 'task.json'}: no contract at {client.address}: the requester stopped before its "
+                "deployment was mined, so there is no task to resume (start a new one with another --store)"
+            )
         if digest_of(cid_of(w0)) != bytes(await client.view("initialModel")):
             raise StoreError(f"{store.root / 'w0.pt'}: w0 does not match the contract's initialModel")
         await node.put(w0)

@@ -43,7 +43,13 @@ from websockets.exceptions import WebSocketException
 
 from discofl_p2p.chain.abi_codec import AbiCodec
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.encoding import earners_in_order, pack_openings, score_commitment, unpack_openings
+from discofl_p2p.chain.encoding import (
+    create_address,
+    earners_in_order,
+    pack_openings,
+    score_commitment,
+    unpack_openings,
+)
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
 from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
 
@@ -366,8 +372,17 @@ class TaskClient:
 
     @classmethod
     async def deploy(
-        cls, w3: AsyncWeb3, account: LocalAccount, params: TaskParams, *, ws_url: str = ""
+        cls,
+        w3: AsyncWeb3,
+        account: LocalAccount,
+        params: TaskParams,
+        *,
+        ws_url: str = "",
+        on_address: Callable[[str], None] | None = None,
     ) -> tuple[TaskClient, TxResult]:
+        """Deploys a task. `on_address` is called with the contract's address before the
+        deployment is sent (the address follows from the account and its nonce), so a
+        caller can record the task first: a crash can then lose nothing that was sent."""
         art = load_artifact()
         data = _codec().deploy_data(
             bytes.fromhex(art["bytecode"].removeprefix("0x")),
@@ -384,7 +399,14 @@ class TaskClient:
             [AsyncWeb3.to_checksum_address(a) for a in params.allowlist],
         )
         deployer = cls(w3, "0x" + "00" * 20, account, ws_url=ws_url)
+        deployer._nonce = await w3.eth.get_transaction_count(account.address, "pending")
+        deployer._chain_id = await w3.eth.chain_id
+        address = create_address(account.address, deployer._nonce)
+        if on_address is not None:
+            on_address(address)
         receipt = await deployer._transact({"data": data}, "constructor", value=params.deposit_wei)
+        if receipt["contractAddress"] != address:  # only if the nonce moved under us
+            raise RuntimeError(f"the task was deployed at {receipt['contractAddress']}, not at {address}")
         client = cls(w3, receipt["contractAddress"], account, ws_url=ws_url)
         client._nonce, client._chain_id = deployer._nonce, deployer._chain_id
         return client, client._result(receipt)

@@ -28,6 +28,23 @@ SALT_ENTROPY_BYTES = 16
 """Random bytes in a salt (128 bits: no search can open a commitment without it)."""
 
 
+def create_address(deployer: str, nonce: int) -> str:
+    """The address a contract created by `deployer`'s transaction number `nonce` gets
+    (CREATE: the last 20 bytes of keccak256(rlp([deployer, nonce]))). Known before the
+    deployment is sent, so the requester records its task before it exists."""
+    if not 0 <= nonce < 2**64:
+        raise ValueError(f"nonce {nonce} out of range")
+    if nonce == 0:
+        n = b"\x80"
+    elif nonce < 0x80:
+        n = bytes([nonce])
+    else:
+        raw = nonce.to_bytes((nonce.bit_length() + 7) // 8, "big")
+        n = bytes([0x80 + len(raw)]) + raw
+    payload = b"\x94" + to_canonical_address(deployer) + n
+    return to_checksum_address(keccak(bytes([0xC0 + len(payload)]) + payload)[12:])
+
+
 def new_salt(rng: random.Random | None = None) -> bytes:
     """A commitment's 32-byte salt: 16 zero bytes, then 16 random bytes from the OS's
     CSPRNG (`rng` only where a benchmark must replay its figures). The zero half

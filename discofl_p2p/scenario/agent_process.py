@@ -177,7 +177,9 @@ async def serve_requester(
                 requester = await RequesterAgent.resume(client, node, setup, recorder, cfg, names, store)
             else:
                 requester = await RequesterAgent.deploy(
-                    lambda params: TaskClient.deploy(w3, account, params, ws_url=ws_url),
+                    lambda params, on_address: TaskClient.deploy(
+                        w3, account, params, ws_url=ws_url, on_address=on_address
+                    ),
                     node,
                     setup,
                     recorder,

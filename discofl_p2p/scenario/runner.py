@@ -288,7 +288,13 @@ async def assemble(
 
     cfg = requester_config(sc, registration_timeout_s)
     requester = await RequesterAgent.deploy(
-        lambda params: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url), req_node, setup, recorder, cfg, names, w0
+        lambda params, on_address: TaskClient.deploy(w3, req_acct, params, ws_url=ws_url, on_address=on_address),
+        req_node,
+        setup,
+        recorder,
+        cfg,
+        names,
+        w0,
     )
     rings: dict[str, list[str]] = {}  # ring -> its members' peer ids
     for name, _, _ in roster:
