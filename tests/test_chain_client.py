@@ -429,3 +429,16 @@ def test_scripted_round_on_an_interval_mining_anvil(interval_chain):
             await w3.provider.disconnect()
 
     run(go())
+
+
+def test_find_anvil_takes_the_platform_package_npm_installed(tmp_path, monkeypatch):
+    """`npm ci` installs @foundry-rs/anvil's binary in the one platform package of this
+    machine; any of them is found, not only linux-amd64's."""
+    from discofl_p2p.chain.anvil import find_anvil
+
+    monkeypatch.delenv("DISCOFL_ANVIL", raising=False)
+    binary = tmp_path / "node_modules" / "@foundry-rs" / "anvil-darwin-arm64" / "bin" / "anvil"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert find_anvil(search_from=tmp_path) == binary

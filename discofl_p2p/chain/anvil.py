@@ -17,7 +17,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-_NPM_BINARY = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+_NPM_PACKAGES = Path("node_modules/@foundry-rs")
+"""Where `npm ci` puts @foundry-rs/anvil's native binary: in the one platform package
+it installs for this machine (anvil-linux-amd64, anvil-darwin-arm64, ...), bin/anvil."""
 
 
 class AnvilNotFound(RuntimeError):
@@ -43,9 +45,9 @@ def find_anvil(search_from: Path | None = None) -> Path:
     starts = [Path(search_from or Path.cwd()), Path(__file__).resolve().parent]
     for start in starts:
         for d in [start, *start.resolve().parents]:
-            candidate = d / _NPM_BINARY
-            if candidate.is_file():
-                return candidate
+            for candidate in sorted((d / _NPM_PACKAGES).glob("anvil-*/bin/anvil")):
+                if candidate.is_file():
+                    return candidate
     on_path = shutil.which("anvil")
     if on_path:
         return Path(on_path)
