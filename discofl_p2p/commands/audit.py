@@ -3,8 +3,8 @@
 Reads the registered workers, each round's published models, every evaluator's
 revealed scores (a committed row never revealed counts as no evaluation, as the
 requester counts it) and the settlement (its calldata reveals who submitted which model), then
-recomputes the contribution scores (BlockFlow, or the rule `--scoring` names: the
-one the task was settled with, with its `--scoring-param`s, checked as the scenario's
+recomputes the contribution scores (under the rule `--scoring` names, `consensus` by
+default: it must be the one the task was settled with, with its `--scoring-param`s, checked as the scenario's
 `[task] scoring_params` are; an anchored rule takes the requester's AnchorScores
 event of the round as its anchor, and a round without one fails) and the ranking and rewards the contract should have
 paid, through `trust.settlement.settle` under the task's reward policy (`--policy`,

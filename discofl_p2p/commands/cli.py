@@ -24,7 +24,7 @@ def scoring_param(text: str) -> tuple[str, Any]:
 
 
 def _add_scoring(parser: argparse.ArgumentParser, help_: str) -> None:
-    parser.add_argument("--scoring", default=DEFAULT_SCORING, help=help_)
+    parser.add_argument("--scoring", default=DEFAULT_SCORING, help=f"{help_} (default: {DEFAULT_SCORING})")
     parser.add_argument(
         "--scoring-param",
         dest="scoring_params",
