@@ -277,6 +277,7 @@ contract DiscoFLTask {
         rule = rule_;
         gracePeriod = gracePeriod_;
         allowlistOnly = allowlistOnly_;
+        scoreAccumulator = bytes32(uint256(1)); // nonzero from the start: openEvaluation writes 5k, not 22k
         for (uint256 i = 0; i < allowed_.length; i++) _allow(allowed_[i]);
         emit TaskCreated(
             msg.sender,
@@ -368,7 +369,7 @@ contract DiscoFLTask {
         if (models.length > submittedCount) revert ModelCountMismatch(submittedCount, models.length);
         modelCount = uint32(models.length);
         modelListHash = keccak256(abi.encodePacked(models));
-        scoreAccumulator = bytes32(uint256(round)); // nonzero from round 1 on: 5k, not 22k, later
+        scoreAccumulator = bytes32(uint256(round));
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
