@@ -18,7 +18,7 @@ from web3.exceptions import ContractLogicError
 
 from discofl_p2p.chain import client as client_module
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, connect
+from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
 from discofl_p2p.chain.encoding import (
     NOT_OPENED,
@@ -975,3 +975,26 @@ def test_a_batch_too_big_for_one_transaction_is_split(anvil, monkeypatch):
             await w3.provider.disconnect()
 
     run(go())
+
+
+def test_the_pending_list_follows_the_events_and_packs_only_rows_that_open_their_commitments():
+    """revealScores' arguments as pure functions: the pending list is the round's
+    ScoresCommitted in order less its ScoresRevealed; a reveal is packed (flag 1, its
+    salt, its row) only if it opens its commitment, any other entry keeps its raw one."""
+    me, a, b, c = "0x" + "cd" * 20, *(derive_account(0, f"pending/{i}").address for i in range(3))
+    rows = {w: encode_scores([0.1 * (i + 1)]) for i, w in enumerate((a, b, c))}
+    salts = {w: bytes([i + 1]) * 32 for i, w in enumerate((a, b, c))}
+    commits = {w: score_commitment(me, 3, w, salts[w], rows[w]) for w in (a, b, c)}
+
+    def ev(name: str, round_: int, who: str) -> ChainEvent:
+        return ChainEvent(name, {"round": round_, "evaluator": who, "commitment": commits[who]}, 0, 0, "")
+
+    events = [ev("ScoresCommitted", 3, w) for w in (b, a, c)]
+    events += [ev("ScoresRevealed", 3, a), ev("ScoresCommitted", 2, a)]  # another round's is not pending
+    pending = pending_score_commitments(events, 3)
+    assert pending == [(b, commits[b]), (c, commits[c])]
+    held = {b: ScoreReveal(salts[b], rows[b]), c: ScoreReveal(salts[c], rows[a]), a: ScoreReveal(salts[a], rows[a])}
+    packed, packed_rows, revealed = pack_score_reveals(me, 3, pending, held)
+    assert revealed == [b] and packed_rows == rows[b] and len(packed) == 2 * PENDING_BYTES
+    assert packed[:PENDING_BYTES] == to_canonical_address(b) + b"\x01" + salts[b]
+    assert packed[PENDING_BYTES:] == to_canonical_address(c) + b"\x00" + commits[c]  # c's row is not its own

@@ -119,6 +119,7 @@ class _Round:
     reveals: dict[str, ScoreReveal] = field(default_factory=dict)  # rows evaluators handed it (checked)
     batch: asyncio.Task[None] | None = None  # its post of the reveals (revealScores), once per round
     early_reveals: dict[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)  # before its commit
+    opened_block: int = 0  # the block of its EvaluationOpened
     batch_timer: str = ""  # the wait for the missing rows: "", "running", "done"
     commits_closed: bool = False  # every worker committed scores, or the evaluation deadline passed
     commits_total: int | None = None  # the chain's count of score commitments, read once the deadline passed
@@ -204,6 +205,16 @@ def parse_opening(
     return Opening(peer, r, worker, cid, salt)
 
 
+def sender_speaks_for(
+    peer: str, msg: Mapping[str, Any], worker: str, *, contract: str, bound: Mapping[str, str]
+) -> bool:
+    """Whether `peer` speaks for `worker`: its bound peer, or, while none is bound, a
+    peer whose message carries the worker's signed binding to it."""
+    if worker in bound:
+        return bound[worker] == peer
+    return verify_binding(msg.get("binding"), contract, worker, peer)
+
+
 def parse_score_reveal(
     peer: str,
     msg: Mapping[str, Any],
@@ -215,7 +226,8 @@ def parse_score_reveal(
     commitments: Mapping[int, Mapping[str, bytes]],
 ) -> tuple[int, str, ScoreReveal]:
     """Checks a direct message as an evaluator's reveal of its committed scores: this
-    task, a worker whose peer is bound to it (or proves it by its signed binding), a
+    task, sent by the worker's bound peer (or, for a worker not bound yet, a peer that
+    proves it speaks for the address by its signed binding; `sender_speaks_for`), a
     round whose commitments the requester holds, and a salt and row that match the
     worker's ScoresCommitted commitment, so that the batch never carries a row the
     contract would refuse. Returns (round, worker, reveal); raises OpeningRejected."""
@@ -228,8 +240,8 @@ def parse_score_reveal(
         raise OpeningRejected(f"bad salt or scores: {e}") from e
     if msg.get("task") != task_id or not isinstance(worker, str) or worker not in names or len(salt) != 32:
         raise OpeningRejected("wrong task, unknown worker or bad salt")
-    if bound.get(worker) != peer and not verify_binding(msg.get("binding"), contract, worker, peer):
-        raise OpeningRejected(f"sent by a peer that cannot sign for {names[worker]}'s address")
+    if not sender_speaks_for(peer, msg, worker, contract=contract, bound=bound):
+        raise OpeningRejected(f"not sent by {names[worker]}'s peer")
     committed = commitments.get(r, {}).get(worker) if isinstance(r, int) and not isinstance(r, bool) else None
     if committed is None:
         raise OpeningRejected("no score commitment of this worker in a round in evaluation")
@@ -520,6 +532,7 @@ class RequesterAgent:
             r = self.rounds[a["round"]]
             r.phase = "evaluation"
             r.deadline = a["deadline"]
+            r.opened_block = ev.block_number
         elif ev.name == "ScoresCommitted":
             self.rounds[a["round"]].score_commits.add(a["evaluator"])
             self.rounds[a["round"]].score_commitments[a["evaluator"]] = bytes(a["commitment"])
@@ -724,9 +737,7 @@ class RequesterAgent:
         own_peer = (
             isinstance(worker, str)
             and worker in self.names
-            and (
-                self.bound.get(worker) == peer or verify_binding(msg.get("binding"), self.client.address, worker, peer)
-            )
+            and sender_speaks_for(peer, msg, worker, contract=self.client.address, bound=self.bound)
         )
         if rnd is not None and rnd.phase == "evaluation" and own_peer and worker not in rnd.score_commitments:
             assert isinstance(worker, str)
@@ -758,7 +769,7 @@ class RequesterAgent:
         for attempt in range(1, REVEAL_ATTEMPTS + 1):
             todo = {w: rv for w, rv in r.reveals.items() if w not in r.scores}
             try:
-                results = await self.client.reveal_scores(r.number, todo)
+                results = await self.client.reveal_scores(r.number, todo, from_block=r.opened_block)
             except ValueError:  # none is pending any more: they revealed their own
                 return
             except ContractRevert as e:

@@ -556,7 +556,7 @@ class WorkerAgent:
         abstained = sum(s is None for s in submitted)
         self._log("scores_committed", r, gas=res.gas_used, scored=len(submitted) - abstained, abstained=abstained)
         assert self._tg is not None
-        task = self._tg.create_task(self._reveal(r, packed, salt, deadline))
+        task = self._tg.create_task(self._reveal(r, packed, salt, deadline, opened_at))
         self._reveals.add(task)
         task.add_done_callback(self._reveals.discard)
 
@@ -572,7 +572,7 @@ class WorkerAgent:
         except ContractRevert as e:
             log.warning("dispute_refused", worker=self.name, round=r, error=e.name)
 
-    async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
+    async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int, opened_at: int) -> None:
         """Once commits are closed, hands its row and salt to the requester, which posts
         every evaluator's in one transaction; reveals the row itself if it is not
         on-chain `self_reveal_after_s` later (a requester that left it out, lost it in
@@ -622,14 +622,14 @@ class WorkerAgent:
         if r in self._revealed:
             self._log("scores_revealed", r, by="requester")
             return
-        await self._reveal_own(r, ScoreReveal(salt, packed))
+        await self._reveal_own(r, ScoreReveal(salt, packed), opened_at)
 
-    async def _reveal_own(self, r: int, row: ScoreReveal) -> None:
+    async def _reveal_own(self, r: int, row: ScoreReveal, opened_at: int) -> None:
         """The fallback: reveals its own row (against the pending list read from the
         events; a reveal landing in between makes it stale, so it tries again)."""
         for attempt in range(1, REQUESTER_ATTEMPTS + 1):
             try:
-                results = await self.client.reveal_scores(r, {self.address: row})
+                results = await self.client.reveal_scores(r, {self.address: row}, from_block=opened_at)
             except ValueError:  # not pending any more: a batch revealed it meanwhile
                 self._log("scores_revealed", r, by="requester")
                 return

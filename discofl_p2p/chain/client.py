@@ -417,14 +417,18 @@ class TaskClient:
         c = score_commitment(self.address, round_, self.account.address, salt, packed_scores)
         return await self._call("commitScores", round_, c)
 
-    async def reveal_scores(self, round_: int, reveals: Mapping[str, ScoreReveal]) -> list[TxResult]:
+    async def reveal_scores(
+        self, round_: int, reveals: Mapping[str, ScoreReveal], *, from_block: int = 0
+    ) -> list[TxResult]:
         """Reveals the rows in `reveals` (evaluator -> salt and row) that match their
         commitments: the requester's batch, or an evaluator's own row. One
         transaction, or several where one would carry more than REVEAL_CALLDATA_BYTES
         (each carries the whole pending list, read from the events first). A reveal
         that lands in between makes the list stale (`BadScoreReveal`); the caller may
-        simply call again. Raises ValueError if none of `reveals` is pending and valid."""
-        pending = pending_score_commitments(await self.past_events(), round_)
+        simply call again. Raises ValueError if none of `reveals` is pending and valid.
+        `from_block`: where to read the events from (the round's EvaluationOpened block
+        or earlier), so that a long chain is not read from its start each round."""
+        pending = pending_score_commitments(await self.past_events(from_block), round_)
         _, _, valid = pack_score_reveals(self.address, round_, pending, reveals)
         if not valid:
             raise ValueError(f"round {round_}: none of {len(reveals)} reveals is pending and valid")
