@@ -290,6 +290,7 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     cid = store.save_blob(1, b"model of A")
     store.save_blob(2, b"model of round 2")
     store.save_settled(1, {"honest-1": 0.5})
+    store.add_score_reveal(1, "0xB", b"\x02" * 32, b"\x00\x07")
 
     again = RequesterStore(tmp_path / "s")  # a new process
     assert again.task() == ("0xC0", b"w0 bytes")
@@ -300,6 +301,7 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     assert again.selection(2) is None and again.openings(2) == {}
     assert cid == cid_of(b"model of A") and again.blob(1, cid) == b"model of A"
     assert again.test_accuracy(1) == {"honest-1": 0.5}
+    assert again.score_reveals(1) == {"0xB": (b"\x02" * 32, b"\x00\x07")} and again.score_reveals(2) == {}
     (tmp_path / "s" / "blobs" / "1" / cid).write_bytes(b"tampered")
     assert again.blob(1, cid) is None
     again.forget_before(2)
@@ -308,6 +310,9 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     (tmp_path / "s" / "round-3.json").write_text("[")
     with pytest.raises(StoreError, match=r"round-3\.json"):
         RequesterStore(tmp_path / "s").openings(3)
+    (tmp_path / "s" / "round-4.json").write_text('{"score_reveals": {"0xB": {"salt": "zz"}}}')
+    with pytest.raises(StoreError, match=r"round-4\.json: bad score reveal"):
+        RequesterStore(tmp_path / "s").score_reveals(4)
 
 
 # ---------------------------------------------------------------- score reveals for the batch

@@ -620,6 +620,8 @@ class RequesterAgent:
             rec.excluded = dict(sorted(r.excluded.items()))
             for w in r.owner_at:
                 self._published_cids[r.valid[w][0]] = f"{self.names[w]} (round {r.number})"
+            stored = self.store.score_reveals(r.number)  # checked when they came
+            r.reveals = {w: ScoreReveal(salt, packed) for w, (salt, packed) in stored.items()}
         elif ev.name == "RoundSettled":
             r = self.rounds[a["round"]]
             r.phase = "settled"
@@ -728,9 +730,9 @@ class RequesterAgent:
         self._admit(op)
 
     def _on_score_reveal(self, peer: str, msg: Mapping[str, Any]) -> None:
-        """An evaluator's row and salt, for the round's batch. Kept in memory only: a
-        restarted requester has lost them, and the evaluators whose rows are then not
-        on-chain by their set point reveal their own. A row whose ScoresCommitted
+        """An evaluator's row and salt, for the round's batch, kept in the store too (a
+        restarted requester posts it still; without a store, the evaluators whose rows
+        it lost reveal their own at their set point). A row whose ScoresCommitted
         event this agent has not read yet (its feed lags the evaluator's) waits for it,
         one per worker and round."""
         rnd, worker = self.rounds.get(msg.get("round")), msg.get("worker")  # type: ignore[arg-type]
@@ -759,6 +761,8 @@ class RequesterAgent:
         rnd = self.rounds[r]
         if worker not in rnd.reveals and worker not in rnd.scores:
             rnd.reveals[worker] = rv
+            if self.store is not None:
+                self.store.add_score_reveal(r, worker, rv.salt, rv.packed)
             self._log("score_reveal_received", r, evaluator=self.names[worker], held=len(rnd.reveals))
 
     async def _post_reveals(self, r: _Round) -> None:
