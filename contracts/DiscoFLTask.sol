@@ -22,12 +22,16 @@ pragma solidity ^0.8.24;
 ///      so nobody but the requester can tell from the chain who submitted which model.
 /// @dev Scores are committed, then revealed (commit-reveal, as in BlockFlow): until every
 ///      worker committed its scores or the evaluation deadline passed, the chain holds
-///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), so a late
-///      evaluator has nobody's scores to copy. Reveals are taken from then until the
-///      reveal deadline (the evaluation deadline plus revealPeriod); the contract
-///      checks each against its commitment, so every ScoresRevealed event carries the
-///      scores that were committed blind. A committed score row that is not revealed
-///      counts as no evaluation at all (the evaluator scored nobody: honesty 0).
+///      only s = keccak256(abi.encode(this, round, evaluator, salt, scores)), folded
+///      into one accumulator (scoreAccumulator, like the model commitments: no fresh
+///      storage slot per evaluator), so a late evaluator has nobody's scores to copy.
+///      Reveals are taken from then until the reveal deadline (the evaluation deadline
+///      plus revealPeriod): the evaluators hand their rows to the requester, which
+///      posts them all in one revealScores call; an evaluator whose row it left out
+///      posts its own the same way. The contract checks each row against its
+///      commitment, so every ScoresRevealed event carries the scores that were
+///      committed blind. A committed score row that is not revealed counts as no
+///      evaluation at all (the evaluator scored nobody: honesty 0).
 /// @dev Liveness: if the requester lets a deadline pass by more than the grace period
 ///      without opening evaluation or settling, anyone may end the task
 ///      (endAbandonedTask): the rest of the deposit is shared equally by the workers
@@ -73,7 +77,6 @@ contract DiscoFLTask {
         uint32 scoredRound; // the last round it committed scores in
         uint96 credit; // withdrawable wei
         bool shareClaimed; // its share of an abandoned task was added to a withdrawal
-        uint32 revealedRound; // the last round it revealed its scores in
     }
 
     // ------------------------------------------------------------------ errors
@@ -98,8 +101,8 @@ contract DiscoFLTask {
     error NoWorkers();
     error AlreadySubmitted();
     error AlreadyScored();
-    error NotCommitted();
-    error AlreadyRevealed();
+    error NothingRevealed();
+    error BadPendingLength(uint256 given);
     error CommitsStillOpen(uint64 deadline);
     error BadScoreReveal();
     error NotSubmitted();
@@ -224,9 +227,15 @@ contract DiscoFLTask {
     mapping(address => bool) public allowed;
 
     mapping(address => Worker) public workers;
-    /// @dev Each worker's score commitment of the round it last committed in; kept
-    ///      (overwritten next round, not cleared) so that a round costs 5k, not 20k.
-    mapping(address => bytes32) public scoreCommitment;
+    /// @dev The round's score commitments not revealed yet, folded like the model
+    ///      commitments: acc = keccak256(abi.encode(acc, evaluator, s)) from
+    ///      bytes32(round), in commit order. One slot for every evaluator (no fresh
+    ///      22k slot per worker); revealScores checks a list against it and folds
+    ///      what stays unrevealed back in.
+    bytes32 public scoreAccumulator;
+    /// @dev One record of revealScores' `pending`: address (20), revealed flag (1),
+    ///      salt or raw commitment (32).
+    uint256 public constant PENDING_BYTES = 53;
     // No list of workers in storage: the WorkerRegistered events name them all, and a
     // list would cost every registration a fresh slot (about 27k gas).
 
@@ -268,6 +277,7 @@ contract DiscoFLTask {
         rule = rule_;
         gracePeriod = gracePeriod_;
         allowlistOnly = allowlistOnly_;
+        scoreAccumulator = bytes32(uint256(1)); // nonzero from the start: openEvaluation writes 5k, not 22k
         for (uint256 i = 0; i < allowed_.length; i++) _allow(allowed_[i]);
         emit TaskCreated(
             msg.sender,
@@ -359,6 +369,7 @@ contract DiscoFLTask {
         if (models.length > submittedCount) revert ModelCountMismatch(submittedCount, models.length);
         modelCount = uint32(models.length);
         modelListHash = keccak256(abi.encodePacked(models));
+        scoreAccumulator = bytes32(uint256(round));
         phase = Phase.Evaluation;
         uint64 evalDeadline = uint64(block.timestamp) + evaluationPeriod;
         deadline = evalDeadline;
@@ -377,35 +388,73 @@ contract DiscoFLTask {
         if (!w.registered) revert NotRegistered();
         if (w.scoredRound == round) revert AlreadyScored();
         w.scoredRound = round;
-        scoreCommitment[msg.sender] = commitment;
+        scoreAccumulator = _fold(scoreAccumulator, msg.sender, commitment);
         scoredCount += 1;
         emit ScoresCommitted(round, msg.sender, commitment);
     }
 
-    /// @notice Reveals the scores the caller committed this round. Taken once commits
-    ///         closed (every worker committed, or the evaluation deadline passed) and
-    ///         until the reveal deadline.
-    /// @param scores one big-endian uint16 per published model, in published order:
-    ///        basis points in [0, 10000], or 0xFFFF to abstain (a model one could not fetch).
-    ///        Kept in calldata and the event only: about 16 gas per score.
-    function revealScores(uint32 round, bytes calldata scores, bytes32 salt) external {
+    /// @notice Reveals committed score rows of this round, one or many: the requester
+    ///         posts the rows its evaluators sent it in one call (a batch), and an
+    ///         evaluator whose row the batch left out posts its own the same way.
+    ///         Anyone may call (only an evaluator and whoever it told know a row's
+    ///         salt). Taken once commits closed (every worker committed, or the
+    ///         evaluation deadline passed) and until the reveal deadline. Emits one
+    ///         ScoresRevealed per row revealed, checked against its commitment.
+    /// @param pending every score commitment of the round not revealed yet, in commit
+    ///        order (the ScoresCommitted events less the ScoresRevealed ones), one
+    ///        PENDING_BYTES record each: the evaluator (20 bytes), 1 if this call
+    ///        reveals its row, else 0 (1 byte), then its salt if revealed, else its
+    ///        raw commitment (32 bytes). The list must fold to scoreAccumulator
+    ///        (BadScoreReveal otherwise: a wrong salt or row, or a list that another
+    ///        reveal made stale); what it leaves unrevealed becomes the new one, so a
+    ///        row is revealed at most once.
+    /// @param rows the revealed rows, concatenated in list order; each is one
+    ///        big-endian uint16 per published model, in published order: basis points
+    ///        in [0, 10000], or 0xFFFF to abstain (a model one could not fetch). Kept
+    ///        in calldata and the event only: about 16 gas per score.
+    function revealScores(uint32 round, bytes calldata pending, bytes calldata rows) external {
         _inPhase(Phase.Evaluation);
         _atRound(round);
         uint64 d = deadline;
         if (scoredCount < workerCount && block.timestamp <= d) revert CommitsStillOpen(d);
         if (block.timestamp > revealDeadline) revert DeadlinePassed(revealDeadline);
-        Worker storage w = workers[msg.sender];
-        if (w.scoredRound != round) revert NotCommitted();
-        if (w.revealedRound == round) revert AlreadyRevealed();
-        if (scores.length != 2 * uint256(modelCount)) {
-            revert BadScoresLength(2 * uint256(modelCount), scores.length);
+        if (pending.length % 53 != 0) revert BadPendingLength(pending.length); // PENDING_BYTES
+        uint256 m = pending.length / 53;
+        uint256 len = 2 * uint256(modelCount);
+        bytes32 acc = bytes32(uint256(round));
+        bytes32 rest = acc;
+        uint256 revealed = 0;
+        for (uint256 i = 0; i < m; ) {
+            address who;
+            uint256 flag;
+            bytes32 c; // the salt, or the raw commitment
+            assembly ("memory-safe") {
+                let at := add(pending.offset, mul(i, 53))
+                who := shr(96, calldataload(at))
+                flag := shr(248, calldataload(add(at, 20)))
+                c := calldataload(add(at, 21))
+            }
+            if (flag != 0) {
+                if ((revealed + 1) * len > rows.length) revert BadScoresLength((revealed + 1) * len, rows.length);
+                bytes calldata scores = rows[revealed * len:(revealed + 1) * len];
+                c = keccak256(abi.encode(address(this), round, who, c, scores));
+                emit ScoresRevealed(round, who, scores);
+                unchecked {
+                    ++revealed;
+                }
+            } else {
+                rest = _fold(rest, who, c);
+            }
+            acc = _fold(acc, who, c);
+            unchecked {
+                ++i;
+            }
         }
-        if (keccak256(abi.encode(address(this), round, msg.sender, salt, scores)) != scoreCommitment[msg.sender]) {
-            revert BadScoreReveal();
-        }
-        w.revealedRound = round;
-        revealedCount += 1;
-        emit ScoresRevealed(round, msg.sender, scores);
+        if (revealed == 0) revert NothingRevealed();
+        if (rows.length != revealed * len) revert BadScoresLength(revealed * len, rows.length);
+        if (acc != scoreAccumulator) revert BadScoreReveal();
+        scoreAccumulator = rest;
+        revealedCount += uint32(revealed);
     }
 
     /// @notice A worker whose model is not in the published list posts its opening

@@ -12,20 +12,26 @@ from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_canonical_address
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError
 
+from discofl_p2p.chain import client as client_module
 from discofl_p2p.chain.artifact import load_artifact
-from discofl_p2p.chain.client import Phase, RewardRule, TaskClient, TaskParams, connect
+from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
 from discofl_p2p.chain.encoding import (
     NOT_OPENED,
     OPENING_BYTES,
+    PENDING_BYTES,
+    ScoreReveal,
     Submission,
     commitment,
     decode_scores,
     encode_scores,
     pack_openings,
+    pack_score_reveals,
+    pending_score_commitments,
     reveal,
     score_commitment,
     unpack_openings,
@@ -51,6 +57,16 @@ def _params(**kw):
     base = dict(rounds=2, top_k=3, max_workers=4, deposit_wei=10 * ETH)
     base.update(kw)
     return TaskParams(**base)
+
+
+def _own(w: TaskClient, row: bytes, salt: bytes) -> dict[str, ScoreReveal]:
+    """An evaluator's own reveal, as `TaskClient.reveal_scores` takes it."""
+    return {w.account.address: ScoreReveal(salt, row)}
+
+
+def _packed(records: list[tuple[str, bytes]]) -> bytes:
+    """revealScores' `pending` from (evaluator, flag byte + salt or commitment)."""
+    return b"".join(to_canonical_address(who) + rest for who, rest in records)
 
 
 def _reverts(name: str):
@@ -387,7 +403,7 @@ def test_withdraw_to_a_worker_that_rejects_eth_reverts_transfer_failed_and_keeps
             await req.open_evaluation(1, [digest])
             row, row_salt = encode_scores([0.5]), b"\x0c" * 32
             await as_worker("commitScores", 1, score_commitment(req.address, 1, worker_addr, row_salt, row))
-            await as_worker("revealScores", 1, row, row_salt)
+            await req.reveal_scores(1, {worker_addr: ScoreReveal(row_salt, row)})  # the requester's batch
             sub = [Submission(worker_addr, c, digest, salt)]
             await req.settle_round(1, [digest], *reveal(req.address, 1, sub, [digest]), [0])
             assert await req.credit_of(worker_addr) == p.deposit_wei
@@ -480,7 +496,7 @@ def test_access_rules(anvil):
             with _reverts("AlreadyScored"):
                 await w2.commit_scores(1, row, row_salt)
             with _reverts("CommitsStillOpen"):
-                await w2.reveal_scores(1, row, row_salt)  # w1, w3 may still commit: nothing public yet
+                await w2.reveal_scores(1, _own(w2, row, row_salt))  # w1, w3 may still commit: nothing public yet
             sub = [Submission(w1.account.address, c1, digest, salt)]
             args = reveal(req.address, 1, sub, [digest])
             with _reverts("NotRequester"):
@@ -490,17 +506,29 @@ def test_access_rules(anvil):
             await advance_time(w3, p.evaluation_period_s + 1)
             with _reverts("DeadlinePassed"):
                 await w3_.commit_scores(1, row, row_salt)
-            with _reverts("NotCommitted"):
-                await w3_.reveal_scores(1, row, row_salt)
+            with pytest.raises(ValueError, match="none of 1 reveals is pending"):
+                await w3_.reveal_scores(1, _own(w3_, row, row_salt))  # it committed nothing
+            w2_c = score_commitment(req.address, 1, w2.account.address, row_salt, row)
+            pending = [(w2.account.address, w2_c)]
+            with _reverts("BadScoreReveal"):  # an entry that was never committed
+                await w3_.reveal_scores_packed(1, _packed([(w3_.account.address, b"\x01" + row_salt)]), row)
+            w2_open = _packed([(w2.account.address, b"\x01" + row_salt)])
             with _reverts("BadScoresLength"):
-                await w2.reveal_scores(1, encode_scores([0.5, 0.5]), row_salt)
-            with _reverts("BadScoreReveal"):
-                await w2.reveal_scores(1, encode_scores([0.6]), row_salt)  # not what it committed
+                await w2.reveal_scores_packed(1, w2_open, row + row)
+            with _reverts("BadScoreReveal"):  # not what it committed
+                await w2.reveal_scores_packed(1, w2_open, encode_scores([0.6]))
+            with _reverts("NothingRevealed"):
+                await w2.reveal_scores_packed(1, _packed([(w2.account.address, b"\x00" + w2_c)]), b"")
+            with _reverts("BadPendingLength"):
+                await w2.reveal_scores_packed(1, b"\x01" * 52, row)
             with _reverts("DeadlineNotReached"):
                 await req.settle_round(1, [digest], *args, [0])  # w2 has not revealed yet
-            await w2.reveal_scores(1, row, row_salt)
-            with _reverts("AlreadyRevealed"):
-                await w2.reveal_scores(1, row, row_salt)
+            packed_pending, rows_arg, _ = pack_score_reveals(req.address, 1, pending, _own(w2, row, row_salt))
+            await w2.reveal_scores_packed(1, packed_pending, rows_arg)
+            with _reverts("BadScoreReveal"):  # revealed: no longer pending, so the same list is stale
+                await w2.reveal_scores_packed(1, packed_pending, rows_arg)
+            with pytest.raises(ValueError, match="none of 1 reveals is pending"):
+                await w2.reveal_scores(1, _own(w2, row, row_salt))
             with _reverts("RankingTooLong"):
                 await req.settle_round(1, [digest], *args, [0, 0, 0])
             with _reverts("BadRanking"):
@@ -714,7 +742,7 @@ def test_round_settles_after_deadline_with_missing_workers(anvil):
             await req.open_evaluation(1, [d])
             await w2.commit_scores(1, encode_scores([0.8]), b"\x09" * 32)
             await advance_time(w3, p.evaluation_period_s + 1)
-            await w2.reveal_scores(1, encode_scores([0.8]), b"\x09" * 32)  # the only committer revealed
+            await w2.reveal_scores(1, _own(w2, encode_scores([0.8]), b"\x09" * 32))  # the only committer revealed
             args = reveal(req.address, 1, [Submission(w1.account.address, c, d, s)], [d])
             await req.settle_round(1, [d], *args, [0])
             st = await req.state()
@@ -748,11 +776,11 @@ def test_scores_stay_hidden_until_commits_close_and_an_unrevealed_row_waits_only
             assert "ScoresRevealed" not in [e.name for e in seen]
             assert all(rows[w] not in bytes(e.args.get("commitment", b"")) for e in seen for w in rows)
             with _reverts("CommitsStillOpen"):
-                await w1.reveal_scores(1, rows[w1], salts[w1])  # w3 has not committed
+                await w1.reveal_scores(1, _own(w1, rows[w1], salts[w1]))  # w3 has not committed
             await advance_time(w3, p.evaluation_period_s + 1)
             with _reverts("DeadlinePassed"):
                 await w3_.commit_scores(1, rows[w1], b"\x13" * 32)  # too late to commit a copy
-            await w1.reveal_scores(1, rows[w1], salts[w1])
+            await w1.reveal_scores(1, _own(w1, rows[w1], salts[w1]))
             args = reveal(req.address, 1, subs, models)
             with _reverts("DeadlineNotReached"):
                 await req.settle_round(1, models, *args, [0])  # w2 committed and may still reveal
@@ -760,7 +788,7 @@ def test_scores_stay_hidden_until_commits_close_and_an_unrevealed_row_waits_only
             assert (st.scored_count, st.revealed_count) == (2, 1)
             await advance_time(w3, p.reveal_period_s + 1)  # past the reveal deadline
             with _reverts("DeadlinePassed"):
-                await w2.reveal_scores(1, rows[w2], salts[w2])
+                await w2.reveal_scores(1, _own(w2, rows[w2], salts[w2]))
             await req.settle_round(1, models, *args, [0])
             revealed = [e.args["evaluator"] for e in await req.past_events() if e.name == "ScoresRevealed"]
             assert revealed == [w1.account.address]
@@ -795,7 +823,7 @@ CALL_OF_EVENT = {
     "ModelCommitted": "submitModel",
     "EvaluationOpened": "openEvaluation",
     "ScoresCommitted": "commitScores",
-    "ScoresRevealed": "revealScores",
+    "ScoresRevealed": "revealScoresBatch",  # play_round: the requester posts every row in one call
     "RoundSettled": "settleRound",
 }
 
@@ -859,3 +887,114 @@ def test_score_codec_round_trips_and_rejects_bad_scores():
     for bad in (1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="score 0"):
             encode_scores([bad])
+
+
+def test_the_requester_reveals_every_row_in_one_batch_and_an_evaluator_it_leaves_out_reveals_its_own(anvil):
+    """Batch reveal (docs/contract.md, *Scores: commit, then reveal*): the requester
+    posts the rows its evaluators handed it in one revealScores call, only once commits
+    closed; a wrong row fails the whole call on-chain, and the client leaves it out
+    instead (that evaluator stays unrevealed); an evaluator left out reveals its own
+    row, and the round settles with every row, before the reveal deadline; a batch
+    built before that reveal is stale and refused; a second commit is refused."""
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            p = _params(max_workers=4, top_k=2, rounds=2)
+            task = await deploy_and_register(w3, anvil.ws_url, p, 4, seed=31)
+            req, ws = task.requester, task.workers
+            subs = await commit_all(task, 1, random.Random(31))
+            models = [s.digest for s in subs]
+            await req.open_evaluation(1, models)
+            rows = {w.account.address: encode_scores([0.1 * (i + 1)] * 4) for i, w in enumerate(ws)}
+            salts = {w.account.address: bytes([0x40 + i]) * 32 for i, w in enumerate(ws)}
+            held = {a: ScoreReveal(salts[a], rows[a]) for a in rows}
+            for w in ws[:3]:
+                await w.commit_scores(1, rows[w.account.address], salts[w.account.address])
+            with _reverts("AlreadyScored"):
+                await ws[0].commit_scores(1, rows[ws[0].account.address], salts[ws[0].account.address])
+            with _reverts("CommitsStillOpen"):
+                await req.reveal_scores(1, held)  # w4 may still commit: no row may be public
+            await ws[3].commit_scores(1, rows[ws[3].account.address], salts[ws[3].account.address])
+            a1, a2, a3, a4 = (w.account.address for w in ws)
+
+            # A wrong row makes the contract refuse the whole call ...
+            pending = pending_score_commitments(await req.past_events(), 1)
+            forged = {**held, a2: ScoreReveal(salts[a2], encode_scores([1.0] * 4))}
+            good, good_rows, _ = pack_score_reveals(req.address, 1, pending, held)
+            bad_rows = good_rows[:8] + forged[a2].packed + good_rows[16:]
+            with _reverts("BadScoreReveal"):
+                await req.reveal_scores_packed(1, good, bad_rows)
+            # ... so the client leaves it out, unrevealed; and the requester omits a4.
+            omitted = {a: r for a, r in forged.items() if a != a4}
+            [batch] = await req.reveal_scores(1, omitted)
+            assert [e.args["evaluator"] for e in batch.events] == [a1, a3]
+            assert (await req.state()).revealed_count == 2
+            args = reveal(req.address, 1, subs, models)
+            with _reverts("DeadlineNotReached"):
+                await req.settle_round(1, models, *args, [0])  # two rows are still pending
+
+            # a4 reveals its own row: a list built before that is stale.
+            stale, stale_rows, _ = pack_score_reveals(
+                req.address, 1, pending_score_commitments(await req.past_events(), 1), {a2: held[a2]}
+            )
+            [own] = await ws[3].reveal_scores(1, {a4: held[a4]})
+            with _reverts("BadScoreReveal"):
+                await req.reveal_scores_packed(1, stale, stale_rows)
+            await ws[1].reveal_scores(1, {a2: held[a2]})  # read again: it goes through
+            assert own.events[0].args["scores"] == rows[a4]
+            await req.settle_round(1, models, *args, [0])  # every row in: no wait for the deadline
+            events = await req.past_events()
+            revealed = {e.args["evaluator"]: bytes(e.args["scores"]) for e in events if e.name == "ScoresRevealed"}
+            assert {a: revealed[a] for a in rows} == rows
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_a_batch_too_big_for_one_transaction_is_split(anvil, monkeypatch):
+    """`reveal_scores` splits the rows over several transactions when one would carry
+    more than REVEAL_CALLDATA_BYTES (each carries the pending list once more)."""
+    monkeypatch.setattr(client_module, "REVEAL_CALLDATA_BYTES", 3 * PENDING_BYTES + 2 * 3 * 2)
+
+    async def go():
+        w3 = await connect(anvil.ws_url)
+        try:
+            task = await deploy_and_register(w3, anvil.ws_url, _params(max_workers=3, top_k=1), 3, seed=37)
+            subs = await commit_all(task, 1, random.Random(37))
+            await task.requester.open_evaluation(1, [s.digest for s in subs])
+            held: dict[str, ScoreReveal] = {}
+            for i, w in enumerate(task.workers):
+                held[w.account.address] = ScoreReveal(bytes([i + 1]) * 32, encode_scores([0.5] * 3))
+                await w.commit_scores(1, held[w.account.address].packed, held[w.account.address].salt)
+            results = await task.requester.reveal_scores(1, held)
+            assert [len(r.events) for r in results] == [2, 1]
+            assert (await task.requester.state()).revealed_count == 3
+        finally:
+            await w3.provider.disconnect()
+
+    run(go())
+
+
+def test_the_pending_list_follows_the_events_and_packs_only_rows_that_open_their_commitments():
+    """revealScores' arguments as pure functions: the pending list is the round's
+    ScoresCommitted in order less its ScoresRevealed; a reveal is packed (flag 1, its
+    salt, its row) only if it opens its commitment, any other entry keeps its raw one."""
+    me, a, b, c = "0x" + "cd" * 20, *(derive_account(0, f"pending/{i}").address for i in range(3))
+    rows = {w: encode_scores([0.1 * (i + 1)]) for i, w in enumerate((a, b, c))}
+    salts = {w: bytes([i + 1]) * 32 for i, w in enumerate((a, b, c))}
+    commits = {w: score_commitment(me, 3, w, salts[w], rows[w]) for w in (a, b, c)}
+
+    def ev(name: str, round_: int, who: str) -> ChainEvent:
+        return ChainEvent(name, {"round": round_, "evaluator": who, "commitment": commits[who]}, 0, 0, "")
+
+    events = [ev("ScoresCommitted", 3, w) for w in (b, a, c)]
+    events += [ev("ScoresRevealed", 3, a), ev("ScoresCommitted", 2, a)]  # another round's is not pending
+    pending = pending_score_commitments(events, 3)
+    assert pending == [(b, commits[b]), (c, commits[c])]
+    held = {b: ScoreReveal(salts[b], rows[b]), c: ScoreReveal(salts[c], rows[a]), a: ScoreReveal(salts[a], rows[a])}
+    packed, packed_rows, revealed = pack_score_reveals(me, 3, pending, held)
+    assert revealed == [b] and packed_rows == rows[b] and len(packed) == 2 * PENDING_BYTES
+    assert packed[:PENDING_BYTES] == to_canonical_address(b) + b"\x01" + salts[b]
+    assert packed[PENDING_BYTES:] == to_canonical_address(c) + b"\x00" + commits[c]  # c's row is not its own

@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from eth_utils import to_canonical_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from discofl_p2p.chain.client import TaskParams, connect
 from discofl_p2p.chain.devchain import advance_time
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, reveal
+from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, pending_score_commitments, reveal
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.chain.limits import MIN_GRACE_PERIOD_S
 from discofl_p2p.chain.scripted import deploy_and_register
@@ -90,7 +91,9 @@ async def _play(ws_url: str, steps: list[tuple[str, int]], seed: int, rounds: in
                     await me.commit_scores(r, row, salt)
                 elif action == "reveal":
                     row, salt = score_rows.get((r, me.account.address), (b"", bytes(32)))
-                    await me.reveal_scores(r, row, salt)
+                    pending = pending_score_commitments(await me.past_events(), r)
+                    mine = [(w, b"\x01" + salt if w == me.account.address else b"\x00" + c) for w, c in pending]
+                    await me.reveal_scores_packed(r, b"".join(to_canonical_address(w) + x for w, x in mine), row)
                 elif action == "settle":
                     models = published.get(r, [])
                     ranking = rng.sample(range(len(models)), min(len(models), top_k))

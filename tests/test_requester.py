@@ -14,13 +14,16 @@ from discofl_p2p.agents.requester import (
     Opening,
     OpeningRejected,
     _Round,
+    batch_due,
+    batch_wait_s,
     parse_opening,
+    parse_score_reveal,
     place_opening,
     select_openings,
 )
 from discofl_p2p.chain.client import Phase
 from discofl_p2p.chain.devchain import derive_account
-from discofl_p2p.chain.encoding import commitment
+from discofl_p2p.chain.encoding import ScoreReveal, commitment, encode_scores, score_commitment
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.p2p.cid import cid_of, digest_of
 from discofl_p2p.scenario.runner import Simulation
@@ -343,6 +346,7 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     cid = store.save_blob(1, b"model of A")
     store.save_blob(2, b"model of round 2")
     store.save_settled(1, {"honest-1": 0.5})
+    store.add_score_reveal(1, "0xB", b"\x02" * 32, b"\x00\x07")
 
     again = RequesterStore(tmp_path / "s")  # a new process
     assert again.task() == ("0xC0", b"w0 bytes")
@@ -353,6 +357,7 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     assert again.selection(2) is None and again.openings(2) == {}
     assert cid == cid_of(b"model of A") and again.blob(1, cid) == b"model of A"
     assert again.test_accuracy(1) == {"honest-1": 0.5}
+    assert again.score_reveals(1) == {"0xB": (b"\x02" * 32, b"\x00\x07")} and again.score_reveals(2) == {}
     (tmp_path / "s" / "blobs" / "1" / cid).write_bytes(b"tampered")
     assert again.blob(1, cid) is None
     again.forget_before(2)
@@ -361,3 +366,62 @@ def test_the_requester_store_keeps_what_only_it_knows_and_reads_it_back(tmp_path
     (tmp_path / "s" / "round-3.json").write_text("[")
     with pytest.raises(StoreError, match=r"round-3\.json"):
         RequesterStore(tmp_path / "s").openings(3)
+    (tmp_path / "s" / "round-4.json").write_text('{"score_reveals": {"0xB": {"salt": "zz"}}}')
+    with pytest.raises(StoreError, match=r"round-4\.json: bad score reveal"):
+        RequesterStore(tmp_path / "s").score_reveals(4)
+
+
+# ---------------------------------------------------------------- score reveals for the batch
+
+ROW, ROW_SALT = encode_scores([0.5, None]), b"\x05" * 32
+REVEAL = {"kind": "scores", "task": "t", "round": 2, "worker": W, "salt": ROW_SALT.hex(), "scores": ROW.hex()}
+COMMITTED = {2: {W: score_commitment(TASK, 2, W, ROW_SALT, ROW)}}
+
+
+def _parse_reveal(peer: str, msg: dict, bound: dict[str, str] | None = None):
+    kw = {"task_id": "t", "contract": TASK, "names": NAMES, "commitments": COMMITTED}
+    return parse_score_reveal(peer, msg, bound=bound or {}, **kw)
+
+
+def test_a_score_reveal_is_taken_only_from_the_workers_peer_and_only_if_it_opens_its_commitment():
+    """What the requester puts in its batch: a row that matches the evaluator's
+    ScoresCommitted commitment, sent by the worker's bound peer (or, unbound, with its
+    binding); anything else is refused with a reason, so the batch never fails on-chain."""
+    assert _parse_reveal("peer-w", REVEAL, {W: "peer-w"}) == (2, W, ScoreReveal(ROW_SALT, ROW))
+    assert _parse_reveal("peer-w", {**REVEAL, "binding": BIND[("peer-w", W)]})[1] == W  # not bound yet
+    with pytest.raises(OpeningRejected, match="not sent by w-1's peer"):
+        _parse_reveal("peer-w2", {**REVEAL, "binding": BIND[("peer-w2", W)]}, {W: "peer-w"})  # bound elsewhere
+    with pytest.raises(OpeningRejected, match="not sent by w-1's peer"):
+        _parse_reveal("peer-evil", {**REVEAL, "binding": BIND[("peer-w", W)]})  # a lifted binding
+    bad = [
+        ({**REVEAL, "scores": encode_scores([0.6, None]).hex()}, "do not match the commitment"),
+        ({**REVEAL, "salt": "06" * 32}, "do not match the commitment"),
+        ({**REVEAL, "round": 1}, "no score commitment"),
+        ({**REVEAL, "round": True}, "no score commitment"),
+        ({**REVEAL, "worker": V}, "no score commitment"),
+        ({**REVEAL, "salt": "00"}, "bad salt"),
+        ({**REVEAL, "scores": "zz"}, "bad salt or scores"),
+        ({**REVEAL, "task": "other"}, "wrong task"),
+        ({k: v for k, v in REVEAL.items() if k != "scores"}, "missing field 'scores'"),
+    ]
+    for msg, reason in bad:
+        with pytest.raises(OpeningRejected, match=reason):
+            _parse_reveal("peer-w" if msg.get("worker") == W else "peer-v", msg, {W: "peer-w", V: "peer-v"})
+
+
+def test_the_batch_goes_once_commits_close_with_every_row_or_after_its_wait_with_those_it_has():
+    everyone = {W, V}
+    r = _Round(2, phase="evaluation", score_commits={W, V})
+    assert not batch_due(r, everyone, waited=True)  # no row held
+    r.reveals[W] = ScoreReveal(ROW_SALT, ROW)
+    assert not batch_due(r, everyone, waited=False)  # V's row may still come
+    assert batch_due(r, everyone, waited=True)
+    r.reveals[V] = ScoreReveal(ROW_SALT, ROW)
+    assert batch_due(r, everyone, waited=False)
+    open_ = _Round(2, phase="evaluation", score_commits={W}, reveals=dict(r.reveals))
+    assert not batch_due(open_, everyone, waited=True)  # V may still commit: commits are open
+    open_.commits_total = 1  # the evaluation deadline passed
+    assert batch_due(open_, everyone, waited=False)
+    r.scores = {W: [0.5, None], V: [0.5, None]}  # both revealed (each its own)
+    assert not batch_due(r, everyone, waited=True)
+    assert batch_wait_s(120) == 5.0 and batch_wait_s(8) == 2.0

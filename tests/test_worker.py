@@ -223,6 +223,7 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
     req = _timeline(events, "requester", 1)
     _before(req, "round_started", "opening_accepted", "model_checked", "evaluation_opened", "scores_received")
     _before(req, "scores_received", "round_settled", "task_closed")
+    _before(req, "evaluation_opened", "score_reveal_received", "scores_batch_revealed", "scores_received")
     by = {(e["agent"], e["event"], e.get("worker") or e.get("evaluator")): e for e in events if "agent" in e}
     for w in workers:
         assert by[("requester", "opening_accepted", w)]["cid"] == by[(w, "blob_stored", None)]["cid"]
@@ -237,7 +238,7 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
     for w in workers:
         mine = _timeline(events, w, 1)
         _before(mine, "round_started", "model_trained", "blob_stored", "opening_sent", "model_committed")
-        _before(mine, "model_committed", "model_fetched", "scores_committed", "scores_revealed")
+        _before(mine, "model_committed", "model_fetched", "scores_committed", "scores_sent", "scores_revealed")
         assert by[(w, "model_trained", None)]["samples"] == 80 and by[(w, "model_trained", None)]["seconds"] >= 0
         assert stored[w]["bytes"] > 0 and by[(w, "model_committed", None)]["gas"] > 0
         fetched = [e for e in events if e.get("agent") == w and e["event"] == "model_fetched"]
@@ -245,7 +246,8 @@ def test_a_rounds_timeline_can_be_rebuilt_from_log_jsonl_alone(tmp_path: Path, a
         assert all(e["bytes"] == stored[w]["bytes"] and e["provider"] and e["seconds"] >= 0 for e in fetched)
         submitted = by[(w, "scores_committed", None)]
         assert (submitted["scored"], submitted["abstained"]) == (3, 0) and submitted["gas"] > 0
-        assert by[(w, "scores_revealed", None)]["gas"] > 0
+        assert by[(w, "scores_revealed", None)]["by"] == "requester"  # in its batch: no gas of the worker's
+    assert by[("requester", "scores_batch_revealed", None)]["gas"] > 0
     withdrawn = [e for e in events if e.get("event") == "withdrawn"]
     assert withdrawn and {e["agent"] for e in withdrawn} <= set(settled["ranking"])
     assert all(e["amount"] > 0 and e["round"] == 1 for e in withdrawn)
@@ -293,3 +295,43 @@ def test_a_worker_retries_w0_and_its_opening_over_a_lossy_link(anvil):
     warned = [(e["event"], e["attempt"]) for e in logs if e["event"] in ("w0_fetch_retried", "opening_send_failed")]
     assert warned == [("w0_fetch_retried", 1), ("opening_send_failed", 1)]
     assert [e["attempt"] for e in logs if e["event"] == "opening_sent"] == [2]
+
+
+# ---------------------------------------------------------------- score reveals
+
+
+@pytest.mark.slow
+def test_an_evaluator_the_requesters_batch_leaves_out_reveals_its_own_scores_and_the_round_settles(anvil):
+    """The requester never takes honest-1's row (as if it left it out of its batch):
+    it posts the other two in one revealScores call; honest-1, not on-chain
+    `self_reveal_after_s` after commits closed, reveals its own against the list the
+    batch left, and the round settles with all three rows."""
+
+    async def body(sim: Simulation, *_: object):
+        left_out = sim.workers[0]
+        left_out.self_reveal_after_s = 6.0  # after the requester's batch (batch_wait_s: 5 s)
+        take = sim.requester._on_score_reveal
+
+        def omit(peer: str, msg) -> None:
+            if msg.get("worker") != left_out.address:
+                take(peer, msg)
+
+        sim.requester._on_score_reveal = omit  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            async with asyncio.timeout(120):
+                await sim.run()
+        return logs, await sim.outcome()
+
+    logs, outcome = run(with_simulation(anvil, tiny("left-out"), body))
+    [batch] = [e for e in logs if e["event"] == "scores_batch_revealed"]
+    assert batch["rows"] == 2 and batch["transactions"] == 1 and batch["gas"] > 21_000
+    revealed = {e["agent"]: e for e in logs if e["event"] == "scores_revealed"}
+    assert revealed["honest-1"]["by"] == "itself" and revealed["honest-1"]["gas"] > 21_000
+    assert {revealed[n]["by"] for n in ("honest-2", "honest-3")} == {"requester"}
+    rec = outcome.rounds[1]
+    assert {n: sorted(s) for n, s in rec.scores.items()} == {
+        "honest-1": ["honest-2", "honest-3"],
+        "honest-2": ["honest-1", "honest-3"],
+        "honest-3": ["honest-1", "honest-2"],
+    }
+    assert sum(rec.rewards_wei.values()) == outcome.deposit_wei

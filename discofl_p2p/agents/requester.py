@@ -42,7 +42,16 @@ from discofl_p2p.agents.jobs import evaluate_job, initial_state
 from discofl_p2p.agents.requester_store import RequesterStore, StoreError
 from discofl_p2p.chain.client import ChainEvent, Phase, RewardRule, TaskClient, TaskParams
 from discofl_p2p.chain.devchain import ensure_time_past
-from discofl_p2p.chain.encoding import Submission, commitment, decode_scores, encode_scores, reveal
+from discofl_p2p.chain.encoding import (
+    ScoreReveal,
+    Submission,
+    commitment,
+    decode_scores,
+    encode_scores,
+    reveal,
+    score_commitment,
+)
+from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
 from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
@@ -60,6 +69,19 @@ from discofl_p2p.trust.scoring import (
 from discofl_p2p.trust.settlement import settle, streaks_after, tie_order
 
 log = structlog.get_logger("discofl.requester")
+
+REVEAL_ATTEMPTS = 3
+"""How often it posts its batch of reveals when an evaluator's own reveal made its
+pending list stale in between (`BadScoreReveal`)."""
+
+
+def batch_wait_s(reveal_period_s: float) -> float:
+    """How long after commits close it waits for the evaluators' rows before it posts
+    those it has: a quarter of the reveal period, at most 5 s (evaluators send their
+    rows as soon as commits close). An evaluator reveals its own row once half the
+    reveal period passed without it on-chain (`worker.self_reveal_after_s`), so the
+    batch comes first."""
+    return min(5.0, reveal_period_s / 4)
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,12 @@ class _Round:
     owner_at: list[str] = field(default_factory=list)
     scores: dict[str, list[float | None]] = field(default_factory=dict)  # evaluator -> per position (revealed)
     score_commits: set[str] = field(default_factory=set)  # evaluators that committed scores
+    score_commitments: dict[str, bytes] = field(default_factory=dict)  # evaluator -> its score commitment
+    reveals: dict[str, ScoreReveal] = field(default_factory=dict)  # rows evaluators handed it (checked)
+    batch: asyncio.Task[None] | None = None  # its post of the reveals (revealScores), once per round
+    early_reveals: dict[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)  # before its commit
+    opened_block: int = 0  # the block of its EvaluationOpened
+    batch_timer: str = ""  # the wait for the missing rows: "", "running", "done"
     commits_closed: bool = False  # every worker committed scores, or the evaluation deadline passed
     commits_total: int | None = None  # the chain's count of score commitments, read once the deadline passed
     excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
@@ -110,6 +138,18 @@ def _reveals_complete(r: _Round, everyone: set[str]) -> bool:
     passed and as many reveals were seen as the chain counted commitments."""
     closed = r.commits_closed or r.score_commits >= everyone or r.commits_total is not None
     return closed and set(r.scores) >= r.score_commits and len(r.scores) >= (r.commits_total or 0)
+
+
+def batch_due(r: _Round, everyone: set[str], *, waited: bool) -> bool:
+    """Whether the requester posts `r`'s reveals now: not yet posted, commits closed
+    (every worker committed, or the deadline passed), and it holds a row from every
+    evaluator that committed and has not revealed, or it waited `batch_wait_s` for
+    the rest (an evaluator that crashed sends nothing; its row stays unrevealed unless
+    it reveals it itself)."""
+    closed = r.commits_closed or r.score_commits >= everyone or r.commits_total is not None
+    missing = r.score_commits - set(r.scores)
+    held = missing & set(r.reveals)
+    return r.batch is None and closed and bool(held) and (waited or held == missing)
 
 
 class OpeningRejected(ValueError):
@@ -163,6 +203,51 @@ def parse_opening(
     except (TypeError, ValueError, CIDError) as e:
         raise OpeningRejected(f"bad CID: {e}") from e
     return Opening(peer, r, worker, cid, salt)
+
+
+def sender_speaks_for(
+    peer: str, msg: Mapping[str, Any], worker: str, *, contract: str, bound: Mapping[str, str]
+) -> bool:
+    """Whether `peer` speaks for `worker`: its bound peer, or, while none is bound, a
+    peer whose message carries the worker's signed binding to it."""
+    if worker in bound:
+        return bound[worker] == peer
+    return verify_binding(msg.get("binding"), contract, worker, peer)
+
+
+def parse_score_reveal(
+    peer: str,
+    msg: Mapping[str, Any],
+    *,
+    task_id: str,
+    contract: str,
+    names: Mapping[str, str],
+    bound: Mapping[str, str],
+    commitments: Mapping[int, Mapping[str, bytes]],
+) -> tuple[int, str, ScoreReveal]:
+    """Checks a direct message as an evaluator's reveal of its committed scores: this
+    task, sent by the worker's bound peer (or, for a worker not bound yet, a peer that
+    proves it speaks for the address by its signed binding; `sender_speaks_for`), a
+    round whose commitments the requester holds, and a salt and row that match the
+    worker's ScoresCommitted commitment, so that the batch never carries a row the
+    contract would refuse. Returns (round, worker, reveal); raises OpeningRejected."""
+    try:
+        r, worker = msg["round"], msg["worker"]
+        salt, packed = bytes.fromhex(msg["salt"]), bytes.fromhex(msg["scores"])
+    except KeyError as e:
+        raise OpeningRejected(f"missing field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise OpeningRejected(f"bad salt or scores: {e}") from e
+    if msg.get("task") != task_id or not isinstance(worker, str) or worker not in names or len(salt) != 32:
+        raise OpeningRejected("wrong task, unknown worker or bad salt")
+    if not sender_speaks_for(peer, msg, worker, contract=contract, bound=bound):
+        raise OpeningRejected(f"not sent by {names[worker]}'s peer")
+    committed = commitments.get(r, {}).get(worker) if isinstance(r, int) and not isinstance(r, bool) else None
+    if committed is None:
+        raise OpeningRejected("no score commitment of this worker in a round in evaluation")
+    if score_commitment(contract, r, worker, salt, packed) != committed:
+        raise OpeningRejected("scores and salt do not match the commitment")
+    return r, worker, ScoreReveal(salt, packed)
 
 
 def place_opening(
@@ -454,8 +539,10 @@ class RequesterAgent:
             r = self.rounds[a["round"]]
             r.phase = "evaluation"
             r.deadline = a["deadline"]
+            r.opened_block = ev.block_number
         elif ev.name == "ScoresCommitted":
             self.rounds[a["round"]].score_commits.add(a["evaluator"])
+            self.rounds[a["round"]].score_commitments[a["evaluator"]] = bytes(a["commitment"])
         elif ev.name == "ScoresRevealed":
             # The contract checked the row against its commitment; reveals open only once
             # commits closed, so every ScoresCommitted of the round came before this.
@@ -486,6 +573,10 @@ class RequesterAgent:
             self.recorder.on_phase(r.number, "evaluation")
             self._spawn(self._timer(("evaluation_deadline", r.number), self.cfg.evaluation_timeout_s + 1))
             r.accuracy = self._spawn(self._test_accuracy(r))
+        elif ev.name == "ScoresCommitted":
+            early = self.rounds[a["round"]].early_reveals.pop(a["evaluator"], None)
+            if early is not None:
+                self._on_score_reveal(*early)
         elif ev.name == "ScoresRevealed":
             r = self.rounds[a["round"]]
             self._log(
@@ -536,6 +627,8 @@ class RequesterAgent:
             rec.excluded = dict(sorted(r.excluded.items()))
             for w in r.owner_at:
                 self._published_cids[r.valid[w][0]] = f"{self.names[w]} (round {r.number})"
+            stored = self.store.score_reveals(r.number)  # checked when they came
+            r.reveals = {w: ScoreReveal(salt, packed) for w, (salt, packed) in stored.items()}
         elif ev.name == "RoundSettled":
             r = self.rounds[a["round"]]
             r.phase = "settled"
@@ -628,6 +721,9 @@ class RequesterAgent:
         return True
 
     def _on_opening(self, peer: str, msg: object) -> None:
+        if isinstance(msg, dict) and msg.get("kind") == "scores":
+            self._on_score_reveal(peer, msg)
+            return
         try:
             op = parse_opening(
                 peer, msg, task_id=self.setup.task_id, contract=self.client.address, names=self.names, bound=self.bound
@@ -639,6 +735,62 @@ class RequesterAgent:
             self.bound[op.worker] = op.peer
             log.info("peer_bound", worker=self.names[op.worker], peer=op.peer)
         self._admit(op)
+
+    def _on_score_reveal(self, peer: str, msg: Mapping[str, Any]) -> None:
+        """An evaluator's row and salt, for the round's batch, kept in the store too (a
+        restarted requester posts it still; without a store, the evaluators whose rows
+        it lost reveal their own at their set point). A row whose ScoresCommitted
+        event this agent has not read yet (its feed lags the evaluator's) waits for it,
+        one per worker and round."""
+        rnd, worker = self.rounds.get(msg.get("round")), msg.get("worker")  # type: ignore[arg-type]
+        own_peer = (
+            isinstance(worker, str)
+            and worker in self.names
+            and sender_speaks_for(peer, msg, worker, contract=self.client.address, bound=self.bound)
+        )
+        if rnd is not None and rnd.phase == "evaluation" and own_peer and worker not in rnd.score_commitments:
+            assert isinstance(worker, str)
+            rnd.early_reveals[worker] = (peer, msg)  # only the worker's own peer: nobody can displace it
+            return
+        try:
+            r, worker, rv = parse_score_reveal(
+                peer,
+                msg,
+                task_id=self.setup.task_id,
+                contract=self.client.address,
+                names=self.names,
+                bound=self.bound,
+                commitments={n: rnd.score_commitments for n, rnd in self.rounds.items() if rnd.phase == "evaluation"},
+            )
+        except OpeningRejected as e:
+            log.warning("score_reveal_rejected", peer=peer, reason=str(e))
+            return
+        rnd = self.rounds[r]
+        if worker not in rnd.reveals and worker not in rnd.scores:
+            rnd.reveals[worker] = rv
+            if self.store is not None:
+                self.store.add_score_reveal(r, worker, rv.salt, rv.packed)
+            self._log("score_reveal_received", r, evaluator=self.names[worker], held=len(rnd.reveals))
+
+    async def _post_reveals(self, r: _Round) -> None:
+        """Posts every row it holds that the chain has not revealed, in one revealScores
+        call (several where the calldata would be too big). An evaluator's own reveal
+        in between makes the pending list stale (`BadScoreReveal`): it reads it again
+        and retries."""
+        for attempt in range(1, REVEAL_ATTEMPTS + 1):
+            todo = {w: rv for w, rv in r.reveals.items() if w not in r.scores}
+            try:
+                results = await self.client.reveal_scores(r.number, todo, from_block=r.opened_block)
+            except ValueError:  # none is pending any more: they revealed their own
+                return
+            except ContractRevert as e:
+                if e.name != "BadScoreReveal" or attempt == REVEAL_ATTEMPTS:
+                    log.warning("scores_batch_refused", agent="requester", round=r.number, error=e.name)
+                    return
+                continue
+            gas = sum(res.gas_used for res in results)
+            self._log("scores_batch_revealed", r.number, rows=len(todo), transactions=len(results), gas=gas)
+            return
 
     def _admit(self, op: Opening) -> None:
         try:
@@ -701,19 +853,30 @@ class RequesterAgent:
             await ensure_time_past(self.client.w3, self.rounds[r].deadline)
             self.rounds[r].commits_total = await self.client.view("scoredCount")
             self._spawn(self._timer(("reveal_deadline", r), self.cfg.reveal_timeout_s + 1))
+        elif what == "reveal_batch" and r in self.rounds:
+            self.rounds[r].batch_timer = "done"  # `_handle` advances the round next
         elif what == "reveal_deadline" and r in self.rounds and self.rounds[r].phase == "evaluation":
             await ensure_time_past(self.client.w3, await self.client.view("revealDeadline"))
             await self._settle(self.rounds[r], forced=True)
 
     # ---------------------------------------------------------------- rounds
 
-    async def _advance(self, r: _Round) -> None:
+    async def _advance(self, r: _Round, *, batch_waited: bool = False) -> None:
         everyone = set(self.registered)
         if r.phase == "submission":
             if set(r.commitments) >= everyone and all(w in r.checked for w in r.commitments):
                 await self._open(r, forced=False)
         elif r.phase == "evaluation" and _reveals_complete(r, everyone):
             await self._settle(r, forced=False)
+        elif r.phase == "evaluation" and batch_due(r, everyone, waited=batch_waited or r.batch_timer == "done"):
+            r.batch = self._spawn(self._post_reveals(r))
+        elif (
+            r.phase == "evaluation"
+            and not r.batch_timer
+            and (r.score_commits >= everyone or r.commits_total is not None)
+        ):
+            r.batch_timer = "running"  # commits closed: the rows still missing get batch_wait_s
+            self._spawn(self._timer(("reveal_batch", r.number), batch_wait_s(self.cfg.reveal_timeout_s)))
 
     async def _open(self, r: _Round, *, forced: bool) -> None:
         r.phase = "opening"

@@ -12,7 +12,10 @@ nobody could give it back, is kept here, in its store directory:
 - `round-R.json`: the openings (CID, salt, the peer that sent it) received for round R,
   each written as it is accepted (a worker sends its opening once); the secret
   published order (owner addresses by position) and the exclusions, written before
-  `openEvaluation` is sent; and, once the round is settled, its test accuracies;
+  `openEvaluation` is sent; the score rows and salts evaluators handed it for its
+  batch reveal, each written as it is accepted (so a requester restarted in the reveal
+  phase still posts them, rather than leaving every evaluator to reveal its own); and,
+  once the round is settled, its test accuracies;
 - `blobs/R/CID`: each model of round R that passed the checks, to re-serve to the
   evaluators and to build the final model from; rounds before the last settled one
   are deleted, as the node forgets them.
@@ -125,6 +128,20 @@ class RequesterStore:
             }
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"{self.root / f'round-{r}.json'}: bad opening ({e})") from None
+
+    def add_score_reveal(self, r: int, evaluator: str, salt: bytes, packed: bytes) -> None:
+        self._round(r).setdefault("score_reveals", {})[evaluator] = {"salt": salt.hex(), "scores": packed.hex()}
+        self._save_round(r)
+
+    def score_reveals(self, r: int) -> dict[str, tuple[bytes, bytes]]:
+        """Evaluator address -> (salt, packed scores) it handed the requester in round `r`."""
+        try:
+            return {
+                w: (bytes.fromhex(v["salt"]), bytes.fromhex(v["scores"]))
+                for w, v in self._round(r).get("score_reveals", {}).items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"{self.root / f'round-{r}.json'}: bad score reveal ({e})") from None
 
     def save_selection(self, r: int, owner_at: list[str], excluded: dict[str, str]) -> None:
         self._round(r)["selection"] = {"owner_at": owner_at, "excluded": excluded}

@@ -78,7 +78,7 @@ from discofl_p2p.agents.identity import sign_binding, verify_binding
 from discofl_p2p.agents.jobs import decode_job, evaluate_job, initial_state, train_job
 from discofl_p2p.agents.watchdog import WATCHDOG_POLL_S, watch_for_abandonment
 from discofl_p2p.chain.client import ChainEvent, TaskClient, TxResult
-from discofl_p2p.chain.encoding import commitment, decode_scores, encode_scores
+from discofl_p2p.chain.encoding import ScoreReveal, commitment, decode_scores, encode_scores
 from discofl_p2p.chain.encoding import new_salt as encoding_salt
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
@@ -146,6 +146,9 @@ class WorkerAgent:
     withdrawn_wei: int = 0
     watchdog_s: float = WATCHDOG_POLL_S  # how often it checks whether the requester stalled
     retry_base_s: float = RETRY_BASE_S  # first back-off before asking the requester again
+    # How long after commits close it waits for its row in the requester's batch
+    # before it reveals the row itself; None: half the contract's revealPeriod.
+    self_reveal_after_s: float | None = None
     w0: bytes | None = None  # fetched from the requester, checked against the contract
     _spec: Spec | None = None
     _binding: str = ""  # its signed peer binding (identity.py)
@@ -172,6 +175,8 @@ class WorkerAgent:
     _score_commits: dict[int, int] = field(default_factory=dict)  # round -> ScoresCommitted seen
     _commit_seen: asyncio.Event = field(default_factory=asyncio.Event)
     _reveals: set[asyncio.Task[None]] = field(default_factory=set)
+    _revealed: set[int] = field(default_factory=set)  # rounds whose ScoresRevealed of its row it saw
+    _reveal_seen: asyncio.Event = field(default_factory=asyncio.Event)
     _tg: asyncio.TaskGroup | None = None
     _salts: dict[int, bytes] = field(default_factory=dict)  # round -> salt of its model committed on-chain
     _fetch_until: float = 0.0  # monotonic time until which it retries this round's fetches
@@ -317,6 +322,9 @@ class WorkerAgent:
         elif ev.name == "ScoresCommitted":
             self._score_commits[a["round"]] = self._score_commits.get(a["round"], 0) + 1
             self._commit_seen.set()
+        elif ev.name == "ScoresRevealed" and a["evaluator"] == self.address:
+            self._revealed.add(a["round"])
+            self._reveal_seen.set()
         elif ev.name == "RoundStarted":
             r = a["round"]
             self._started[r] = time.monotonic()
@@ -548,7 +556,7 @@ class WorkerAgent:
         abstained = sum(s is None for s in submitted)
         self._log("scores_committed", r, gas=res.gas_used, scored=len(submitted) - abstained, abstained=abstained)
         assert self._tg is not None
-        task = self._tg.create_task(self._reveal(r, packed, salt, deadline))
+        task = self._tg.create_task(self._reveal(r, packed, salt, deadline, opened_at))
         self._reveals.add(task)
         task.add_done_callback(self._reveals.discard)
 
@@ -564,12 +572,15 @@ class WorkerAgent:
         except ContractRevert as e:
             log.warning("dispute_refused", worker=self.name, round=r, error=e.name)
 
-    async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int) -> None:
-        """Reveals its committed scores once commits are closed: every worker committed
-        (the ScoresCommitted events say so) or the chain's clock passed the evaluation
+    async def _reveal(self, r: int, packed: bytes, salt: bytes, deadline: int, opened_at: int) -> None:
+        """Once commits are closed, hands its row and salt to the requester, which posts
+        every evaluator's in one transaction; reveals the row itself if it is not
+        on-chain `self_reveal_after_s` later (a requester that left it out, lost it in
+        a restart, or stalled). Commits are closed when every worker committed (the
+        ScoresCommitted events say so) or the chain's clock passed the evaluation
         deadline (read every REVEAL_POLL_S: no event marks it). The wake-up is cleared
-        before the count is read, so a commitment seen while it reads the clock wakes it
-        at once (cleared after, it waited out REVEAL_POLL_S with every commitment in)."""
+        before the count is read, so a commitment seen while it reads the clock wakes
+        it at once (cleared after, it waited out REVEAL_POLL_S with every commitment in)."""
         while True:
             self._commit_seen.clear()
             if self._score_commits.get(r, 0) >= self._worker_count:
@@ -580,11 +591,57 @@ class WorkerAgent:
                 await asyncio.wait_for(self._commit_seen.wait(), REVEAL_POLL_S)
             except TimeoutError:
                 pass
-        try:
-            res = await self._gas(r, self.client.reveal_scores(r, packed, salt))
-            self._log("scores_revealed", r, gas=res.gas_used)
-        except ContractRevert as e:
-            log.warning("reveal_refused", worker=self.name, round=r, error=e.name)
+        wait = self.self_reveal_after_s
+        if wait is None:
+            wait = int(await self.client.view("revealPeriod")) / 2
+        until = time.monotonic() + wait
+        msg = {"kind": "scores", "task": self.setup.task_id, "round": r, "worker": self.address}
+        msg |= {"salt": salt.hex(), "scores": packed.hex(), "binding": self._binding}
+        jitter = random.Random(self._seed("reveal", r))
+        for attempt in range(1, REQUESTER_ATTEMPTS + 1):
+            if r in self._revealed:
+                break
+            if attempt > 1:
+                await self._back_off(min(attempt - 1, 4), jitter)
+            try:
+                await self.node.send_message(self.requester_peer, OPENING_PROTOCOL, msg)
+                self._log("scores_sent", r, attempt=attempt)
+                break
+            except BridgeClosed:
+                raise
+            except Exception as e:  # noqa: BLE001 - libp2p raises several stream errors
+                log.warning("scores_send_failed", agent=self.name, round=r, attempt=attempt, reason=str(e))
+        while r not in self._revealed and (left := until - time.monotonic()) > 0:
+            self._reveal_seen.clear()
+            if r in self._revealed:
+                break
+            try:
+                await asyncio.wait_for(self._reveal_seen.wait(), left)
+            except TimeoutError:
+                pass
+        if r in self._revealed:
+            self._log("scores_revealed", r, by="requester")
+            return
+        await self._reveal_own(r, ScoreReveal(salt, packed), opened_at)
+
+    async def _reveal_own(self, r: int, row: ScoreReveal, opened_at: int) -> None:
+        """The fallback: reveals its own row (against the pending list read from the
+        events; a reveal landing in between makes it stale, so it tries again)."""
+        for attempt in range(1, REQUESTER_ATTEMPTS + 1):
+            try:
+                results = await self.client.reveal_scores(r, {self.address: row}, from_block=opened_at)
+            except ValueError:  # not pending any more: a batch revealed it meanwhile
+                self._log("scores_revealed", r, by="requester")
+                return
+            except ContractRevert as e:
+                if e.name == "BadScoreReveal" and attempt < REQUESTER_ATTEMPTS:
+                    continue
+                log.warning("reveal_refused", worker=self.name, round=r, error=e.name)
+                return
+            for res in results:
+                self.recorder.add_gas(r, self.name, res.gas_used)
+            self._log("scores_revealed", r, by="itself", gas=sum(res.gas_used for res in results))
+            return
 
     async def _copy_median(
         self, r: int, honest: list[float | None], deadline: int, opened_at: int

@@ -25,7 +25,7 @@ import enum
 import functools
 import logging
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,14 +44,18 @@ from websockets.exceptions import WebSocketException
 from discofl_p2p.chain.abi_codec import AbiCodec
 from discofl_p2p.chain.artifact import load_artifact
 from discofl_p2p.chain.encoding import (
+    PENDING_BYTES,
+    ScoreReveal,
     create_address,
     earners_in_order,
     pack_openings,
+    pack_score_reveals,
+    pending_score_commitments,
     score_commitment,
     unpack_openings,
 )
 from discofl_p2p.chain.errors import ContractRevert, decode_revert
-from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S
+from discofl_p2p.chain.limits import DEFAULT_GRACE_PERIOD_S, REVEAL_CALLDATA_BYTES
 
 MAX_IN_FLIGHT = 256
 """Transactions a process keeps unconfirmed at once (anvil stalls at about 1000)."""
@@ -439,8 +443,35 @@ class TaskClient:
         c = score_commitment(self.address, round_, self.account.address, salt, packed_scores)
         return await self._call("commitScores", round_, c)
 
-    async def reveal_scores(self, round_: int, packed_scores: bytes, salt: bytes) -> TxResult:
-        return await self._call("revealScores", round_, packed_scores, salt)
+    async def reveal_scores(
+        self, round_: int, reveals: Mapping[str, ScoreReveal], *, from_block: int = 0
+    ) -> list[TxResult]:
+        """Reveals the rows in `reveals` (evaluator -> salt and row) that match their
+        commitments: the requester's batch, or an evaluator's own row. One
+        transaction, or several where one would carry more than REVEAL_CALLDATA_BYTES
+        (each carries the whole pending list, read from the events first). A reveal
+        that lands in between makes the list stale (`BadScoreReveal`); the caller may
+        simply call again. Raises ValueError if none of `reveals` is pending and valid.
+        `from_block`: where to read the events from (the round's EvaluationOpened block
+        or earlier), so that a long chain is not read from its start each round."""
+        pending = pending_score_commitments(await self.past_events(from_block), round_)
+        _, _, valid = pack_score_reveals(self.address, round_, pending, reveals)
+        if not valid:
+            raise ValueError(f"round {round_}: none of {len(reveals)} reveals is pending and valid")
+        row = len(reveals[valid[0]].packed)
+        per_tx = max(1, (REVEAL_CALLDATA_BYTES - PENDING_BYTES * len(pending)) // max(row, 1))
+        out = []
+        for i in range(0, len(valid), per_tx):
+            chunk = {w: reveals[w] for w in valid[i : i + per_tx]}
+            packed, rows, revealed = pack_score_reveals(self.address, round_, pending, chunk)
+            out.append(await self._call("revealScores", round_, packed, rows))
+            pending = [(w, c) for w, c in pending if w not in set(revealed)]
+        return out
+
+    async def reveal_scores_packed(self, round_: int, pending: bytes, rows: bytes) -> TxResult:
+        """revealScores with its arguments as given (`encoding.pack_score_reveals`
+        builds them); `reveal_scores` is the checked way."""
+        return await self._call("revealScores", round_, pending, rows)
 
     async def dispute_exclusion(self, round_: int, digest: bytes, salt: bytes) -> TxResult:
         """Posts the opening of this account's commitment of `round_` (its model was left

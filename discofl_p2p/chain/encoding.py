@@ -180,3 +180,56 @@ def earners_in_order(earned: Mapping[str, int]) -> list[str]:
     """closeTask's `earners` argument: every worker with a positive credit, by ascending
     numeric address, as the contract checks them (strictly ascending: no repeats)."""
     return sorted((w for w, e in earned.items() if e > 0), key=lambda a: int(a, 16))
+
+
+PENDING_BYTES = 53
+"""`PENDING_BYTES`: one score commitment's record in revealScores' `pending`."""
+
+
+@dataclass(frozen=True)
+class ScoreReveal:
+    """What an evaluator reveals of its committed scores: the salt and the packed row."""
+
+    salt: bytes
+    packed: bytes
+
+
+def pending_score_commitments(events: Sequence[object], round_: int) -> list[tuple[str, bytes]]:
+    """The score commitments of `round_` not revealed yet, in commit order, from the
+    contract's events in chain order (ScoresCommitted less ScoresRevealed): the
+    `pending` list revealScores checks against the contract's score accumulator."""
+    commits: dict[str, bytes] = {}
+    for e in events:
+        name, args = getattr(e, "name", None), getattr(e, "args", {})
+        if args.get("round") != round_:
+            continue
+        if name == "ScoresCommitted":
+            commits[args["evaluator"]] = bytes(args["commitment"])
+        elif name == "ScoresRevealed":
+            commits.pop(args["evaluator"], None)
+    return list(commits.items())
+
+
+def pack_score_reveals(
+    contract: str,
+    round_: int,
+    pending: Sequence[tuple[str, bytes]],
+    reveals: Mapping[str, ScoreReveal],
+) -> tuple[bytes, bytes, list[str]]:
+    """revealScores' (`pending`, `rows`) arguments, and the evaluators they reveal.
+
+    `pending`: (evaluator, commitment) in commit order (`pending_score_commitments`).
+    A reveal is included only if it matches its evaluator's commitment; any other
+    pending evaluator is passed with its raw commitment and stays unrevealed (it may
+    still reveal itself). The requester thus never posts a batch the contract would
+    refuse for one wrong row."""
+    out, rows, revealed = bytearray(), bytearray(), []
+    for who, c in pending:
+        r = reveals.get(who)
+        if r is not None and score_commitment(contract, round_, who, r.salt, r.packed) == c:
+            out += to_canonical_address(who) + b"\x01" + r.salt
+            rows += r.packed
+            revealed.append(who)
+        else:
+            out += to_canonical_address(who) + b"\x00" + c
+    return bytes(out), bytes(rows), revealed

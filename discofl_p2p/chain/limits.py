@@ -48,3 +48,9 @@ MAX_PERIOD_S."""
 
 DEFAULT_GRACE_PERIOD_S = 86_400
 """The grace period `TaskParams` deploys with unless told otherwise: one day."""
+
+REVEAL_CALLDATA_BYTES = 96_000
+"""What one revealScores transaction of the requester's batch carries at most (the
+pending list, 53 bytes an evaluator, plus the rows, 2 bytes a model each): under
+MAX_TX_CALLDATA_BYTES with room for the envelope. At W = 768 that is 36 rows a
+transaction; up to W = 180 or so, every row fits in one."""

@@ -18,7 +18,7 @@ from web3 import AsyncWeb3
 
 from discofl_p2p.chain.client import TaskClient, TaskParams
 from discofl_p2p.chain.devchain import advance_time, derive_account, fund
-from discofl_p2p.chain.encoding import Submission, commitment, encode_scores, new_salt, reveal
+from discofl_p2p.chain.encoding import ScoreReveal, Submission, commitment, encode_scores, new_salt, reveal
 from discofl_p2p.chain.limits import FUNDING_WEI
 
 
@@ -76,19 +76,38 @@ async def commit_all(
 
 
 async def score_all(
-    evaluators: Sequence[TaskClient], round_: int, rows: Sequence[bytes], rng: random.Random | None = None
+    evaluators: Sequence[TaskClient],
+    round_: int,
+    rows: Sequence[bytes],
+    rng: random.Random | None = None,
+    *,
+    batch: TaskClient | None = None,
+    omit: int = 0,
 ) -> dict[str, list[int]]:
-    """Each evaluator commits its packed row of scores, then (commits closed once all
-    of them committed, or once the evaluation deadline passed) each reveals it.
+    """Each evaluator commits its packed row of scores; once commits closed (all of
+    them committed, or the evaluation deadline passed) the rows are revealed. With
+    `batch` (the requester), the evaluators hand it their reveals and it posts them
+    in one revealScores call, leaving out the last `omit` evaluators, which then
+    reveal their own rows (the fallback); without, each reveals its own row.
     Salts as the agents draw them (`encoding.new_salt`), from `rng` when given
     (reproducible gas figures).
-    Returns the gas of each commitScores and revealScores, in evaluator order."""
+    Returns the gas of each call: commitScores and revealScores (each evaluator's
+    own reveals) in evaluator order, revealScoresBatch (the batch, if any)."""
     salts = [new_salt(rng) for _ in evaluators]
-    gas: dict[str, list[int]] = {"commitScores": [], "revealScores": []}
+    gas: dict[str, list[int]] = {"commitScores": [], "revealScores": [], "revealScoresBatch": []}
     for w, row, salt in zip(evaluators, rows, salts, strict=True):
         gas["commitScores"].append((await w.commit_scores(round_, row, salt)).gas_used)
-    for w, row, salt in zip(evaluators, rows, salts, strict=True):
-        gas["revealScores"].append((await w.reveal_scores(round_, row, salt)).gas_used)
+    reveals: dict[str, ScoreReveal] = {
+        w.account.address: ScoreReveal(salt, row) for w, row, salt in zip(evaluators, rows, salts, strict=True)
+    }
+    own = list(evaluators)
+    if batch is not None:
+        kept = dict(list(reveals.items())[: len(reveals) - omit])
+        gas["revealScoresBatch"] += [res.gas_used for res in await batch.reveal_scores(round_, kept)]
+        own = own[len(own) - omit :]
+    for w in own:
+        mine: dict[str, ScoreReveal] = {w.account.address: reveals[w.account.address]}
+        gas["revealScores"] += [res.gas_used for res in await w.reveal_scores(round_, mine)]
     return gas
 
 
@@ -103,10 +122,13 @@ async def play_round(
     ranking: RankingFn,
     *,
     amounts: Callable[[int], Sequence[int]] | None = None,
+    batch: bool = True,
+    omit: int = 0,
 ) -> dict[str, int]:
     """One full round: every worker commits, the requester shuffles and opens
-    evaluation, every worker commits its scores and then reveals them, the requester
-    reveals the models' owners and settles.
+    evaluation, every worker commits its scores, the requester reveals them in one
+    batch (leaving out the last `omit`, which reveal their own; `batch` false: every
+    worker reveals its own), then reveals the models' owners and settles.
     Returns the gas of each kind of call in this round (max over workers)."""
     gas: dict[str, int] = {}
     submissions = await commit_all(task, round_, rng, gas)
@@ -116,8 +138,10 @@ async def play_round(
     models = [digests[o] for o in owners]
     gas["openEvaluation"] = (await task.requester.open_evaluation(round_, models)).gas_used
     rows = [encode_scores([rng.random() for _ in owners]) for _ in task.workers]
-    for call, used in (await score_all(task.workers, round_, rows, rng)).items():
-        gas[call] = max(used)
+    scored = await score_all(task.workers, round_, rows, rng, batch=task.requester if batch else None, omit=omit)
+    for call, used in scored.items():
+        if used:
+            gas[call] = max(used)
     rank = list(ranking(len(models)))
     res = await task.requester.settle_round(
         round_,
