@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from libp2p.peer.id import ID
 
+from discofl_p2p.p2p import bridge
+from discofl_p2p.p2p.cid import cid_of
 from discofl_p2p.p2p.node import P2PNetwork, P2PNode, key_from_seed
+from discofl_p2p.p2p.protocol import BLOB_PROTOCOL, OK, encode_response_header, read_request
 from tests.conftest import run
 
 
@@ -60,3 +64,76 @@ def test_only_the_dialled_side_identifies_and_can_dial_the_dialler_back():
             assert await dialled.get(cid, [dialler.peer_id]) == b"held by the dialler"
 
     run(go())
+
+
+def test_a_hub_and_ring_carry_gossip_to_all_and_other_peers_are_dialled_on_demand():
+    """`connect_hub`: six nodes dial the hub and the next one in a ring (far fewer
+    connections than a clique), an announcement still reaches every node, and a node
+    fetches from a peer it has no connection to: learnt addresses, dialled on demand."""
+
+    async def go():
+        async with P2PNetwork() as net:
+            hub = await net.add_node(key_from_seed(62, "hub"))
+            nodes = [await net.add_node(key_from_seed(62, str(i))) for i in range(6)]
+            await net.connect_hub(hub, nodes, neighbours=1)
+            degrees = [len(await _connected(net, n)) for n in nodes]
+            assert max(degrees) <= 3, degrees  # the hub and a neighbour either side
+            assert len(await _connected(net, hub)) == 6
+            assert _identified(hub) == set()  # it was told where they all listen
+            queues = [await n.subscribe("t") for n in [hub, *nodes]]
+
+            async def meshed() -> bool:
+                return all([await n.topic_peers("t") >= 1 for n in [hub, *nodes]])
+
+            await _wait_until(meshed)
+            await asyncio.sleep(1.0)  # a heartbeat: the gossipsub meshes form
+            await nodes[0].announce("t", {"hello": 1})
+            for q in [queues[0], *queues[2:]]:  # all but the sender's
+                ann = await asyncio.wait_for(q.get(), 10)
+                assert ann.payload == {"hello": 1} and ann.sender == nodes[0].peer_id
+            far = nodes[3]
+            assert far.peer_id not in await _connected(net, nodes[0])
+            cid = await far.put(b"far away")
+            assert await nodes[0].get(cid, [far.peer_id]) == b"far away"
+            assert far.peer_id in await _connected(net, nodes[0])
+
+    run(go())
+
+
+def test_fetches_in_flight_are_bounded_per_process_and_a_wait_is_not_a_timeout():
+    """Six nodes of one thread fetch at once from a provider that answers slowly: at
+    most two requests reach it at a time, and each get succeeds although the queue
+    makes some wait longer than their own deadline."""
+    blob = b"slow blob"
+    cid = cid_of(blob)
+    state = {"now": 0, "peak": 0, "served": 0}
+
+    async def slow(stream):
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        try:
+            await read_request(stream)
+            await bridge.sleep(0.4)
+            await stream.write(encode_response_header(OK, len(blob)) + blob)
+            await stream.close()
+            state["served"] += 1
+        finally:
+            state["now"] -= 1
+
+    async def go():
+        async with P2PNetwork(fetches_in_flight=2) as net:
+            provider = await net.add_node(key_from_seed(63, "provider"))
+            provider.set_stream_handler(BLOB_PROTOCOL, slow)
+            clients = [await net.add_node(key_from_seed(63, str(i))) for i in range(6)]
+            for c in clients:
+                await c.connect(provider)
+            got = await asyncio.gather(*(c.get(cid, [provider.peer_id], deadline_s=1.0) for c in clients))
+            assert got == [blob] * 6
+            assert state == {"now": 0, "peak": 2, "served": 6}
+
+    run(go())
+
+
+def test_fetches_in_flight_must_be_positive():
+    with pytest.raises(ValueError, match="fetches_in_flight"):
+        P2PNetwork(fetches_in_flight=0)

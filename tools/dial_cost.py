@@ -51,7 +51,7 @@ async def main(pairs: int, repeats: int) -> None:
     results: dict[str, list[float]] = {"identify both ends": [], "identify inbound only": []}
     for r in range(repeats):
         for name, runs in results.items():
-            p2p_node.identify_inbound_only = ours if name == "identify inbound only" else (lambda host: None)
+            p2p_node.identify_inbound_only = ours if name == "identify inbound only" else (lambda host, learnt=(): None)
             settled, during = await cpu_per_dial(pairs, f"{r}/{name}")
             runs.append(settled)
             print(f"{name:24s} run {r + 1}: {settled:5.1f} ms CPU per dial settled ({during:4.1f} ms in connect())")
