@@ -88,7 +88,8 @@ def test_bench_ml_quick_prints_every_model_and_rule():
 def test_bench_p2p_quick_prints_throughput_all_to_all_and_memory():
     out = _bench("p2p")
     assert re.search(rf"1 MiB\s*│\s*{NUMBER}\s*│\s*{NUMBER}\s*│\s*{NUMBER}", out), out
-    assert re.search(rf"all-to-all, W = 4 nodes.*: {NUMBER} s", out), out
+    assert re.search(rf"all-to-all, W = 4 nodes.*: {NUMBER} s \(full-mesh dialling before it: {NUMBER} s\)", out), out
+    assert re.search(rf"spread over \d processes: {NUMBER} s \(dialling: {NUMBER} s\)", out), out
     assert re.search(rf"memory per idle node \(5 started\): Python heap -?{NUMBER} MB", out), out
 
 

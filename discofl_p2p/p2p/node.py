@@ -18,7 +18,7 @@ import json
 import os
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.rcmgr import Direction
 from libp2p.tools.anyio_service import background_trio_service
 
 from discofl_p2p.p2p import bridge
@@ -289,6 +290,7 @@ class _TrioNode:
         self.on_received: Callable[[int], None] | None = None  # asyncio-side watcher of that count
         self.faults = LinkFaults()  # injected by the scenario's [faults] (p2p/linkfault.py)
         self._partition_over = bridge.Event()
+        self.learnt: set[ID] = set()  # peers whose addresses we were given (`learn`): never identified
 
     def _count_received(self, n: int) -> None:
         self.bytes_received += n
@@ -302,6 +304,7 @@ class _TrioNode:
             listen_addrs=[listen],
             connection_config=connection_config(),
         )
+        identify_inbound_only(self.host, self.learnt)
         self._stop = bridge.Event()
         try:
             await self._serve(listen, task_status)
@@ -428,6 +431,12 @@ class _TrioNode:
             await self.host.connect(info)
         except Exception as e:  # libp2p raises several dial errors
             raise PeerUnreachable(peer_id, str(e) or type(e).__name__) from e
+
+    async def learn(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Notes where `peer_id` listens (for good) without dialling it."""
+        peer = ID.from_base58(peer_id)
+        self.host.get_peerstore().add_addrs(peer, [multiaddr.Multiaddr(a) for a in addrs], 0)
+        self.learnt.add(peer)
 
     async def unblock(self, peer_id: str) -> None:
         network = self.host.get_network()
@@ -689,6 +698,31 @@ def connection_config() -> ConnectionConfig:
     return ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0, high_watermark=0)
 
 
+def identify_inbound_only(host: Any, learnt: Container[ID] = ()) -> None:
+    """Makes `host` run identify only on connections a peer opened to it, and never
+    with a peer whose addresses it was given (`learnt`).
+
+    py-libp2p 0.8.1 identifies every new connection from both ends (`BasicHost`'s
+    connected notifee and `connect` both call `_schedule_identify`): two extra streams a
+    connection, each with its multistream-select, a signed peer record to build and to
+    check, and peerstore updates: with both identifies off, a dial (both ends in one
+    process) cost about 40 % less CPU (`tools/dial_cost.py`). What identify tells us
+    that we need is where a peer that dialled us listens (so that we can dial it back,
+    e.g. after a partition); a peer we dialled, we dialled at an address we already
+    had, and a peer we were told about (`P2PNode.learn`: the nodes of one simulation
+    all know each other) tells us nothing new. So a host skips identify with those;
+    it still answers identify, and the peers it dialled still identify it."""
+    original = host._schedule_identify
+
+    def schedule(peer_id: ID, *, reason: str) -> None:
+        conns = host.get_network().get_connections(peer_id)
+        if peer_id in learnt or (conns and all(c.direction == Direction.OUTBOUND for c in conns)):
+            return
+        original(peer_id, reason=reason)
+
+    host._schedule_identify = schedule
+
+
 async def _reset(stream: Any) -> None:
     try:
         await stream.reset()
@@ -723,13 +757,22 @@ class P2PNode:
     _closed: bool = False
     _received: int = 0
     _received_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _fetch_slots: asyncio.Semaphore | None = None
 
     @classmethod
-    async def start(cls, key: KeyPair, thread: bridge.TrioThread, cfg: NodeConfig = NodeConfig()) -> P2PNode:
+    async def start(
+        cls,
+        key: KeyPair,
+        thread: bridge.TrioThread,
+        cfg: NodeConfig = NodeConfig(),
+        fetch_slots: asyncio.Semaphore | None = None,
+    ) -> P2PNode:
+        """`fetch_slots`, shared by the nodes of one trio thread, bounds their network
+        fetches in flight together (`P2PNetwork`)."""
         node = _TrioNode(key, cfg, asyncio.get_running_loop())
         boundary = bridge.Boundary(f"p2p node {ID.from_pubkey(key.public_key).to_base58()}")
         peer_id, addrs = await thread.start_service(node.serve, boundary=boundary)
-        return cls(peer_id, addrs, node, thread, boundary)
+        return cls(peer_id, addrs, node, thread, boundary, _fetch_slots=fetch_slots)
 
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self._thread.call(fn, *args, boundary=self._boundary)
@@ -747,6 +790,12 @@ class P2PNode:
         """Dials a peer; raises PeerUnreachable if no address of it answers."""
         peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
         await self._call(self._node.connect, peer_id, list(addrs))
+
+    async def learn(self, other: P2PNode | tuple[str, Sequence[str]]) -> None:
+        """Tells this node where a peer listens, without dialling it: the first stream
+        this node opens to the peer dials it (on demand)."""
+        peer_id, addrs = (other.peer_id, other.addrs) if isinstance(other, P2PNode) else other
+        await self._call(self._node.learn, peer_id, list(addrs))
 
     async def unblock(self, peer_id: str) -> None:
         """Lets the next request to `peer_id` dial it at once. After a failed dial the
@@ -824,7 +873,11 @@ class P2PNode:
         reason per provider (untried ones included)."""
         cap = self.config.max_blob_bytes if max_bytes is None else max_bytes
         deadline = self.config.get_deadline_s if deadline_s is None else deadline_s
-        return bytes(await self._call(self._node.get, cid, list(providers), cap, keep, deadline, local))
+        args = (cid, list(providers), cap, keep, deadline, local)
+        if self._fetch_slots is None or (local and self.holds(cid)):
+            return bytes(await self._call(self._node.get, *args))
+        async with self._fetch_slots:  # waiting here is not part of the deadline
+            return bytes(await self._call(self._node.get, *args))
 
     async def tag(self, cid: str, task: str, round_: int) -> None:
         """Lists an already held blob under (task, round) for `ask_held`."""
@@ -913,15 +966,30 @@ class P2PNode:
         await self._call(self._node.stop)
 
 
+FETCHES_IN_FLIGHT = 16
+"""Network fetches in flight at once, all nodes of one trio thread together. Beyond
+about this many the thread saturates (it does the Noise and Yamux work of both ends
+of every transfer between its nodes): stream set-up then misses its 10 s
+multistream-select timeout, each failure is retried and the retries keep it
+saturated. 50 workers in one process collapsed that way (docs/p2p.md, "Scale")."""
+
+NEIGHBOURS = 3
+"""`connect_hub`: how many of the next nodes (in a ring) each node dials."""
+
+
 class P2PNetwork:
     """Owns one trio thread and the nodes started on it; closing it shuts all down in
     order (each node disconnects its peers, stops pubsub, closes its host), then stops
-    the thread."""
+    the thread. At most `fetches_in_flight` `get`s that go to the network run at once
+    on the thread; the others wait their turn before their deadline starts."""
 
-    def __init__(self, cfg: NodeConfig = NodeConfig()) -> None:
+    def __init__(self, cfg: NodeConfig = NodeConfig(), *, fetches_in_flight: int = FETCHES_IN_FLIGHT) -> None:
+        if fetches_in_flight < 1:
+            raise ValueError("fetches_in_flight must be at least 1")
         self.cfg = cfg
         self.thread = bridge.TrioThread()
         self.nodes: list[P2PNode] = []
+        self.fetch_slots = asyncio.Semaphore(fetches_in_flight)
 
     async def __aenter__(self) -> P2PNetwork:
         await asyncio.to_thread(self.thread.start)
@@ -931,7 +999,7 @@ class P2PNetwork:
         await self.close()
 
     async def add_node(self, key: KeyPair, cfg: NodeConfig | None = None) -> P2PNode:
-        node = await P2PNode.start(key, self.thread, cfg or self.cfg)
+        node = await P2PNode.start(key, self.thread, cfg or self.cfg, self.fetch_slots)
         self.nodes.append(node)
         return node
 
@@ -948,6 +1016,37 @@ class P2PNetwork:
             for i, a in enumerate(nodes):
                 for b in nodes[i + 1 :]:
                     tg.create_task(dial(a, b))
+
+    async def connect_hub(
+        self, hub: P2PNode, nodes: Sequence[P2PNode], *, neighbours: int = NEIGHBOURS, max_dials: int = 8
+    ) -> None:
+        """A connected graph, not a clique: every node dials `hub` and the next
+        `neighbours` nodes in a ring, and learns where all the others listen (`learn`),
+        so that a stream to any of them dials it on demand. Gossip needs only a
+        connected graph, and a star's evaluators fetch from the hub alone: W workers
+        cost W * (neighbours + 1) dials instead of W * (W + 1) / 2 (1,275 at W = 50,
+        minutes of the one trio thread's CPU)."""
+        everyone = [hub, *nodes]
+        for a in everyone:
+            for b in everyone:
+                if a is not b:
+                    await a.learn(b)
+        pairs = [(a, hub) for a in nodes]
+        n = len(nodes)
+        for i, a in enumerate(nodes):
+            for j in range(1, min(neighbours, n - 1) + 1):
+                b = nodes[(i + j) % n]
+                if (b, a) not in pairs and (a, b) not in pairs:
+                    pairs.append((a, b))
+        sem = asyncio.Semaphore(max_dials)
+
+        async def dial(a: P2PNode, b: P2PNode) -> None:
+            async with sem:
+                await a.connect(b)
+
+        async with asyncio.TaskGroup() as tg:
+            for a, b in pairs:
+                tg.create_task(dial(a, b))
 
     async def close(self) -> None:
         for node in self.nodes:

@@ -8,8 +8,9 @@ Each agent is `discofl-p2p requester` or `discofl-p2p worker` in its own process
 1. the requester deploys the task for the roster's addresses and prints its contract
    and multiaddr (its first stdout line);
 2. each worker starts with that contract and that multiaddr (`--bootstrap`), the
-   multiaddrs of the workers before it (`--peer`, so the overlay is a full mesh as in
-   process) and its ring mates' (`--ring-peer`), on a port chosen beforehand;
+   multiaddrs of the workers before it (`--peer`, so the overlay is a full mesh; in
+   process it is a hub and ring, `P2PNetwork.connect_hub`) and its ring mates'
+   (`--ring-peer`), on a port chosen beforehand;
 3. the parent follows the requester's phase lines (the progress display), waits until
    every process has exited, reads their records (JSON) and the chain, and returns the
    same `RunOutcome` as `run_scenario`, with each worker's pid.

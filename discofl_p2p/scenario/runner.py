@@ -282,7 +282,7 @@ async def assemble(
 
     req_node = await net.add_node(key_from_seed(seed, f"{setup.task_id}/requester"))
     nodes = {n: await net.add_node(key_from_seed(seed, f"{setup.task_id}/{n}")) for n, _, _ in roster}
-    await net.connect_all([req_node, *nodes.values()])
+    await net.connect_hub(req_node, list(nodes.values()))  # the requester and a few peers each, not a clique
     for topic_node in [req_node, *nodes.values()]:
         await topic_node.subscribe(setup.topic)
 
