@@ -442,3 +442,26 @@ def test_find_anvil_takes_the_platform_package_npm_installed(tmp_path, monkeypat
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     assert find_anvil(search_from=tmp_path) == binary
+
+
+def test_disconnect_lets_a_cancellation_of_its_caller_through(anvil):
+    """web3 8.0.0's provider.disconnect() swallows a CancelledError that reaches it while
+    it waits for its listener task, so a task cancelled there carries on (the dashboard
+    once did not stop on SIGINT); `disconnect` lets it through."""
+    from discofl_p2p.chain.client import disconnect
+
+    async def cancelled_while_closing(close) -> bool:
+        w3 = await connect(anvil.ws_url)
+        task = asyncio.create_task(close(w3))
+        await asyncio.sleep(0)  # it has started closing
+        task.cancel()
+        await asyncio.wait([task])
+        return task.cancelled()
+
+    async def body():
+        return (
+            await cancelled_while_closing(lambda w3: w3.provider.disconnect()),
+            await cancelled_while_closing(disconnect),
+        )
+
+    assert run(body()) == (False, True)

@@ -196,8 +196,11 @@ async def connect(ws_url: str) -> AsyncWeb3:
     return w3
 
 
-async def _close(w3: AsyncWeb3) -> None:
-    """Closes a connection that may already be dead, within a bounded time."""
+async def disconnect(w3: AsyncWeb3) -> None:
+    """Closes a connection that may already be dead, within a bounded time, and lets a
+    cancellation of the caller through: web3 8.0.0's `provider.disconnect()` swallows a
+    CancelledError that reaches it while it waits for its listener task, so a task
+    cancelled there would carry on (here `wait_for` runs it as a task of its own)."""
     try:
         await asyncio.wait_for(w3.provider.disconnect(), timeout=5)
     except asyncio.CancelledError:
@@ -276,7 +279,7 @@ class _Heads:
             await w3.eth.subscribe("newHeads")
             head = await w3.eth.block_number  # heads from before the subscription
         except BaseException:
-            await _close(w3)
+            await disconnect(w3)
             raise
         return w3, head
 
@@ -297,7 +300,7 @@ class _Heads:
             pump.cancel()
             end.cancel()
             await asyncio.wait([pump, end])
-            await _close(w3)
+            await disconnect(w3)
         error = None if pump.cancelled() else pump.exception()
         if error is not None and not isinstance(error, _CONNECTION_ERRORS):
             raise error

@@ -30,7 +30,7 @@ from typing import Any
 from eth_typing import HexStr
 from web3 import AsyncWeb3
 
-from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect
+from discofl_p2p.chain.client import ChainEvent, RewardRule, TaskClient, TaskState, connect, disconnect
 from discofl_p2p.chain.encoding import NOT_OPENED, decode_scores
 from discofl_p2p.dashboard.traffic import p2p_figures
 from discofl_p2p.trust.anchor import anchor_of
@@ -304,7 +304,7 @@ class TaskReader:
                     self._block = max(self._block, ev.block_number)
                     self._dirty.set()
         finally:
-            await self._w3.provider.disconnect()
+            await disconnect(self._w3)  # lets the reader's cancellation through
 
     async def _rebuilder(self) -> None:
         while True:
