@@ -95,9 +95,6 @@ class AbiCodec:
 
     # ------------------------------------------------------------------ calls
 
-    def has_function(self, name: str) -> bool:
-        return name in self._functions
-
     def call_data(self, name: str, *args: Any) -> bytes:
         """The calldata of `name(*args)`: its selector and the ABI-encoded arguments."""
         fn = self._function(name)
@@ -130,10 +127,6 @@ class AbiCodec:
             raise ValueError(f"the contract has no function {name!r}") from None
 
     # ------------------------------------------------------------------ logs
-
-    def event_name(self, topic0: bytes) -> str | None:
-        ev = self._events.get(bytes(topic0))
-        return ev.name if ev else None
 
     def decode_log(self, topics: Sequence[bytes], data: bytes) -> tuple[str, dict[str, Any]]:
         """An event log's name and fields (in declaration order)."""

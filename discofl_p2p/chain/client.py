@@ -361,19 +361,22 @@ class TaskClient:
     """One account's handle on one DiscoFLTask contract."""
 
     def __init__(self, w3: AsyncWeb3, address: str, account: LocalAccount, *, ws_url: str = "") -> None:
-        art = load_artifact()
         self.w3 = w3
         self.address = AsyncWeb3.to_checksum_address(address)
         self.account = account
         self.ws_url = ws_url
-        # web3's contract object, for callers that want web3's API; this client itself
-        # encodes and decodes with `codec` (see abi_codec: web3's per-call ABI lookup
-        # cost milliseconds of CPU per transaction and per log).
-        self.contract = w3.eth.contract(address=self.address, abi=art["abi"])
         self.codec = _codec()
         self._lock = asyncio.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
+
+    @functools.cached_property
+    def contract(self) -> Any:
+        """web3's contract object, for callers that want web3's API. Built on first use:
+        it costs tens of milliseconds, and this client itself encodes and decodes with
+        `codec` (see abi_codec: web3's per-call ABI lookup cost milliseconds of CPU per
+        transaction and per log)."""
+        return self.w3.eth.contract(address=self.address, abi=load_artifact()["abi"])
 
     # -------------------------------------------------------------- setup
 

@@ -279,7 +279,6 @@ class TaskReader:
             # Read-only: this client is never asked to sign, so it gets no account.
             client = TaskClient(self._w3, self.contract, None, ws_url=self.ws_url)  # type: ignore[arg-type]
             self._client = client
-            f = client.contract.functions
             names = (
                 "requester",
                 "rounds",
@@ -290,7 +289,7 @@ class TaskReader:
                 "submissionPeriod",
                 "evaluationPeriod",
             )
-            vals = await asyncio.gather(*(getattr(f, n)().call() for n in names))
+            vals = await asyncio.gather(*(client.view(n) for n in names))
             self._static = dict(zip(names, vals))
             self._static["chain_id"] = await self._w3.eth.chain_id
             head = await self._w3.eth.block_number
