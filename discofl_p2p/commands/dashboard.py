@@ -88,6 +88,8 @@ def dashboard_main(
         return 2
     try:
         _run(serve(ws_url, contract, host, port, run, scoring, params))
+    except KeyboardInterrupt:  # Ctrl-C before serve took the signal over
+        pass
     except ValueError as e:
         print(f"discofl-p2p dashboard: {e}", file=sys.stderr)
         return 2
