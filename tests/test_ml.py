@@ -124,6 +124,46 @@ def test_initial_model_travels_as_torchscript_without_its_class():
     assert spec_of(loaded.state_dict()) == spec_of(m.state_dict())
 
 
+def test_evaluate_job_reuses_one_module_per_thread_without_leaking_weights(mnist):
+    # evaluate_job keeps this thread's module for w0 and loads each job's state into
+    # it: scores must equal a fresh module's, whichever w0 or state came before, in
+    # the pool's threads as in this one.
+    from discofl_p2p.agents import jobs
+
+    x, y = mnist.x[:300], mnist.y[:300]
+    archives = {name: export_initial_model(build_model(name, seed=1)) for name in ("logreg", "compact_cnn")}
+    states = {
+        name: [{k: v + 0.05 * i * torch.randn_like(v) for k, v in jobs.initial_state(w0).items()} for i in range(3)]
+        for name, w0 in archives.items()
+    }
+
+    def fresh(w0: bytes, state) -> float:
+        model = load_initial_model(w0)
+        model.load_state_dict(state)
+        return score(predict(model, x), y)
+
+    expected = {(n, i): fresh(archives[n], s) for n in archives for i, s in enumerate(states[n])}
+    order = [(n, i) for _ in range(2) for n in ("logreg", "compact_cnn", "logreg") for i in (2, 0, 1)]
+    assert [jobs.evaluate_job(archives[n], states[n][i], x, y, "accuracy") for n, i in order] == [
+        expected[k] for k in order
+    ]
+    assert len(set(expected.values())) > 2  # the states differ, so a leaked state would show
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda k: jobs.evaluate_job(archives[k[0]], states[k[0]][k[1]], x, y, "accuracy"), order))
+    assert got == [expected[k] for k in order]
+    # a copy of w0's bytes (another object, the same archive) keeps the module
+    jobs.evaluate_job(archives["logreg"], states["logreg"][0], x, y, "accuracy")
+    module = jobs._evaluation.model
+    jobs.evaluate_job(bytes(bytearray(archives["logreg"])), states["logreg"][1], x, y, "accuracy")
+    assert jobs._evaluation.model is module
+
+
+def test_only_a_model_with_a_convolution_is_frozen_for_inference():
+    for name, frozen in (("logreg", False), ("mlp", False), ("compact_cnn", True)):
+        scripted = load_initial_model(export_initial_model(build_model(name)))
+        assert (inference_module(scripted) is not scripted) == frozen, name
+
+
 def test_predict_on_w0s_torchscript_matches_the_eager_model_and_leaves_it_untouched(mnist):
     # predict freezes and optimises a TorchScript module (oneDNN, fused conv+ReLU): it
     # must give the eager model's classes, and the scripted module must stay trainable.

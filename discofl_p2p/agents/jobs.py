@@ -2,9 +2,17 @@
 
 Each builds its model from w0's TorchScript archive (no Python class needed) and uses
 one torch thread, so that jobs in the pool do not oversubscribe the cores.
+
+Evaluation reuses one module per thread (`_evaluation_model`): loading the archive took
+about 1.4 ms of an evaluation that otherwise takes 0.1 ms (logreg) to 7 ms (compact CNN),
+and an evaluator scores a whole round's models with it. Each job loads its whole state
+into the module first, so no job sees another's weights; training builds its own,
+since it changes the module's parameters and gradients.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -22,6 +30,26 @@ def _model(w0: bytes, state: StateDict | None) -> torch.nn.Module:
     return model
 
 
+class _Slot(threading.local):
+    w0: bytes | None = None
+    model: torch.nn.Module | None = None
+
+
+_evaluation = _Slot()
+
+
+def _evaluation_model(w0: bytes, state: StateDict) -> torch.nn.Module:
+    """This thread's module for `w0` (loaded again only when another w0 comes: one task
+    per process in practice, two in a test), in eval mode, holding `state`."""
+    torch.set_num_threads(1)
+    slot = _evaluation
+    if slot.model is None or (slot.w0 is not w0 and slot.w0 != w0):
+        slot.model = _model(w0, None).eval()
+        slot.w0 = w0
+    slot.model.load_state_dict(state)
+    return slot.model
+
+
 def initial_state(w0: bytes) -> StateDict:
     return {k: v.detach().clone() for k, v in _model(w0, None).state_dict().items()}
 
@@ -33,7 +61,7 @@ def train_job(w0: bytes, state: StateDict, x: torch.Tensor, y: torch.Tensor, cfg
 
 
 def evaluate_job(w0: bytes, state: StateDict, x: torch.Tensor, y: torch.Tensor, metric: str) -> float:
-    return score(predict(_model(w0, state), x), y, metric)
+    return score(predict(_evaluation_model(w0, state), x), y, metric)
 
 
 def decode_job(blob: bytes, spec: Spec, max_bytes: int) -> StateDict:
