@@ -137,3 +137,38 @@ def test_fetches_in_flight_are_bounded_per_process_and_a_wait_is_not_a_timeout()
 def test_fetches_in_flight_must_be_positive():
     with pytest.raises(ValueError, match="fetches_in_flight"):
         P2PNetwork(fetches_in_flight=0)
+
+
+def test_a_peer_that_failed_a_dial_is_refused_until_unblocked():
+    """After a failed dial libp2p refuses the peer for 60 s without dialling (its
+    negative cache); `unblock` lets the next request dial it at once. Workers unblock
+    the peers that failed in an earlier round before fetching a new round's models
+    (`WorkerAgent._forgive_failed_peers`), and a requester the worker retries."""
+    import socket
+
+    from discofl_p2p.p2p.node import BlobUnavailable
+
+    with socket.socket() as s:  # a port nothing listens on: the peer is away
+        s.bind(("127.0.0.1", 0))
+        away = f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}"
+
+    async def go():
+        async with P2PNetwork() as net:
+            provider = await net.add_node(key_from_seed(64, "provider"))
+            client = await net.add_node(key_from_seed(64, "client"))
+            cid = await provider.put(b"a model")
+            await client.learn((provider.peer_id, [away]))
+            with pytest.raises(BlobUnavailable, match="unable to connect"):
+                await client.get(cid, [provider.peer_id], deadline_s=5.0)
+
+            async def back() -> None:  # the peer is reachable again, where it was not
+                client._node.host.get_peerstore().clear_addrs(ID.from_base58(provider.peer_id))
+
+            await net.thread.call(back)
+            await client.learn(provider)
+            with pytest.raises(BlobUnavailable, match="negative cache"):
+                await client.get(cid, [provider.peer_id], deadline_s=5.0)
+            await client.unblock(provider.peer_id)
+            assert await client.get(cid, [provider.peer_id], deadline_s=5.0) == b"a model"
+
+    run(go())

@@ -399,6 +399,10 @@ def test_a_requester_killed_mid_round_resumes_and_settles_every_round_once(tmp_p
     assert fault["new_pid"] != fault["pid"] and fault["back_s"] > 0
     assert fault["resumed"]["round"] == 2 and fault["resumed"]["phase"] == "evaluation"
     assert fault["resumed"]["settled"] == [1]
+    # Wall times from block timestamps: round 1, settled before the crash, keeps its
+    # own; round 2 includes the time the requester was down (to the second).
+    assert all(rec["wall_s"] > 0 for rec in res["rounds"])
+    assert res["rounds"][1]["wall_s"] >= fault["back_s"] - 1
     ours = [e for e in events if e.get("process") == "requester"]
     assert [e["round"] for e in ours if e["event"] == "round_settled"] == [1, 2]
     assert len([e for e in ours if e["event"] == "task_deployed"]) == 1

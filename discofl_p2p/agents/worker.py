@@ -675,6 +675,7 @@ class WorkerAgent:
         once, from the peers expected to hold them. A star: every other model at once."""
         setup = self.setup
         self._published[r] = cids
+        await self._forgive_failed_peers(r)
         if setup.overlay:
             todo, window = self._fetch_order(cids), setup.fetch_window
         else:
@@ -758,6 +759,14 @@ class WorkerAgent:
             log.warning("model_fetch_retried", agent=self.name, round=r, cid=cid, attempt=attempt, reason=str(failed))
             await self._back_off(min(attempt, 3), jitter)
         raise AssertionError("unreachable")
+
+    async def _forgive_failed_peers(self, r: int) -> None:
+        """A peer that failed in an earlier round (gone for a while, partitioned) is
+        asked again in round `r`, so the swarm must dial it again: after a failed dial
+        libp2p refuses the peer for 60 s without dialling (`P2PNode.unblock`), longer
+        than a round may last."""
+        for peer in sorted(set().union(*(v for k, v in self._failed_peers.items() if k < r))):
+            await self.node.unblock(peer)
 
     def _peer_holders(self, r: int, cid: str) -> list[str]:
         """The peers other than itself and the requester that announced holding `cid`."""
