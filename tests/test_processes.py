@@ -57,6 +57,11 @@ def test_processes_mode_settles_as_in_process(tmp_path, anvil):
         *((f"honest-{i}", "scores_revealed") for i in (1, 2, 3)),
     }
     assert events[-1]["event"] == "logs_merged"
+    # The overlay is on by default with a process per agent, off in one process: each
+    # author fetches its own model back (its cover fetch) as well as the others'.
+    assert (inproc.overlay, procs.overlay) == (False, True)
+    fetched = [(e["agent"], e["round"]) for e in merged if e["event"] == "model_fetched"]
+    assert sorted(fetched) == sorted((f"honest-{i}", r) for i in (1, 2, 3) for r in procs.rounds for _ in range(3))
 
 
 def _descendants(pid: int) -> set[int]:

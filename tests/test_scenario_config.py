@@ -449,12 +449,22 @@ def test_a_ring_given_part_by_part_counts_its_members_across_forms():
 
 
 def test_network_section_switches_the_overlay_and_bounds_its_window():
-    """Off by default (a star) with a window of 4; `overlay = true` turns it on; the
-    window is checked (1 to MAX_FETCH_WINDOW) and the errors name the key and its line."""
+    """Unset by default, with a window of 4: the overlay is then on with one process
+    per agent and off (a star) in one process; `overlay = true` or `false` decides in
+    both. The window is checked (1 to MAX_FETCH_WINDOW) and the errors name the key
+    and its line."""
+    from discofl_p2p.scenario.config import overlay_for
+    from discofl_p2p.scenario.runner import build_setup
+
     sc = parse_scenario(GOOD, "s.toml")
-    assert (sc.network.overlay, sc.network.fetch_window) == (False, 4)
+    assert (sc.network.overlay, sc.network.fetch_window) == (None, 4)
+    assert [overlay_for(sc.network, one_process_per_agent=p) for p in (False, True)] == [False, True]
+    assert [build_setup(sc, one_process_per_agent=p)[0].overlay for p in (False, True)] == [False, True]
     on = parse_scenario(GOOD + "\n[network]\noverlay = true\nfetch_window = 2\n", "s.toml")
     assert (on.network.overlay, on.network.fetch_window) == (True, 2)
+    assert [overlay_for(on.network, one_process_per_agent=p) for p in (False, True)] == [True, True]
+    off = parse_scenario(GOOD + "\n[network]\noverlay = false\n", "s.toml")
+    assert [overlay_for(off.network, one_process_per_agent=p) for p in (False, True)] == [False, False]
     for value, words in (("0", "between 1 and 64"), ("65", "between 1 and 64"), ('"4"', "must be int, got str")):
         e = _error(GOOD + f"\n[network]\nfetch_window = {value}\n")
         assert (e.key, e.line) == ("network.fetch_window", 19) and words in str(e), str(e)

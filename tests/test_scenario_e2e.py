@@ -79,6 +79,7 @@ def test_small_scenario_end_to_end_matches_the_chain(tmp_path, anvil):
     assert res["task"]["chain_id"] == 31337 and res["task"]["rounds"] == 2
     assert [w["behavior"] for w in res["workers"]] == ["honest"] * 3 + ["garbage"]
     assert res["task"]["scoring"] == DEFAULT_SCORING
+    assert res["task"]["overlay"] is False  # in one process the star, unless [network] says otherwise
     assert [w["train_samples"] for w in res["workers"]] == [400] * 4  # 80 % of 500 digits each
     assert len(res["rounds"]) == 2
     for r in res["rounds"]:

@@ -37,7 +37,8 @@ back-off, since a busy requester or one lost stream must not end a worker), and
 model_fetch_retried (until FETCH_PATIENCE of the evaluation window has passed: a
 requester that crashed and restarts serves the round's models again).
 
-The overlay (`[network] overlay`, off by default; docs/p2p.md). Under anonymity each
+The overlay (`[network] overlay`; unset, on with a process per agent and off in one
+process: `config.overlay_for`; docs/p2p.md). Under anonymity each
 model's first copy comes from the requester: nobody else may serve a model before it
 has fetched it like everyone else. That includes its author, hence the cover fetch of
 its own model, after which the author serves it like any other holder (a peer that

@@ -76,6 +76,7 @@ def results_dict(out: RunOutcome, expectations: list[Expectation]) -> dict[str, 
             "rounds": sc.task.rounds,
             "top_k": sc.task.top_k,
             "scoring": sc.task.scoring,
+            "overlay": out.overlay,  # evaluators fetched from each other ([network] overlay)
             "deposit_wei": str(out.deposit_wei),
         },
         "workers": [

@@ -161,7 +161,7 @@ async def serve_requester(
     with `resume` takes the one in `store` back after a crash, and runs it until it
     is closed (True) or `stop` is set (False)."""
     torch.set_num_threads(1)
-    setup, w0 = build_setup(sc)
+    setup, w0 = build_setup(sc, one_process_per_agent=True)
     recorder = Recorder(on_phase=lambda r, phase: emit({"round": r, "phase": phase}))
     w3 = await connect(ws_url)
     finished = False
@@ -222,7 +222,7 @@ async def serve_worker(
     requester (`bootstrap`), the other `peers` and its `ring` mates, then
     follows the task until it is closed (True) or `stop` is set (False)."""
     torch.set_num_threads(1)
-    setup, _ = build_setup(sc)
+    setup, _ = build_setup(sc, one_process_per_agent=True)
     behaviour = build_behaviours(sc)[name]
     recorder = Recorder()
     w3 = await connect(ws_url)

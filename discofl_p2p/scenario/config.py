@@ -182,13 +182,24 @@ MAX_FETCH_WINDOW = 64
 @dataclass(frozen=True)
 class NetworkSection:
     """How evaluators fetch a round's models (agents/worker.py, docs/p2p.md "The
-    overlay"). `overlay`: from each other, each model's first copy from the requester
-    (off by default: in one process it is not yet as fast as the star, where every
-    model comes from the requester); `fetch_window`: how many models an evaluator
-    fetches at once in the overlay."""
+    overlay"). `overlay`: from each other, each model's first copy from the requester;
+    unset, it is on where each agent runs in its own process (`--processes`, `up`,
+    `discofl-p2p worker`) and off in one process, where it is not as fast as the star
+    (every model from the requester; `overlay_for`); `fetch_window`: how many models
+    an evaluator fetches at once in the overlay."""
 
-    overlay: bool = False
+    overlay: bool | None = None
     fetch_window: int = 4
+
+
+def overlay_for(network: NetworkSection, *, one_process_per_agent: bool) -> bool:
+    """Whether evaluators fetch from each other: `[network] overlay` when the file sets
+    it, else on exactly when each agent has its own process. In one process every
+    node's transfers share one trio thread, so spreading them over peers saves
+    nothing there and the overlay's extra cover fetches cost 10-20 %; with a process
+    each it was faster than the star and cut the requester's upload about ninefold
+    at W = 10 (docs/p2p.md)."""
+    return one_process_per_agent if network.overlay is None else network.overlay
 
 
 @dataclass(frozen=True)

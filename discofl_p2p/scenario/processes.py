@@ -427,6 +427,7 @@ async def _outcome(
         refunded_wei=st.refunded,
         held_wei=st.held,
         wall_s=time.monotonic() - started,
+        one_process_per_agent=True,
     )
 
 

@@ -42,7 +42,7 @@ from discofl_p2p.ml.splits import Partition, partition
 from discofl_p2p.ml.training import TrainConfig
 from discofl_p2p.ml.weights import encode_state, spec_of
 from discofl_p2p.p2p.node import NodeConfig, P2PNetwork, P2PNode, key_from_seed
-from discofl_p2p.scenario.config import Scenario
+from discofl_p2p.scenario.config import Scenario, overlay_for
 from discofl_p2p.trust.scoring import NEEDS_ANCHOR
 
 log = structlog.get_logger("discofl.runner")
@@ -79,6 +79,12 @@ class RunOutcome:
     wall_s: float
     # Faults injected from the scenario's [faults] (processes mode): what, to whom, when.
     faults: list[dict[str, Any]] = field(default_factory=list)
+    one_process_per_agent: bool = False  # processes mode (`scenario/processes.py`)
+
+    @property
+    def overlay(self) -> bool:
+        """Whether the evaluators fetched from each other (`config.overlay_for`)."""
+        return overlay_for(self.scenario.network, one_process_per_agent=self.one_process_per_agent)
 
     @property
     def adversaries(self) -> list[str]:
@@ -178,8 +184,10 @@ def data_partition(sc: Scenario) -> tuple[Dataset, Partition]:
     return data, part
 
 
-def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
-    """The task's public setup, and w0 (the requester's: its TorchScript archive)."""
+def build_setup(sc: Scenario, *, one_process_per_agent: bool = False) -> tuple[TaskSetup, bytes]:
+    """The task's public setup, and w0 (the requester's: its TorchScript archive).
+    `one_process_per_agent` turns the overlay on unless the file says otherwise
+    (`config.overlay_for`)."""
     data, part = data_partition(sc)
     model = build_model(sc.model.name, seed=sc.task.seed)
     state = model.state_dict()
@@ -200,7 +208,7 @@ def build_setup(sc: Scenario) -> tuple[TaskSetup, bytes]:
         max_model_bytes=2 * len(encode_state(state)) + 4096,
         seed=sc.task.seed,
         announce_loss=sc.faults.announce_loss,
-        overlay=sc.network.overlay,
+        overlay=overlay_for(sc.network, one_process_per_agent=one_process_per_agent),
         fetch_window=sc.network.fetch_window,
         round_lr_decay=sc.model.round_lr_decay,
     )
