@@ -165,7 +165,7 @@ def test_only_a_model_with_a_convolution_is_frozen_for_inference():
 
 
 def test_predict_on_w0s_torchscript_matches_the_eager_model_and_leaves_it_untouched(mnist):
-    # predict freezes and optimises a TorchScript module (oneDNN, fused conv+ReLU): it
+    # predict freezes and optimises a TorchScript module with a convolution (oneDNN, fused conv+ReLU): it
     # must give the eager model's classes, and the scripted module must stay trainable.
     eager = build_model("compact_cnn", seed=3)
     scripted = load_initial_model(export_initial_model(eager))

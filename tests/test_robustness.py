@@ -158,7 +158,7 @@ def test_matrix_errors_name_the_key(tmp_path):
 def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
     attacks = {n for reg in (TRAINING_BEHAVIOURS, SCORING_BEHAVIOURS) for n in reg if n != "honest"}
     attacks |= {n for n in PARTICIPATION_BEHAVIOURS if n != "always"}
-    for name in ("default", "quick"):
+    for name in ("default", "quick", "breakdown"):
         m = load_matrix(builtin(name))
         used = {k.get("train") or k.get("score") or k.get("participation") for k in m.attacks.values()}
         assert used == attacks, name
@@ -172,6 +172,12 @@ def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
         assert [s.label for s in default.scorings] == runnable_scorings() != []
     assert quick.fractions == [Fraction(0), Fraction(1, 3)] and len(quick.seeds) == 1
     assert len(quick.aggregations) == len(quick.policies) == len(quick.scorings) == 1
+    # breakdown.toml is the default matrix for two defences: its cells are default
+    # cells (the same scenario texts, so a default run with its --out reuses them).
+    breakdown = cells(load_matrix(builtin("breakdown")))
+    assert {c.defence for c in breakdown} == {("score_weighted", "top_k", s) for s in ("consensus", "blockflow")}
+    assert {c.key for c in breakdown} <= {c.key for c in cells(default)}
+    assert len(breakdown) == len({c.key for c in cells(default) if c.defence in {b.defence for b in breakdown}})
 
 
 # ---------------------------------------------------------------------- end to end

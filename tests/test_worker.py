@@ -335,3 +335,33 @@ def test_an_evaluator_the_requesters_batch_leaves_out_reveals_its_own_scores_and
         "honest-3": ["honest-1", "honest-2"],
     }
     assert sum(rec.rewards_wei.values()) == outcome.deposit_wei
+
+
+def test_a_worker_unblocks_the_peers_that_failed_in_earlier_rounds_before_fetching_again(anvil):
+    """A peer that failed in round 1 (away for a while) is asked again in round 2, so
+    the worker takes it out of libp2p's 60 s negative dial cache first
+    (`_forgive_failed_peers`); a peer that failed in round 2 itself stays out."""
+    import socket
+
+    from discofl_p2p.p2p.node import BlobUnavailable
+
+    async def body(sim: Simulation, net: P2PNetwork, _w0: bytes):
+        worker = sim.workers[0]
+        peers = [await net.add_node(key_from_seed(65, f"away-{i}")) for i in (1, 2)]
+        for p in peers:
+            with socket.socket() as s:  # where nothing listens: the peer is away
+                s.bind(("127.0.0.1", 0))
+                await worker.node.learn((p.peer_id, [f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}"]))
+            with pytest.raises(BlobUnavailable):
+                await worker.node.get("bafkreiaway", [p.peer_id], deadline_s=5.0)
+
+        async def blocked() -> list[bool]:
+            cache = worker.node._node.host.get_network()._negative_peer_cache
+            return [cache.is_blocked(p.peer_id) for p in peers]
+
+        assert await net.thread.call(blocked) == [True, True]
+        worker._failed_peers = {1: {peers[0].peer_id}, 2: {peers[1].peer_id}}
+        await worker._forgive_failed_peers(2)
+        assert await net.thread.call(blocked) == [False, True]
+
+    run(with_simulation(anvil, tiny("forgive"), body))

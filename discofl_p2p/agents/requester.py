@@ -126,6 +126,7 @@ class _Round:
     excluded: dict[str, str] = field(default_factory=dict)  # worker name -> why
     valid: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # fixed when evaluation opens
     started: float = field(default_factory=time.monotonic)  # after a restart: from its block's timestamp
+    started_at: int = 0  # after a restart: the timestamp of its RoundStarted block
     accuracy: asyncio.Task[None] | None = None  # test accuracy of the published models
     anchor: asyncio.Task[dict[str, float]] | None = None  # the posted anchor (NEEDS_ANCHOR): worker name -> score
     anchor_posted: dict[str, float] | None = None  # the same, read back from its event after a restart
@@ -358,7 +359,6 @@ class RequesterAgent:
         self._honesty_history: list[dict[str, float]] = []
         self._events_from = 0  # the first block whose events it has not seen (resume)
         self._resumed = False
-        self._replay_clock = (0.0, 0)  # (time.monotonic(), the latest block's timestamp) when the replay began
         self._finish_pending = False  # replayed: training finished, the task not closed
         self._closed = False  # replayed: the task is closed
 
@@ -439,7 +439,6 @@ class RequesterAgent:
         agent = cls(client, node, setup, recorder, cfg, names, w0, store)
         await agent._note_w0_weights()
         head = await client.w3.eth.block_number
-        agent._replay_clock = (time.monotonic(), (await client.w3.eth.get_block(head))["timestamp"])
         events = await client.past_events(0, head)
         for ev in events:
             await agent._replay(ev)
@@ -604,12 +603,14 @@ class RequesterAgent:
 
     # ---------------------------------------------------------------- resume
 
-    async def _monotonic_at(self, block: int) -> float:
-        """When `block` was mined, on this process's monotonic clock, from its timestamp
-        (whole seconds on anvil): a round replayed after a restart keeps the wall time
-        it took, the time the requester was down included."""
-        mono, head_time = self._replay_clock
-        return mono - (head_time - (await self.client.w3.eth.get_block(block))["timestamp"])
+    async def _block_time(self, block: int) -> int:
+        """`block`'s timestamp (whole seconds; anvil's runs a little ahead of the wall
+        clock under load). After a restart a round's wall time comes from these: a
+        settled round's is the time between its RoundStarted and RoundSettled blocks;
+        the round in progress counts from its RoundStarted block on the wall clock, so
+        the time the requester was down is included (anvil mines nothing while idle,
+        so the latest block may be older than the crash)."""
+        return int((await self.client.w3.eth.get_block(block))["timestamp"])
 
     async def _replay(self, ev: ChainEvent) -> None:
         """One past event, after a restart: the same state as `_apply`, completed from
@@ -619,7 +620,9 @@ class RequesterAgent:
         self._apply(ev)
         a = ev.args
         if ev.name == "RoundStarted":
-            self.rounds[a["round"]].started = await self._monotonic_at(ev.block_number)
+            r = self.rounds[a["round"]]
+            r.started_at = await self._block_time(ev.block_number)
+            r.started = time.monotonic() - max(0.0, time.time() - r.started_at)
             self._take_stored_openings(self.rounds[a["round"]])
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
@@ -647,7 +650,7 @@ class RequesterAgent:
                 log.warning("replayed_ranking_differs", agent="requester", round=r.number, ranking=ranked)
             self._record_settlement(r, matrix, contrib, ranked, rewards, r.anchor_posted)
             self.recorder.record(r.number).test_accuracy = self.store.test_accuracy(r.number)
-            self.recorder.record(r.number).wall_s = await self._monotonic_at(ev.block_number) - r.started
+            self.recorder.record(r.number).wall_s = float(await self._block_time(ev.block_number) - r.started_at)
         elif ev.name == "AnchorScores":
             r = self.rounds[a["round"]]
             r.anchor_posted = anchor_of([self.names[w] for w in r.owner_at], decode_scores(bytes(a["scores"])))

@@ -196,7 +196,7 @@ def overlay_for(network: NetworkSection, *, one_process_per_agent: bool) -> bool
     """Whether evaluators fetch from each other: `[network] overlay` when the file sets
     it, else on exactly when each agent has its own process. In one process every
     node's transfers share one trio thread, so spreading them over peers saves
-    nothing there and the overlay's extra cover fetches cost 10-20 %; with a process
+    nothing there and the overlay's evaluation phase was 12-23 % longer; with a process
     each it was faster than the star and cut the requester's upload about ninefold
     at W = 10 (docs/p2p.md)."""
     return one_process_per_agent if network.overlay is None else network.overlay
