@@ -158,7 +158,7 @@ def test_matrix_errors_name_the_key(tmp_path):
 def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
     attacks = {n for reg in (TRAINING_BEHAVIOURS, SCORING_BEHAVIOURS) for n in reg if n != "honest"}
     attacks |= {n for n in PARTICIPATION_BEHAVIOURS if n != "always"}
-    for name in ("default", "quick", "breakdown"):
+    for name in ("default", "quick", "breakdown", "aggregations"):
         m = load_matrix(builtin(name))
         used = {k.get("train") or k.get("score") or k.get("participation") for k in m.attacks.values()}
         assert used == attacks, name
@@ -172,12 +172,18 @@ def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
         assert [s.label for s in default.scorings] == runnable_scorings() != []
     assert quick.fractions == [Fraction(0), Fraction(1, 3)] and len(quick.seeds) == 1
     assert len(quick.aggregations) == len(quick.policies) == len(quick.scorings) == 1
-    # breakdown.toml is the default matrix for two defences: its cells are default
-    # cells (the same scenario texts, so a default run with its --out reuses them).
-    breakdown = cells(load_matrix(builtin("breakdown")))
-    assert {c.defence for c in breakdown} == {("score_weighted", "top_k", s) for s in ("consensus", "blockflow")}
-    assert {c.key for c in breakdown} <= {c.key for c in cells(default)}
-    assert len(breakdown) == len({c.key for c in cells(default) if c.defence in {b.defence for b in breakdown}})
+    # breakdown.toml and aggregations.toml are the default matrix for some defences:
+    # their cells are default cells (the same scenario texts, so a default run with
+    # their --out reuses them).
+    aggregations = ("score_weighted", "median", "trimmed_mean(trim=0.2)", "multi_krum(f=8)")
+    for name, defences in (
+        ("breakdown", {("score_weighted", "top_k", s) for s in ("consensus", "blockflow")}),
+        ("aggregations", {(a, "top_k", "consensus") for a in aggregations}),
+    ):
+        part = cells(load_matrix(builtin(name)))
+        assert {c.defence for c in part} == defences, name
+        assert {c.key for c in part} <= {c.key for c in cells(default)}, name
+        assert len(part) == len({c.key for c in cells(default) if c.defence in defences}), name
 
 
 # ---------------------------------------------------------------------- end to end
@@ -314,3 +320,37 @@ def test_paper_preset_writes_its_figures_and_table(tmp_path):
     assert len(rows) == 1 and "paper: about 92 %" in text
     honest_share, garbage_share = (float(c.split("±")[0]) for c in rows[0].split("|")[4:6])
     assert honest_share + garbage_share == pytest.approx(1.0, abs=1e-6) and garbage_share < honest_share
+
+
+def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tmp_path, capsys):
+    """tools/breakdown_table.py on a hand-made results.csv: defence A breaks at 1/3 on
+    accuracy, clearly (every seed 10 points down); defence B breaks at 1/6 on the share
+    with one seed far off the others (within noise: "*"); at 1/2 nothing is run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("breakdown_table", Path(__file__).parents[1] / "tools/breakdown_table.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    values = {  # (defence scoring, fraction) -> per seed (accuracy loss, adversary share)
+        ("a", "0"): [(0.0, 0.0)] * 3,
+        ("a", "1/6"): [(0.01, 0.1), (0.02, 0.1), (0.0, 0.1)],
+        ("a", "1/3"): [(0.10, 0.1), (0.11, 0.1), (0.09, 0.1)],
+        ("b", "0"): [(0.0, 0.0)] * 3,
+        ("b", "1/6"): [(0.0, 0.0), (0.0, 0.0), (0.0, 0.9)],
+        ("b", "1/3"): [(0.0, 0.0)] * 3,
+    }
+    lines = [",".join(COLUMNS)]
+    for (scoring, frac), seeds in values.items():
+        for seed, (loss, share) in enumerate(seeds, 1):
+            row = dict.fromkeys(COLUMNS, "")
+            row |= {"attack": "x", "fraction": str(float(Fraction(frac))), "split": "iid", "scoring": scoring}
+            row |= {"aggregation": "sw", "policy": "top_k", "seed": str(seed)}
+            row |= {"accuracy_loss": str(loss), "adversary_share": str(share)}
+            lines.append(",".join(row[c] for c in COLUMNS))
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    tool.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| x | 1/3 (acc) | 1/6 (share*) |" in out, out
+    assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 |" in out, out
+    assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 |" in out, out
