@@ -328,7 +328,8 @@ def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tm
     with one seed far off the others (within noise: "*"); at 1/2 nothing is run."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("breakdown_table", Path(__file__).parents[1] / "tools/breakdown_table.py")
+    path = Path(__file__).parents[1] / "tools" / "breakdown_table.py"
+    spec = importlib.util.spec_from_file_location("breakdown_table", path)
     assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
