@@ -1064,6 +1064,9 @@ class P2PNetwork:
             except (TimeoutError, bridge.BridgeClosed) as e:
                 log.warning("node_close_failed", peer=node.peer_id, error=repr(e))
 
-        await asyncio.gather(*(close(node) for node in self.nodes))
+        failed = await asyncio.gather(*(close(node) for node in self.nodes), return_exceptions=True)
         self.nodes.clear()
         await asyncio.to_thread(self.thread.stop)
+        for error in failed:  # the thread is stopped first, whatever a node raised
+            if isinstance(error, BaseException):
+                raise error
