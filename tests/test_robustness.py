@@ -347,11 +347,11 @@ def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tm
             row = dict.fromkeys(COLUMNS, "")
             row |= {"attack": "x", "fraction": str(float(Fraction(frac))), "split": "iid", "scoring": scoring}
             row |= {"aggregation": "sw", "policy": "top_k", "seed": str(seed)}
-            row |= {"accuracy_loss": str(loss), "adversary_share": str(share)}
+            row |= {"accuracy_loss": str(loss), "adversary_share": str(share), "final_accuracy": str(0.8 - loss)}
             lines.append(",".join(row[c] for c in COLUMNS))
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
     tool.main([str(tmp_path)])
     out = capsys.readouterr().out
     assert "| x | 1/3 (acc) | 1/6 (share*) |" in out, out
-    assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 |" in out, out
-    assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 |" in out, out
+    assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 | 0.800 | 0.700 |" in out, out
+    assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 | 0.800 | 0.800 |" in out, out

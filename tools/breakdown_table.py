@@ -9,8 +9,10 @@ the mean over seeds of the accuracy loss above `threshold`, or the adversaries' 
 reward share above their fraction), with its cause ("acc" or "share"); "-" when the
 defence holds at every fraction run. Then, per defence and split, how many attacks
 break it at each fraction, and the mean accuracy loss (points) and adversaries' share
-over the attacked cells at 1/3. `summary.md` gives each defence's breakdown point
-(the worst attack); this shows every attack's. A "*" marks a breakdown within noise:
+over the attacked cells at 1/3, and the mean final accuracy of the all-honest cells
+and of the attacked cells at 1/3 (a defence that loses little may start low).
+`summary.md` gives each defence's breakdown point (the worst attack); this shows every
+attack's. A "*" marks a breakdown within noise:
 the mean over seeds exceeds the bar by less than two standard errors of that mean
 (on Dirichlet data a cell's accuracy moves by several points from seed to seed).
 """
@@ -46,11 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = list(csv.DictReader((args.out_dir / "results.csv").open()))
     # (split, defence, attack, fraction) -> [(loss, share)] over seeds
     cells: dict[tuple[str, str, str, Fraction], list[tuple[float, float]]] = defaultdict(list)
+    accuracy: dict[tuple[str, str, Fraction], list[float]] = defaultdict(list)  # over attacks and seeds
+    first_attack = min((r["attack"] for r in rows), default="")  # the all-honest cells, written once per attack
     for r in rows:
         defence = f"{r['aggregation']}+{r['policy']}+{r['scoring']}"
         loss = float(r["accuracy_loss"]) if r["accuracy_loss"] else 0.0
         share = float(r["adversary_share"]) if r["adversary_share"] else 0.0
         cells[(r["split"], defence, r["attack"], _fraction(r["fraction"]))].append((loss, share))
+        if r["final_accuracy"] and (float(r["fraction"]) > 0 or r["attack"] == first_attack):
+            accuracy[(r["split"], defence, _fraction(r["fraction"]))].append(float(r["final_accuracy"]))
     splits = sorted({k[0] for k in cells})
     defences = sorted({k[1] for k in cells})
     attacks = sorted({k[2] for k in cells})
@@ -80,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
                 out.append(f"{f} ({'acc' if acc else 'share'}{'*' if noisy else ''})")
             print(f"| {attack} | " + " | ".join(out) + " |")
         print(f"\n{split}: attacks that first break each defence at each fraction; means over the attacks at 1/3\n")
-        print("| defence | " + " | ".join(str(f) for f in fractions if f) + " | holds | loss at 1/3 | share at 1/3 |")
-        print("| --- |" + " --- |" * (len(fractions) + 2))
+        print(
+            "| defence | "
+            + " | ".join(str(f) for f in fractions if f)
+            + " | holds | loss at 1/3 | share at 1/3 | accuracy all-honest | accuracy at 1/3 |"
+        )
+        print("| --- |" + " --- |" * (len(fractions) + 4))
         third = Fraction(1, 3)
         for d in defences:
             at = [mean[(split, d, a, third)] for a in attacks if (split, d, a, third) in mean]
@@ -89,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
             loss = f"{100 * statistics.fmean(x[0] for x in at):.2f}" if at else "-"
             share = f"{statistics.fmean(x[1] for x in at):.3f}" if at else "-"
             counts = " | ".join(str(broken[d].get(f, 0)) for f in fractions if f)
-            print(f"| {d} | {counts} | {holds} | {loss} | {share} |")
+            honest, attacked = accuracy[(split, d, Fraction(0))], accuracy[(split, d, third)]
+            acc = " | ".join(f"{statistics.fmean(a):.3f}" if a else "-" for a in (honest, attacked))
+            print(f"| {d} | {counts} | {holds} | {loss} | {share} | {acc} |")
 
 
 if __name__ == "__main__":
