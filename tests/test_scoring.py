@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import statistics
 
 import pytest
 from hypothesis import given, settings
@@ -67,7 +68,7 @@ def _p(name: str, s, history=(), anchor=None, **params) -> dict[str, float]:
     return {k: v.score for k, v in c.items()}
 
 
-ALL = ["blockflow", "trimmed", "hodges_lehmann", "reputation", "consensus", "anchored"]
+ALL = ["blockflow", "trimmed", "hodges_lehmann", "reputation", "consensus", "anchored", "informed"]
 
 
 def test_registry_holds_every_rule_with_one_signature():
@@ -191,6 +192,11 @@ EXACT = {
     # weights t'(0.1) = 2/3 (A, B), t'(0.05) = 9/11 (C), t'(0.6) = 0 (D): C's centre is
     # 0.6, D's vote does not count; d: A and C exact, B 0.1 off
     "consensus": {"A": 1.0, "B": 2 / 3, "C": 2 / 3, "D": 0.0},
+    # consensus's centre (0.9, 0.8, 0.6, 0) and agreements (A 1, B 2/3, C 1, D 0), times
+    # each row's correlation with the centre: A and C follow it exactly (1), B's
+    # (0.9, 0.7, 0.1) against (0.9, 0.6, 0) almost, D's (0, 0, 1) against (0.9, 0.8, 0.6)
+    # negatively (0); B's p falls below C's quality 2/3
+    "informed": {"A": 1.0, "B": 2 / 3 * statistics.correlation([0.9, 0.7, 0.1], [0.9, 0.6, 0.0]), "C": 2 / 3, "D": 0.0},
 }
 
 
@@ -198,6 +204,30 @@ EXACT = {
 def test_every_rule_on_a_small_matrix_by_hand(name):
     p = {k: c.score for k, c in _rule(name)(SMALL, FOUR, ScoringContext()).items()}
     assert p == pytest.approx(EXACT[name], abs=1e-12)
+
+
+def test_a_lazy_evaluator_looks_most_honest_where_the_honest_disagree_except_under_informed():
+    """Non-IID in miniature: five honest evaluators whose validation data differ score
+    the models far apart; a lazy evaluator gives every model 0.5 without evaluating.
+    Its constant row sits nearest the median, so blockflow and consensus give it the
+    most honesty and pay it most; `informed` sees a row that follows the centre not at
+    all and gives it none. The price, measured in the benchmark too: honest evaluators
+    whose view runs against the centre lose their honesty as well (here 3 of 5)."""
+    workers = [*HONEST, "L"]
+    quality = {"H0": 0.9, "H1": 0.75, "H2": 0.6, "H3": 0.45, "H4": 0.3, "L": 0.6}
+    skew = [0.3, -0.3, 0.2, -0.2, 0.0]  # each honest evaluator's view, by model
+    scores: dict[str, dict[str, float]] = {
+        h: {k: min(1.0, max(0.0, quality[k] + skew[(i + j) % 5])) for j, k in enumerate(workers) if k != h}
+        for i, h in enumerate(HONEST)
+    }
+    scores["L"] = dict.fromkeys(HONEST, 0.5)
+    for name in ("blockflow", "consensus"):
+        c = _rule(name)(scores, workers, ScoringContext())
+        assert c["L"].honesty == 1.0 and c["L"].score == max(v.score for v in c.values()), name
+    c = _rule("informed")(scores, workers, ScoringContext())
+    assert c["L"].honesty == 0.0 and c["L"].score == 0.0
+    assert max(c[h].score for h in HONEST) == 1.0
+    assert sorted(h for h in HONEST if c[h].honesty == 0) == ["H1", "H2", "H3"]
 
 
 def test_reputation_and_the_anchor_on_the_small_matrix_by_hand():

@@ -28,6 +28,7 @@ from discofl_p2p.trust.anchor import anchored
 from discofl_p2p.trust.blockflow import Contribution, contribution_scores
 from discofl_p2p.trust.consensus import consensus
 from discofl_p2p.trust.estimators import ScoringContext, Worker
+from discofl_p2p.trust.informed import informed
 from discofl_p2p.trust.reputation import reputation
 from discofl_p2p.trust.robust import hodges_lehmann_rule, trimmed
 
@@ -65,6 +66,7 @@ SCORING_RULES: dict[str, Callable[..., dict[Any, Contribution]]] = {
     "reputation": reputation,
     "consensus": consensus,
     "anchored": anchored,
+    "informed": informed,
 }
 
 NEEDS_ANCHOR = frozenset({"anchored"})
