@@ -96,10 +96,12 @@ def score_against(
     workers: Sequence[Worker],
     centre: Mapping[Worker, float],
     reference: Mapping[Worker, float] | None = None,
+    factor: Mapping[Worker, float] | None = None,
 ) -> dict[Worker, Contribution]:
     """BlockFlow's p_k with the centre m_k given: quality m'_k = m_k / max m, honesty
     d_a = a's worst agreement with `reference` (the centre when None) over the models
-    it scored that someone scored, d'_a = d_a / max d, p_k = min(m'_k, d'_k).
+    it scored that someone scored, times `factor[a]` when given (BlockFlow: none),
+    d'_a = d_a / max d, p_k = min(m'_k, d'_k).
     A worker absent from `centre` has m = 0; one that scored nobody has d = 0."""
     ref = centre if reference is None else reference
     m = {k: centre.get(k, 0.0) for k in workers}
@@ -107,7 +109,7 @@ def score_against(
     d: dict[Worker, float] = {}
     for a in workers:
         ts = [agreement(abs(v - ref[k])) for k, v in scores.get(a, {}).items() if k != a and k in ref]
-        d[a] = min(ts) if ts else 0.0
+        d[a] = (min(ts) * (1.0 if factor is None else factor[a])) if ts else 0.0
     d_max = max(d.values(), default=0.0)
     out = {}
     for k in workers:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, agreement, check_matrix, received
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
 from discofl_p2p.trust.consensus import evaluator_weights
 from discofl_p2p.trust.estimators import ScoringContext, Worker, weighted_by
 
@@ -60,17 +60,5 @@ def informed(
     check_matrix(scores, workers)
     estimate = weighted_by(evaluator_weights(scores, workers))
     centre = {k: estimate(got) for k, got in received(scores, workers).items() if got}
-    m = {k: centre.get(k, 0.0) for k in workers}
-    m_max = max(m.values(), default=0.0)
-    d: dict[Worker, float] = {}
-    for a in workers:
-        row = {k: v for k, v in scores.get(a, {}).items() if k != a and k in centre}
-        ts = [agreement(abs(v - centre[k])) for k, v in row.items()]
-        d[a] = min(ts) * informativeness(row, centre) if ts else 0.0
-    d_max = max(d.values(), default=0.0)
-    out = {}
-    for k in workers:
-        q = m[k] / m_max if m_max > 0 else 0.0
-        h = d[k] / d_max if d_max > 0 else 0.0
-        out[k] = Contribution(median=m[k], quality=q, honesty_raw=d[k], honesty=h, score=min(q, h))
-    return out
+    rows = {a: {k: v for k, v in scores.get(a, {}).items() if k != a} for a in workers}
+    return score_against(scores, workers, centre, factor={a: informativeness(rows[a], centre) for a in workers})
