@@ -4,6 +4,7 @@ tiny sweep end to end (results.csv, cache, heatmap, summary.md)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import subprocess
@@ -349,12 +350,24 @@ def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tm
         for seed, (loss, share) in enumerate(seeds, 1):
             row = dict.fromkeys(COLUMNS, "")
             row |= {"attack": "x", "fraction": str(float(Fraction(frac))), "split": "iid", "scoring": scoring}
-            row |= {"aggregation": "sw", "policy": "top_k", "seed": str(seed)}
+            row |= {
+                "aggregation": "sw",
+                "policy": "top_k",
+                "seed": str(seed),
+                "adversaries": "0" if frac == "0" else "3",
+            }
             row |= {"accuracy_loss": str(loss), "adversary_share": str(share), "final_accuracy": str(0.8 - loss)}
             lines.append(",".join(row[c] for c in COLUMNS))
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cells").mkdir()  # defence a's cached cells: who was paid nothing
+    for frac, seed in [(f, s) for f in ("0", "1/6", "1/3") for s in (1, 2, 3)]:
+        attacked = frac != "0"
+        name = f"{'x' if attacked else 'none'}-a{3 if attacked else 0}-iid-sw-top_k-a-s{seed}-0123456789ab.json"
+        cell = {"adversaries": ["adv-1"], "rewards": {"h-1": 0, "h-2": 5, "adv-1": 0}}
+        honest = {"adversaries": [], "rewards": {"h-1": 0, "h-2": 0, "h-3": 1}}
+        (tmp_path / "cells" / name).write_text(json.dumps(cell if attacked else honest))
     tool.main([str(tmp_path)])
     out = capsys.readouterr().out
     assert "| x | 1/3 (acc) | 1/6 (share*) |" in out, out
-    assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 | 0.800 | 0.700 |" in out, out
-    assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 | 0.800 | 0.800 |" in out, out
+    assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 | 0.800 | 0.700 | 2.00 | 1.00 |" in out, out
+    assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 | 0.800 | 0.800 | - | - |" in out, out

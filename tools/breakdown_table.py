@@ -10,7 +10,9 @@ reward share above their fraction), with its cause ("acc" or "share"); "-" when 
 defence holds at every fraction run. Then, per defence and split, how many attacks
 break it at each fraction, and the mean accuracy loss (points) and adversaries' share
 over the attacked cells at 1/3, and the mean final accuracy of the all-honest cells
-and of the attacked cells at 1/3 (a defence that loses little may start low).
+and of the attacked cells at 1/3 (a defence that loses little may start low), and
+from the cached cells (OUT_DIR/cells) the mean number of honest workers paid nothing
+over the task, in the all-honest cells and in the attacked cells at every fraction.
 `summary.md` gives each defence's breakdown point (the worst attack); this shows every
 attack's. A "*" marks a breakdown within noise:
 the mean over seeds exceeds the bar by less than two standard errors of that mean
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 from collections import defaultdict
@@ -34,6 +37,23 @@ from discofl_p2p.bench.robustness.metrics import breakdown_point
 
 def _fraction(text: str) -> Fraction:
     return Fraction(float(text)).limit_denominator(100)
+
+
+def _cell_file(cells_dir: Path, r: dict[str, str]) -> Path | None:
+    """The cached cell JSON of a results.csv row (its name as `matrix.Cell.key` builds
+    it; an all-honest row's cell is the attack "none"), or None if not there."""
+    attack = "none" if float(r["fraction"]) == 0 else r["attack"]
+    slug = f"{attack}-a{r['adversaries']}-{r['split']}-{r['aggregation']}-{r['policy']}-{r['scoring']}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
+    found = sorted(cells_dir.glob(f"{safe}-s{r['seed']}-*.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def _unpaid(path: Path) -> int:
+    """How many honest workers of a cell earned nothing over the task."""
+    d = json.loads(path.read_text())
+    adversaries = set(d["adversaries"])
+    return sum(1 for n, v in d["rewards"].items() if n not in adversaries and v == 0)
 
 
 def _standard_error(xs: list[float]) -> float:
@@ -50,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     cells: dict[tuple[str, str, str, Fraction], list[tuple[float, float]]] = defaultdict(list)
     accuracy: dict[tuple[str, str, Fraction], list[float]] = defaultdict(list)  # over attacks and seeds
     first_attack = min((r["attack"] for r in rows), default="")  # the all-honest cells, written once per attack
+    unpaid: dict[tuple[str, str, bool], list[int]] = defaultdict(list)  # (split, defence, attacked)
     for r in rows:
         defence = f"{r['aggregation']}+{r['policy']}+{r['scoring']}"
         loss = float(r["accuracy_loss"]) if r["accuracy_loss"] else 0.0
@@ -57,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         cells[(r["split"], defence, r["attack"], _fraction(r["fraction"]))].append((loss, share))
         if r["final_accuracy"] and (float(r["fraction"]) > 0 or r["attack"] == first_attack):
             accuracy[(r["split"], defence, _fraction(r["fraction"]))].append(float(r["final_accuracy"]))
+            if (cell := _cell_file(args.out_dir / "cells", r)) is not None:
+                unpaid[(r["split"], defence, float(r["fraction"]) > 0)].append(_unpaid(cell))
     splits = sorted({k[0] for k in cells})
     defences = sorted({k[1] for k in cells})
     attacks = sorted({k[2] for k in cells})
@@ -89,9 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "| defence | "
             + " | ".join(str(f) for f in fractions if f)
-            + " | holds | loss at 1/3 | share at 1/3 | accuracy all-honest | accuracy at 1/3 |"
+            + " | holds | loss at 1/3 | share at 1/3 | accuracy all-honest | accuracy at 1/3"
+            + " | honest unpaid, all-honest | honest unpaid, attacked |"
         )
-        print("| --- |" + " --- |" * (len(fractions) + 4))
+        print("| --- |" + " --- |" * (len(fractions) + 6))
         third = Fraction(1, 3)
         for d in defences:
             at = [mean[(split, d, a, third)] for a in attacks if (split, d, a, third) in mean]
@@ -101,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
             counts = " | ".join(str(broken[d].get(f, 0)) for f in fractions if f)
             honest, attacked = accuracy[(split, d, Fraction(0))], accuracy[(split, d, third)]
             acc = " | ".join(f"{statistics.fmean(a):.3f}" if a else "-" for a in (honest, attacked))
-            print(f"| {d} | {counts} | {holds} | {loss} | {share} | {acc} |")
+            idle = " | ".join(
+                f"{statistics.fmean(u):.2f}" if (u := unpaid[(split, d, hit)]) else "-" for hit in (False, True)
+            )
+            print(f"| {d} | {counts} | {holds} | {loss} | {share} | {acc} | {idle} |")
 
 
 if __name__ == "__main__":
