@@ -159,7 +159,7 @@ def test_matrix_errors_name_the_key(tmp_path):
 def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
     attacks = {n for reg in (TRAINING_BEHAVIOURS, SCORING_BEHAVIOURS) for n in reg if n != "honest"}
     attacks |= {n for n in PARTICIPATION_BEHAVIOURS if n != "always"}
-    for name in ("default", "quick", "breakdown", "aggregations", "policies"):
+    for name in ("default", "quick", "breakdown", "aggregations", "policies", "rules"):
         m = load_matrix(builtin(name))
         used = {k.get("train") or k.get("score") or k.get("participation") for k in m.attacks.values()}
         assert used == attacks, name
@@ -173,7 +173,7 @@ def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
         assert [s.label for s in default.scorings] == runnable_scorings() != []
     assert quick.fractions == [Fraction(0), Fraction(1, 3)] and len(quick.seeds) == 1
     assert len(quick.aggregations) == len(quick.policies) == len(quick.scorings) == 1
-    # breakdown, aggregations and policies.toml are the default matrix for some defences:
+    # breakdown, aggregations, policies and rules.toml are the default matrix for some defences:
     # their cells are default cells (the same scenario texts, so a default run with
     # their --out reuses them).
     aggregations = ("score_weighted", "median", "trimmed_mean(trim=0.2)", "multi_krum(f=8)")
@@ -181,6 +181,7 @@ def test_shipped_matrices_cover_every_attack_and_every_scoring_rule():
         ("breakdown", {("score_weighted", "top_k", s) for s in ("consensus", "blockflow")}),
         ("aggregations", {(a, "top_k", "consensus") for a in aggregations}),
         ("policies", {("score_weighted", p, "consensus") for p in ("top_k", "proportional")}),
+        ("rules", {("score_weighted", "top_k", s.label) for s in default.scorings}),
     ):
         part = cells(load_matrix(builtin(name)))
         assert {c.defence for c in part} == defences, name
