@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from discofl_p2p.bench.robustness.matrix import HONEST, key_prefix
 from discofl_p2p.bench.robustness.metrics import breakdown_point
 
 
@@ -42,10 +43,9 @@ def _fraction(text: str) -> Fraction:
 def _cell_file(cells_dir: Path, r: dict[str, str]) -> Path | None:
     """The cached cell JSON of a results.csv row (its name as `matrix.Cell.key` builds
     it; an all-honest row's cell is the attack "none"), or None if not there."""
-    attack = "none" if float(r["fraction"]) == 0 else r["attack"]
-    slug = f"{attack}-a{r['adversaries']}-{r['split']}-{r['aggregation']}-{r['policy']}-{r['scoring']}"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
-    found = sorted(cells_dir.glob(f"{safe}-s{r['seed']}-*.json"))
+    attack = HONEST if float(r["fraction"]) == 0 else r["attack"]
+    prefix = key_prefix(attack, r["adversaries"], r["split"], r["aggregation"], r["policy"], r["scoring"], r["seed"])
+    found = sorted(cells_dir.glob(f"{prefix}-*.json"))
     return found[0] if len(found) == 1 else None
 
 

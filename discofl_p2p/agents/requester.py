@@ -623,7 +623,7 @@ class RequesterAgent:
             r = self.rounds[a["round"]]
             r.started_at = await self._block_time(ev.block_number)
             r.started = time.monotonic() - max(0.0, time.time() - r.started_at)
-            self._take_stored_openings(self.rounds[a["round"]])
+            self._take_stored_openings(r)
         elif ev.name == "EvaluationOpened":
             r = self.rounds[a["round"]]
             sel = self.store.selection(r.number)

@@ -91,5 +91,14 @@ def score_by_centre(
     (a worker nobody scored has m = 0): what every rule that changes only the centre
     shares. Checks the matrix first."""
     check_matrix(scores, workers)
-    got = received(scores, workers)
-    return score_against(scores, workers, {k: estimate(g) for k, g in got.items() if g})
+    return score_against(scores, workers, centre_of(scores, workers, estimate))
+
+
+def centre_of(
+    scores: Mapping[Worker, Mapping[Worker, float]],
+    workers: Sequence[Worker],
+    estimate: Callable[[list[tuple[Worker, float]]], float],
+) -> dict[Worker, float]:
+    """m_k = `estimate` of the (evaluator, score) pairs k received, for every worker
+    somebody scored."""
+    return {k: estimate(got) for k, got in received(scores, workers).items() if got}

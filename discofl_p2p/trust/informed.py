@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from discofl_p2p.trust.blockflow import Contribution, check_matrix, received, score_against
+from discofl_p2p.trust.blockflow import Contribution, check_matrix, score_against
 from discofl_p2p.trust.consensus import evaluator_weights
-from discofl_p2p.trust.estimators import ScoringContext, Worker, weighted_by
+from discofl_p2p.trust.estimators import ScoringContext, Worker, centre_of, weighted_by
 
 FLAT = 1e-9
 """A centre or a row whose variance is below this does not vary."""
@@ -58,7 +58,6 @@ def informed(
 ) -> dict[Worker, Contribution]:
     """Consensus with honesty d_a x i_a (see the module)."""
     check_matrix(scores, workers)
-    estimate = weighted_by(evaluator_weights(scores, workers))
-    centre = {k: estimate(got) for k, got in received(scores, workers).items() if got}
+    centre = centre_of(scores, workers, weighted_by(evaluator_weights(scores, workers)))
     rows = {a: {k: v for k, v in scores.get(a, {}).items() if k != a} for a in workers}
     return score_against(scores, workers, centre, factor={a: informativeness(rows[a], centre) for a in workers})

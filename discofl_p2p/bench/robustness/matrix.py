@@ -112,12 +112,20 @@ class Cell:
         """The cache file's name: readable, and the scenario's hash (a changed base
         setting never reuses a stale result)."""
         digest = hashlib.sha256(self.text.encode()).hexdigest()[:12]
-        slug = f"{self.attack}-a{self.adversaries}-{self.split}-{self.aggregation}-{self.policy}-{self.scoring}"
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
-        return f"{safe}-s{self.seed}-{digest}"
+        return f"{key_prefix(self.attack, self.adversaries, self.split, *self.defence, self.seed)}-{digest}"
 
     def scenario(self) -> Scenario:
         return parse_scenario(self.text, f"<cell {self.key}>")
+
+
+def key_prefix(
+    attack: str, adversaries: int | str, split: str, aggregation: str, policy: str, scoring: str, seed: int | str
+) -> str:
+    """A cell's cache name before its scenario hash (`Cell.key`), from the columns
+    results.csv also has: readable, with every character but letters, digits and
+    "-_." replaced by "_"."""
+    slug = f"{attack}-a{adversaries}-{split}-{aggregation}-{policy}-{scoring}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in slug) + f"-s{seed}"
 
 
 def builtin(name: str) -> Path:
