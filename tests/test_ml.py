@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from discofl_p2p.ml.aggregation import AGGREGATORS, Candidate, make_aggregator, norm_bounded
-from discofl_p2p.ml.datasets import DatasetError, load_dataset, load_embedded_mnist, load_full_mnist, parse_idx
+from discofl_p2p.ml.datasets import Dataset, DatasetError, load_dataset, load_embedded_mnist, load_full_mnist, parse_idx
 from discofl_p2p.ml.models import MODELS, build_model, export_initial_model, load_initial_model, parameter_count
 from discofl_p2p.ml.splits import partition
 from discofl_p2p.ml.training import TrainConfig, evaluate, inference_module, predict, score, train
@@ -31,6 +31,14 @@ def test_embedded_mnist_is_the_real_test_split(mnist):
     assert mnist.y.shape == (10_000,) and set(mnist.y.tolist()) == set(range(10))
     assert mnist.y[:5].tolist() == [7, 2, 1, 0, 4]  # the first t10k labels
     assert abs(float(mnist.x.mean())) < 0.1  # normalised
+
+
+def test_embedded_mnist_is_decoded_once_and_every_caller_gets_its_own_copy():
+    a = load_embedded_mnist()
+    a.x[0].fill_(7.0)
+    a.y[0] = 3
+    b = load_embedded_mnist()
+    assert b.y[0] == 7 and float(b.x[0].max()) < 7.0  # a's changes stay in a
 
 
 def test_idx_parser_names_what_is_wrong():
@@ -156,6 +164,45 @@ def test_evaluate_job_reuses_one_module_per_thread_without_leaking_weights(mnist
     module = jobs._evaluation.model
     jobs.evaluate_job(bytes(bytearray(archives["logreg"])), states["logreg"][1], x, y, "accuracy")
     assert jobs._evaluation.model is module
+
+
+def _fresh_training(w0: bytes, state, x, y, cfg: TrainConfig, seed: int):
+    torch.set_num_threads(1)  # as every job does: the float sums depend on it
+    model = load_initial_model(w0)
+    model.load_state_dict(state)
+    train(model, Dataset(x, y, "t"), torch.arange(len(y)), cfg, seed=seed)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_train_job_reuses_one_module_per_thread_and_gives_a_fresh_modules_bits(mnist):
+    # train_job keeps this thread's module for w0 and copies each job's state into it:
+    # every trained tensor must equal, bit for bit, what a freshly loaded module trains
+    # (TorchScript's warmed-up graphs, the last job's gradients and optimizer left
+    # behind), for every model with and without dropout, in the pool's threads too.
+    from discofl_p2p.agents import jobs
+
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01)
+    data = [(mnist.x[i * 150 : (i + 1) * 150], mnist.y[i * 150 : (i + 1) * 150]) for i in range(3)]
+    for name in ("logreg", "compact_cnn", "mnist_cnn"):
+        w0 = export_initial_model(build_model(name, seed=2))
+        start = state = jobs.initial_state(w0)
+        expected, got = [], []
+        for i, (x, y) in enumerate(data):  # a chain of jobs, each from the last one's model
+            expected.append(_fresh_training(w0, state, x, y, cfg, i))
+            got.append(jobs.train_job(w0, state, x, y, cfg, i))
+            state = expected[-1]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            pooled = list(
+                pool.map(jobs.train_job, [w0] * 2, [start] * 2, [data[0][0]] * 2, [data[0][1]] * 2, [cfg] * 2, [0] * 2)
+            )
+        for e, g in zip(expected, got, strict=True):
+            assert e.keys() == g.keys() and all(torch.equal(e[k], g[k]) for k in e), name
+        for p in pooled:
+            assert all(torch.equal(p[k], expected[0][k]) for k in expected[0]), name
+        assert not all(torch.equal(expected[0][k], start[k]) for k in start)  # it did train
+    bad = {k: v[..., :1] for k, v in start.items()}
+    with pytest.raises(RuntimeError, match=r"size mismatch"):
+        jobs.train_job(w0, bad, *data[0], cfg, 0)
 
 
 def test_only_a_model_with_a_convolution_is_frozen_for_inference():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -55,6 +56,22 @@ def test_cid_helpers():
         digest_of("not-a-cid")
     with pytest.raises(CIDError, match="expected CIDv1 raw sha2-256"):
         digest_of("bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua")  # dag-cbor
+
+
+def test_cid_codec_agrees_with_multiformats():
+    """`cid_from_digest` and `digest_of` code our one CID shape by hand: they must give
+    what `multiformats` gives, and leave every other spelling to it."""
+    from multiformats import CID, multihash
+
+    for seed in range(200):
+        digest = hashlib.sha256(seed.to_bytes(4, "big")).digest()
+        ref = str(CID("base32", 1, "raw", multihash.wrap(digest, "sha2-256")))
+        assert cid_from_digest(digest) == ref
+        assert digest_of(ref) == digest
+        assert digest_of(ref.upper()) == digest  # "B": base32 upper case, left to multiformats
+        assert digest_of(str(CID("base58btc", 1, "raw", multihash.wrap(digest, "sha2-256")))) == digest
+        with pytest.raises(CIDError):
+            digest_of(ref[:-2])
 
 
 def test_key_file_is_stable_and_private(tmp_path):
