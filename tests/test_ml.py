@@ -372,6 +372,32 @@ def test_aggregation_does_not_depend_on_the_order_of_a_state_dicts_keys():
             assert all(torch.equal(got[k], want[k]) for k in want), name
 
 
+def test_a_bounded_rule_reuses_a_threads_last_clipping_only_for_the_same_models():
+    """In the plain loop every worker aggregates the same model objects with its own
+    scores, so `make_aggregator(..., norm_bound=b)` reuses the thread's last clipping
+    when the same objects come again. Whatever the sequence of calls (other scores, the
+    same objects in another order, equal values in new objects, another bound), each
+    result must equal the rule applied to `norm_bounded` of its own candidates."""
+    g = torch.Generator().manual_seed(9)
+    states = [{"w": torch.randn(50, generator=g) * 0.1} for _ in range(6)] + [{"w": torch.randn(50, generator=g) * 5}]
+    copies = [{k: v.clone() for k, v in s.items()} for s in states]
+    calls = [
+        (states, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),
+        (states, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9], 2.0),  # the same objects, other scores
+        (states[::-1], [0.5] * 7, 2.0),  # another order
+        (copies, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),  # equal values, new objects
+        (states, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # another bound
+        (states[:4] + [copies[4]] + states[5:], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # one object new
+    ]
+    for name in ("score_weighted", "median", "multi_krum"):
+        params = {"f": 1} if name == "multi_krum" else {}
+        for sts, scores, bound in calls * 2:
+            cands = [Candidate(s, sc, 10) for s, sc in zip(sts, scores)]
+            got = make_aggregator(name, norm_bound=bound, **params)(cands)
+            want = AGGREGATORS[name](norm_bounded(cands, bound), **params)
+            assert torch.equal(got["w"], want["w"]), (name, scores, bound)
+
+
 def test_aggregation_input_errors():
     with pytest.raises(ValueError, match="no candidate"):
         make_aggregator("median")([])

@@ -12,6 +12,7 @@ parameters aggregate in well under a second.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -162,18 +163,54 @@ def norm_bounded(cands: Sequence[Candidate], bound: float) -> list[Candidate]:
         raise ValueError(f"norm bound must be >= 0, got {bound}")
     if bound == 0 or len(cands) < 3:
         return list(cands)
-    flat, unflatten = _stack(cands)
+    return _rescored(cands, _clip([c.state for c in cands], bound))
+
+
+def _clip(states: Sequence[StateDict], bound: float) -> list[StateDict]:
+    """`norm_bounded` on the states alone (scores play no part): each state, or its
+    clipped copy."""
+    flat, unflatten = _stack([Candidate(s) for s in states])
     centre = flat.median(dim=0).values  # the lower median per coordinate
     dist = (flat - centre).norm(dim=1)
     radius = bound * float(dist.median())  # the lower median of the distances
     return [
-        Candidate(unflatten(centre + (row - centre) * (radius / d)), c.score, c.n_samples) if d > radius else c
-        for c, row, d in zip(cands, flat, dist.tolist())
+        unflatten(centre + (row - centre) * (radius / d)) if d > radius else s
+        for s, row, d in zip(states, flat, dist.tolist())
     ]
 
 
+def _rescored(cands: Sequence[Candidate], states: list[StateDict]) -> list[Candidate]:
+    """The candidates with their clipped states; a clipped model keeps its score and count."""
+    return [c if s is c.state else Candidate(s, c.score, c.n_samples) for c, s in zip(cands, states)]
+
+
+class _LastClip(threading.local):
+    """A thread's last `_clip`: its key (the bound and the states' ids), the states
+    themselves (held, so that no other object takes their ids while the key stands)
+    and its result."""
+
+    key: tuple[float, ...] = ()
+    states: tuple[StateDict, ...] = ()
+    clipped: list[StateDict] = []  # noqa: RUF012 - each thread sets its own
+
+
+_last_clip = _LastClip()
+
+
 def _bounded(rule: Callable[..., StateDict], bound: float, cands: Sequence[Candidate]) -> StateDict:
-    return rule(norm_bounded(cands, bound))
+    """`rule` after the norm bound. The bound depends on the models alone, and in the
+    plain loop every worker of a round aggregates the same model objects with its own
+    scores: the thread's last clipping is reused when the same objects come again
+    (states are never changed in place), which saved a sixth of a robustness cell."""
+    if bound == 0 or len(cands) < 3:
+        return rule(list(cands))
+    states = [c.state for c in cands]
+    key = (bound, *map(id, states))
+    memo = _last_clip
+    if memo.key != key:
+        memo.clipped = _clip(states, bound)
+        memo.key, memo.states = key, tuple(states)
+    return rule(_rescored(cands, memo.clipped))
 
 
 AGGREGATORS: dict[str, Callable[..., StateDict]] = {
