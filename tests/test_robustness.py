@@ -251,6 +251,34 @@ def test_tiny_sweep_end_to_end_and_cached(tmp_path):
     assert again.sweep.computed == 0
     assert _csv(out / "results.csv") == table and (out / "results.csv").read_text() == before
 
+    # --cached-only runs nothing and reports only the split whose cells are all cached
+    victim = sorted((out / "cells").glob("garbage-*-dirichlet*.json"))[0]
+    victim.unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p", "bench", "robustness", "--matrix", str(tmp_path / "m.toml"),
+         "--out", str(out), "--cached-only"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 cells, 5 cached; 1 not run (--cached-only)" in proc.stdout and "computed 0 cells" in proc.stdout
+    assert not victim.exists()
+    assert _csv(out / "results.csv") == [r for r in table if r["split"] == "iid"]
+    summary = (out / "summary.md").read_text()
+    assert re.search(
+        r"Not reported: 1 defence.*\n\n- dirichlet\(0\.3\): score_weighted \+ top_k.* \(2 of 3 cells\)", summary
+    )
+    assert [line for line in summary.splitlines() if line.startswith("- breakdown ")] == [
+        line for line in lines if ", iid: " in line
+    ]
+    for cell in (out / "cells").glob("*-iid-*.json"):
+        cell.unlink()  # no split complete: nothing to report, and it says why
+    proc = subprocess.run(
+        [sys.executable, "-m", "discofl_p2p", "bench", "robustness", "--matrix", str(tmp_path / "m.toml"),
+         "--out", str(out), "--cached-only"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "no defence has all its cells in" in " ".join(proc.stdout.split()), proc.stdout
+
 
 def test_a_cut_short_cell_file_is_run_again(tmp_path):
     (tmp_path / "m.toml").write_text(TINY.replace('splits = [{ split = "iid" }, { split = "dirichlet", alpha = 0.3 }]',

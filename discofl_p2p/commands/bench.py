@@ -79,6 +79,7 @@ def bench_robustness(
     jobs: int = 1,
     full_stack_sample: int = 0,
     paper: bool = False,
+    cached_only: bool = False,
 ) -> int:
     from discofl_p2p.bench import robustness
     from discofl_p2p.bench.robustness.matrix import MatrixError
@@ -94,7 +95,7 @@ def bench_robustness(
         return 0
     path = Path(matrix) if matrix else robustness.default_matrix(quick=quick)
     try:
-        run = robustness.run_robustness(path, Path(out), jobs=jobs, say=console.print)
+        run = robustness.run_robustness(path, Path(out), jobs=jobs, say=console.print, cached_only=cached_only)
     except (MatrixError, ScenarioError) as e:
         console.print(f"discofl-p2p bench robustness: {e}")
         return 2

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
     rb.add_argument("--quick", action="store_true", help="the small matrix: every attack once, one seed")
     rb.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="run nothing: report the defences whose every cell is in DIR/cells (read a long sweep while it runs)",
+    )
+    rb.add_argument(
         "--full-stack-sample",
         type=int,
         default=0,
@@ -316,6 +321,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 full_stack_sample=args.full_stack_sample,
                 paper=args.paper,
+                cached_only=args.cached_only,
             )
         return bench.bench_scenarios(args.dir, args.floor, quick=args.quick)
     build_parser().print_help()

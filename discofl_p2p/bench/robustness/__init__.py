@@ -16,9 +16,10 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from discofl_p2p.bench.robustness.matrix import builtin, cells, load_matrix
-from discofl_p2p.bench.robustness.report import heatmaps, rows, summary, write_csv
+from discofl_p2p.bench.robustness.matrix import Cell, MatrixError, builtin, cells, load_matrix
+from discofl_p2p.bench.robustness.report import defence_name, heatmaps, rows, summary, write_csv
 from discofl_p2p.bench.robustness.sweep import SweepRun, sweep
 
 
@@ -38,17 +39,46 @@ def machine() -> str:
 
 
 def run_robustness(
-    matrix_path: Path, out: Path, *, jobs: int = 1, progress: bool = True, say: Callable[[str], None] = print
+    matrix_path: Path,
+    out: Path,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    cached_only: bool = False,
 ) -> RobustnessRun:
+    """Sweeps the matrix and writes the report. With `cached_only` nothing runs: the
+    report covers the defences (per split) whose every cell is in the cache, so that a
+    sweep of days can be read while it runs; the others are named as left out."""
     m = load_matrix(matrix_path)
     todo = cells(m)
     for c in todo:
         c.scenario()  # every cell's scenario is valid before anything runs
     out.mkdir(parents=True, exist_ok=True)
-    done = sweep(todo, out, jobs=jobs, progress=progress, say=say)
-    table = rows(todo, done.results)
+    done = sweep(todo, out, jobs=jobs, progress=progress, say=say, cached_only=cached_only)
+    reported, left_out = complete_defences(todo, done.results)
+    if not reported:
+        raise MatrixError(f"{matrix_path}: no defence has all its cells in {out / 'cells'} yet; nothing to report")
+    table = rows(reported, done.results)
     write_csv(out / "results.csv", table)
     pngs = heatmaps(out, table)
-    text = summary(m, table, computed=done.computed, wall_s=done.wall_s, machine=machine())
+    text = summary(m, table, computed=done.computed, wall_s=done.wall_s, machine=machine(), left_out=left_out)
     (out / "summary.md").write_text(text)
     return RobustnessRun(out, done, pngs)
+
+
+def complete_defences(todo: list[Cell], results: dict[str, Any]) -> tuple[list[Cell], list[str]]:
+    """The cells of every (split, defence) whose cells all have results, and the names
+    of the others ("split: defence (k of n cells)")."""
+    groups: dict[tuple[str, tuple[str, str, str]], list[Cell]] = {}
+    for c in todo:
+        groups.setdefault((c.split, c.defence), []).append(c)
+    kept: list[Cell] = []
+    left_out = []
+    for (split, defence), part in groups.items():
+        have = sum(c.key in results for c in part)
+        if have == len(part):
+            kept += part
+        else:
+            left_out.append(f"{split}: {defence_name(*defence)} ({have} of {len(part)} cells)")
+    return kept, left_out

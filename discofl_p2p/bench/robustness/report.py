@@ -8,7 +8,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -137,8 +137,17 @@ def heatmaps(out: Path, table: list[dict[str, Any]]) -> list[Path]:
     return paths
 
 
-def summary(m: Matrix, table: list[dict[str, Any]], *, computed: int, wall_s: float, machine: str) -> str:
-    """summary.md: the matrix, each defence's breakdown point per split, and the means."""
+def summary(
+    m: Matrix,
+    table: list[dict[str, Any]],
+    *,
+    computed: int,
+    wall_s: float,
+    machine: str,
+    left_out: Sequence[str] = (),
+) -> str:
+    """summary.md: the matrix, each defence's breakdown point per split, and the means;
+    `left_out` names the defences not reported (cells not yet run)."""
     t = m.threshold
     lines = [
         "# Robustness sweep",
@@ -146,6 +155,15 @@ def summary(m: Matrix, table: list[dict[str, Any]], *, computed: int, wall_s: fl
         f"Matrix `{m.path}`: {m.workers} workers, seeds {m.seeds}, base {m.base}.",
         f"Computed {computed} cells in {wall_s:.0f} s on {machine}.",
         "",
+    ]
+    if left_out:
+        lines += [
+            f"Not reported: {len(left_out)} defence(s) and split(s) with cells not yet run:",
+            "",
+            *[f"- {name}" for name in left_out],
+            "",
+        ]
+    lines += [
         "## Breakdown points",
         "",
         f"The smallest adversary fraction at which, for some attack, the mean over seeds of the accuracy "

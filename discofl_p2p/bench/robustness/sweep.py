@@ -52,8 +52,16 @@ def _store(path: Path, result: dict[str, Any]) -> None:
 
 
 def sweep(
-    cells: list[Cell], out: Path, *, jobs: int = 1, progress: bool = True, say: Callable[[str], None] = print
+    cells: list[Cell],
+    out: Path,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    cached_only: bool = False,
 ) -> SweepRun:
+    """Runs every cell not in the cache (none with `cached_only`: the results are then
+    the cached cells alone)."""
     cache = out / "cells"
     cache.mkdir(parents=True, exist_ok=True)
     texts = {c.key: c.text for c in cells}  # the fraction-0 cell is shared by every attack
@@ -65,6 +73,9 @@ def sweep(
             results[key] = hit
         else:
             todo.append(key)
+    if cached_only:
+        say(f"{len(texts)} cells, {len(texts) - len(todo)} cached; {len(todo)} not run (--cached-only)")
+        return SweepRun(results, 0, 0.0)
     say(f"{len(texts)} cells, {len(texts) - len(todo)} cached, {len(todo)} to run with {jobs} job(s)")
     started = time.monotonic()
     columns = (TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
