@@ -308,8 +308,12 @@ def test_shutdown_with_a_transfer_in_flight_is_orderly():
             await fetch
         assert not net.thread.running
         assert (1 << 20) <= b.bytes_received < size and not b.holds(cid)
-        # the one thing logged: the serving side saw its stream reset by the cancelled client
-        assert [(e["event"], e["peer"], e["error"]) for e in logs] == [("request_failed", b.peer_id, "StreamReset()")]
+        # the one thing logged: the serving side saw the cancelled client go away, by a reset
+        # of its stream or, when the network's close overtook that, of the connection
+        assert [(e["event"], e["peer"]) for e in logs] == [("request_failed", b.peer_id)]
+        assert logs[0]["error"] == "StreamReset()" or (
+            logs[0]["error"].startswith("StreamError(") and "reset by" in logs[0]["error"]
+        ), logs[0]["error"]
         # a closed network says so instead of hanging
         with pytest.raises(bridge.BridgeClosed):
             await b.get(cid, [a.peer_id])
