@@ -89,6 +89,9 @@ def test_once_bound_a_worker_speaks_only_through_its_first_peer():
         ({**GOOD, "salt": "zz" * 32}, "bad salt"),
         ({**GOOD, "salt": 7}, "bad salt"),
         ({**GOOD, "cid": "not-a-cid"}, "bad CID"),
+        ({**GOOD, "cid": GOOD["cid"].upper()}, "not in canonical form"),  # the same digest, re-spelled
+        ({**GOOD, "cid": GOOD["cid"][:9] + GOOD["cid"][9:20].upper() + GOOD["cid"][20:]}, "not in canonical form"),
+        ({**GOOD, "cid": GOOD["cid"] + "="}, "not in canonical form"),
         ({**GOOD, "round": "1"}, "not an integer"),
         ({**GOOD, "round": True}, "not an integer"),
         ({k: v for k, v in GOOD.items() if k != "salt"}, "missing field 'salt'"),
@@ -156,6 +159,7 @@ def test_select_openings_publishes_the_valid_and_says_why_each_other_is_left_out
         w6: _submit(2, w6, b"model six", b"\x06" * 32),
     }
     openings = {w: (cid, salt) for w, (cid, salt, _) in subs.items() if w != w6}
+    openings[w5] = (subs[w5][0].upper(), subs[w5][1])  # re-spelled: the same digest, another CID string
     # w2 sends a salt that does not open its commitment (a model swapped after committing).
     openings[w2] = (subs[w2][0], b"\x09" * 32)
     valid, excluded = select_openings(

@@ -54,7 +54,7 @@ from discofl_p2p.chain.encoding import (
 from discofl_p2p.chain.errors import ContractRevert
 from discofl_p2p.ml.aggregation import Candidate
 from discofl_p2p.ml.weights import StateDict, decode_state, encode_state
-from discofl_p2p.p2p.cid import CIDError, cid_of, digest_of
+from discofl_p2p.p2p.cid import CIDError, cid_from_digest, cid_of, digest_of
 from discofl_p2p.p2p.node import Inbox, P2PNode
 from discofl_p2p.trust.anchor import anchor_of
 from discofl_p2p.trust.blockflow import Contribution, score_matrix
@@ -200,9 +200,13 @@ def parse_opening(
     if not isinstance(r, int) or isinstance(r, bool):
         raise OpeningRejected("the round is not an integer")
     try:
-        digest_of(cid)
+        canonical = cid_from_digest(digest_of(cid))
     except (TypeError, ValueError, CIDError) as e:
         raise OpeningRejected(f"bad CID: {e}") from e
+    if cid != canonical:
+        # The same digest has other spellings (upper or mixed case, padding, another
+        # base); a copy re-spelled would pass the duplicate check, which compares CIDs.
+        raise OpeningRejected(f"bad CID: {cid!r} is not in canonical form; send {canonical}")
     return Opening(peer, r, worker, cid, salt)
 
 
@@ -295,6 +299,7 @@ def select_openings(
             excluded[name] = "no opening received"
             continue
         cid, salt = openings[w]
+        cid = cid_from_digest(digest_of(cid))  # one spelling a model: duplicates compare CIDs
         if commitment(contract, round_, w, digest_of(cid), salt) != commitments[w]:
             excluded[name] = "opening does not match the commitment"
         elif w not in passed:
