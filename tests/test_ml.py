@@ -34,11 +34,16 @@ def test_embedded_mnist_is_the_real_test_split(mnist):
 
 
 def test_embedded_mnist_is_decoded_once_and_every_caller_gets_its_own_copy():
+    from discofl_p2p.ml import datasets
+
+    load_embedded_mnist()
+    decoded = datasets._embedded_tensors.cache_info().misses
     a = load_embedded_mnist()
     a.x[0].fill_(7.0)
     a.y[0] = 3
     b = load_embedded_mnist()
     assert b.y[0] == 7 and float(b.x[0].max()) < 7.0  # a's changes stay in a
+    assert datasets._embedded_tensors.cache_info().misses == decoded == 1
 
 
 def test_idx_parser_names_what_is_wrong():
@@ -380,12 +385,12 @@ def test_a_bounded_rule_reuses_a_threads_last_clipping_only_for_the_same_models(
     result must equal the rule applied to `norm_bounded` of its own candidates."""
     g = torch.Generator().manual_seed(9)
     states = [{"w": torch.randn(50, generator=g) * 0.1} for _ in range(6)] + [{"w": torch.randn(50, generator=g) * 5}]
-    copies = [{k: v.clone() for k, v in s.items()} for s in states]
+    copies = [{k: v + 0.01 for k, v in s.items()} for s in states]  # new objects, other values
     calls = [
         (states, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),
         (states, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9], 2.0),  # the same objects, other scores
-        (states[::-1], [0.5] * 7, 2.0),  # another order
-        (copies, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),  # equal values, new objects
+        (states[::-1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),  # another order
+        (copies, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 2.0),  # new objects
         (states, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # another bound
         (states[:4] + [copies[4]] + states[5:], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # one object new
     ]

@@ -72,6 +72,12 @@ def test_cid_codec_agrees_with_multiformats():
         assert digest_of(str(CID("base58btc", 1, "raw", multihash.wrap(digest, "sha2-256")))) == digest
         with pytest.raises(CIDError):
             digest_of(ref[:-2])
+    # Hostile spellings: the right digest or CIDError, never another error or digest.
+    ref = cid_of(b"hello")
+    for bad in (ref.replace("i", "\u0131", 1), ref + "\n", ref[:-1] + "\ud800", "b" + "a" * 60_000,
+                ref[:-1] + chr(ord(ref[-1]) + 1), None, 7, b"bafy"):  # fmt: skip
+        with pytest.raises(CIDError):
+            digest_of(bad)  # type: ignore[arg-type]
 
 
 def test_key_file_is_stable_and_private(tmp_path):

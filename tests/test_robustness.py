@@ -280,6 +280,17 @@ def test_tiny_sweep_end_to_end_and_cached(tmp_path):
     assert proc.returncode == 2 and "no defence has all its cells in" in " ".join(proc.stdout.split()), proc.stdout
 
 
+def test_cached_only_refuses_what_would_run_cells(tmp_path, capsys):
+    from discofl_p2p.commands.bench import bench_robustness
+
+    assert bench_robustness(None, str(tmp_path), cached_only=True, paper=True) == 2
+    assert bench_robustness(None, str(tmp_path), cached_only=True, full_stack_sample=3) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--cached-only runs nothing, so it cannot go with --paper" in out
+    assert "cannot go with --full-stack-sample" in out
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
 def test_a_cut_short_cell_file_is_run_again(tmp_path):
     (tmp_path / "m.toml").write_text(TINY.replace('splits = [{ split = "iid" }, { split = "dirichlet", alpha = 0.3 }]',
                                                   'splits = [{ split = "iid" }]'))  # fmt: skip

@@ -10,7 +10,7 @@ profiling runs again, which made a logreg training job about 3x slower. Every jo
 copies its whole state into the module's parameters and buffers first, so no job sees
 another's weights; a training job starts a new optimizer and clears the gradients
 before each step, so it sees nothing of the last job either. A module reused gives the
-same bits as a fresh one (`tests/test_jobs.py`).
+same bits as a fresh one (`tests/test_ml.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class _Slot(threading.local):
             self.model = load_initial_model(w0)
             self.w0 = w0
             self.tensors = dict(self.model.state_dict(keep_vars=True))
-        if state.keys() != self.tensors.keys() or any(v.shape != state[k].shape for k, v in self.tensors.items()):
+        if state.keys() != self.tensors.keys() or any(
+            not isinstance(state[k], torch.Tensor) or v.shape != state[k].shape for k, v in self.tensors.items()
+        ):
             self.model.load_state_dict(state)  # raises, naming the missing, extra or misshapen tensors
         with torch.no_grad():
             for k, v in self.tensors.items():

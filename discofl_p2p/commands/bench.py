@@ -86,6 +86,10 @@ def bench_robustness(
     from discofl_p2p.scenario.config import ScenarioError
 
     console = Console(width=120)
+    if cached_only and (paper or full_stack_sample):
+        console.print("discofl-p2p bench robustness: --cached-only runs nothing, so it cannot go with "
+                      + ("--paper" if paper else "--full-stack-sample"))  # fmt: skip
+        return 2
     if paper:
         from discofl_p2p.bench.robustness.paper import run_paper
 

@@ -200,8 +200,10 @@ _last_clip = _LastClip()
 def _bounded(rule: Callable[..., StateDict], bound: float, cands: Sequence[Candidate]) -> StateDict:
     """`rule` after the norm bound. The bound depends on the models alone, and in the
     plain loop every worker of a round aggregates the same model objects with its own
-    scores: the thread's last clipping is reused when the same objects come again
-    (states are never changed in place), which saved a sixth of a robustness cell."""
+    scores: the thread's last clipping is reused when the same objects come again,
+    which saved a sixth of a robustness cell. This rests on one rule of the code base:
+    a state dict is never changed in place once made. The memo holds one call's models
+    per thread until that thread's next bounded aggregation."""
     if bound == 0 or len(cands) < 3:
         return rule(list(cands))
     states = [c.state for c in cands]

@@ -70,15 +70,13 @@ def run_robustness(
 def complete_defences(todo: list[Cell], results: dict[str, Any]) -> tuple[list[Cell], list[str]]:
     """The cells of every (split, defence) whose cells all have results, and the names
     of the others ("split: defence (k of n cells)")."""
-    groups: dict[tuple[str, tuple[str, str, str]], list[Cell]] = {}
+    groups: dict[tuple[str, tuple[str, str, str]], set[str]] = {}
     for c in todo:
-        groups.setdefault((c.split, c.defence), []).append(c)
-    kept: list[Cell] = []
-    left_out = []
-    for (split, defence), part in groups.items():
-        have = sum(c.key in results for c in part)
-        if have == len(part):
-            kept += part
-        else:
-            left_out.append(f"{split}: {defence_name(*defence)} ({have} of {len(part)} cells)")
-    return kept, left_out
+        groups.setdefault((c.split, c.defence), set()).add(c.key)  # a cell shared by attacks counts once
+    complete = {group for group, keys in groups.items() if keys <= results.keys()}
+    left_out = [
+        f"{split}: {defence_name(*defence)} ({len(keys & results.keys())} of {len(keys)} cells)"
+        for (split, defence), keys in groups.items()
+        if (split, defence) not in complete
+    ]
+    return [c for c in todo if (c.split, c.defence) in complete], left_out  # in the matrix's order
