@@ -139,6 +139,11 @@ def test_tiny_matrix_cells_share_the_honest_cell(tmp_path):
     ]
     assert {c.split for c in cs} == {"iid", "dirichlet(0.3)"}
     assert len({c.key for c in cs}) == len(cs) == 6
+    # defence by defence, split by split: a sweep cut short leaves whole ones behind
+    two = load_matrix(builtin("policies"))
+    order = [(c.defence, c.split) for c in cells(two)]
+    runs = [g for i, g in enumerate(order) if i == 0 or g != order[i - 1]]
+    assert len(runs) == len(set(order)) == 4
     sc = cs[1].scenario()
     assert sc.n_workers == 6 and sc.workers[1].train == "garbage" and sc.data.samples_per_worker == 40
 

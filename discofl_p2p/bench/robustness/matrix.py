@@ -217,13 +217,16 @@ def adversaries(fraction: Fraction, workers: int) -> int:
 
 
 def cells(m: Matrix) -> list[Cell]:
-    """Every cell and seed; fraction 0 once per split, defence and seed (attack "none")."""
+    """Every cell and seed; fraction 0 once per split, defence and seed (attack "none").
+
+    Defence by defence, then split, then seed: a sweep runs them in this order, so one
+    cut short leaves whole defences behind it, which `--cached-only` reports."""
     out = []
-    for seed in m.seeds:
-        for split in m.splits:
-            for agg in m.aggregations:
-                for policy in m.policies:
-                    for scoring in m.scorings:
+    for agg in m.aggregations:
+        for policy in m.policies:
+            for scoring in m.scorings:
+                for split in m.splits:
+                    for seed in m.seeds:
                         for fraction in m.fractions:
                             for attack in [HONEST] if fraction == 0 else list(m.attacks):
                                 n = adversaries(fraction, m.workers)
