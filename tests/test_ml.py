@@ -210,6 +210,16 @@ def test_train_job_reuses_one_module_per_thread_and_gives_a_fresh_modules_bits(m
         jobs.train_job(w0, bad, *data[0], cfg, 0)
 
 
+def test_seeding_the_cpu_generator_alone_gives_torch_manual_seeds_dropout_masks():
+    # train() seeds dropout with torch.default_generator.manual_seed (torch.manual_seed
+    # also seeds every accelerator, 1 ms a call): on the CPU both give the same draws.
+    torch.manual_seed(1234)
+    a = torch.nn.functional.dropout(torch.ones(1000), 0.5, training=True)
+    torch.default_generator.manual_seed(1234)
+    b = torch.nn.functional.dropout(torch.ones(1000), 0.5, training=True)
+    assert torch.equal(a, b) and 300 < int((a == 0).sum()) < 700
+
+
 def test_only_a_model_with_a_convolution_is_frozen_for_inference():
     for name, frozen in (("logreg", False), ("mlp", False), ("compact_cnn", True)):
         scripted = load_initial_model(export_initial_model(build_model(name)))
