@@ -404,13 +404,19 @@ def test_a_bounded_rule_reuses_a_threads_last_clipping_only_for_the_same_models(
         (states, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # another bound
         (states[:4] + [copies[4]] + states[5:], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], 1.0),  # one object new
     ]
-    for name in ("score_weighted", "median", "multi_krum"):
-        params = {"f": 1} if name == "multi_krum" else {}
-        for sts, scores, bound in calls * 2:
-            cands = [Candidate(s, sc, 10) for s, sc in zip(sts, scores)]
-            got = make_aggregator(name, norm_bound=bound, **params)(cands)
-            want = AGGREGATORS[name](norm_bounded(cands, bound), **params)
+    params = {"score_weighted": {}, "median": {}, "trimmed_mean": {"trim": 0.2}, "multi_krum": {"f": 1}}
+    # one aggregator per rule and bound, as a task has one, used in turn
+    rules = {(n, b): make_aggregator(n, norm_bound=b, **p) for n, p in params.items() for b in (1.0, 2.0)}
+    for sts, scores, bound in calls * 2:
+        cands = [Candidate(s, sc, 10) for s, sc in zip(sts, scores)]
+        for name, p in params.items():
+            got = rules[(name, bound)](cands)
+            want = AGGREGATORS[name](norm_bounded(cands, bound), **p)
             assert torch.equal(got["w"], want["w"]), (name, scores, bound)
+    for sts, scores, bound in calls:  # one rule alone, its models changing under it
+        cands = [Candidate(s, sc, 10) for s, sc in zip(sts, scores)]
+        got = rules[("median", bound)](cands)
+        assert torch.equal(got["w"], AGGREGATORS["median"](norm_bounded(cands, bound))["w"]), (scores, bound)
 
 
 def test_aggregation_input_errors():
