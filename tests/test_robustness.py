@@ -403,6 +403,11 @@ def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tm
             }
             row |= {"accuracy_loss": str(loss), "adversary_share": str(share), "final_accuracy": str(0.8 - loss)}
             lines.append(",".join(row[c] for c in COLUMNS))
+    for frac in ("0", "1/3"):  # defence c, run on the other split only (a sweep in progress)
+        row = dict.fromkeys(COLUMNS, "") | {"attack": "x", "fraction": str(float(Fraction(frac))), "seed": "1"}
+        row |= {"split": "dirichlet(0.3)", "scoring": "c", "aggregation": "sw", "policy": "top_k"}
+        row |= {"adversaries": "0" if frac == "0" else "3", "accuracy_loss": "0.0", "adversary_share": "0.0"}
+        lines.append(",".join(row[c] for c in COLUMNS))
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "cells").mkdir()  # defence a's cached cells: who was paid nothing
     for frac, seed in [(f, s) for f in ("0", "1/6", "1/3") for s in (1, 2, 3)]:
@@ -416,3 +421,6 @@ def test_breakdown_table_names_each_attacks_breaking_fraction_and_flags_noise(tm
     assert "| x | 1/3 (acc) | 1/6 (share*) |" in out, out
     assert "| sw+top_k+a | 0 | 1 | 0 | 10.00 | 0.100 | 0.800 | 0.700 | 2.00 | 1.00 |" in out, out
     assert "| sw+top_k+b | 1 | 0 | 0 | 0.00 | 0.000 | 0.800 | 0.800 | - | - |" in out, out
+    # each split lists the defences it holds, and no other
+    assert "| attack | sw+top_k+a | sw+top_k+b |" in out and "| attack | sw+top_k+c |" in out, out
+    assert out.count("\n| sw+top_k+c |") == 1 and out.count("\n| sw+top_k+a |") == 1, out  # one summary row each

@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> None:
             if (cell := _cell_file(args.out_dir / "cells", r)) is not None:
                 unpaid[(r["split"], defence, float(r["fraction"]) > 0)].append(_unpaid(cell))
     splits = sorted({k[0] for k in cells})
-    defences = sorted({k[1] for k in cells})
     attacks = sorted({k[2] for k in cells})
     fractions = sorted({k[3] for k in cells})
     mean = {k: (statistics.fmean(v[0] for v in vs), statistics.fmean(v[1] for v in vs)) for k, vs in cells.items()}
     seeds = sorted({len(vs) for vs in cells.values()})
     print(f"{len(rows)} rows; seeds per cell: {seeds}; threshold {args.threshold:g}")
     for split in splits:
+        # the defences run on this split (a report of a sweep in progress may hold a
+        # defence for one split only)
+        defences = sorted({k[1] for k in cells if k[0] == split})
         print(f"\n### {split}: the fraction at which each attack breaks each defence\n")
         print("| attack | " + " | ".join(defences) + " |")
         print("| --- |" + " --- |" * len(defences))
