@@ -55,8 +55,8 @@ _training = _Slot()
 
 
 def _evaluation_model(w0: bytes, state: StateDict) -> torch.nn.Module:
-    """This thread's evaluation module holding `state`, in eval mode."""
-    return _evaluation.holding(w0, state).eval()
+    """This thread's evaluation module holding `state` (`predict` puts it in eval mode)."""
+    return _evaluation.holding(w0, state)
 
 
 def initial_state(w0: bytes) -> StateDict:

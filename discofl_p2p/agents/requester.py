@@ -299,8 +299,9 @@ def select_openings(
             excluded[name] = "no opening received"
             continue
         cid, salt = openings[w]
-        cid = cid_from_digest(digest_of(cid))  # one spelling a model: duplicates compare CIDs
-        if commitment(contract, round_, w, digest_of(cid), salt) != commitments[w]:
+        digest = digest_of(cid)
+        cid = cid_from_digest(digest)  # one spelling a model: duplicates compare CIDs
+        if commitment(contract, round_, w, digest, salt) != commitments[w]:
             excluded[name] = "opening does not match the commitment"
         elif w not in passed:
             excluded[name] = "model failed the checks against w0"
